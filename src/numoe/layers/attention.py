@@ -1,0 +1,69 @@
+"""Scaled dot-product attention over a preallocated cache (GQA/MQA, causal)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .linear import Linear, load_weight
+from .norms import rms_norm
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, scale: float
+) -> torch.Tensor:
+    """q [T, H, Dk] for positions pos..pos+T-1; k [S, Hkv, Dk], v [S, Hkv, Dv] with S = pos+T.
+
+    Returns [T, H, Dv]. Query i sees keys 0..pos+i. H must be a multiple of Hkv.
+    """
+    T, H, _ = q.shape
+    S, Hkv, _ = k.shape
+    if Hkv != H:
+        k = k.repeat_interleave(H // Hkv, dim=1)  # [S, H, Dk]
+        v = v.repeat_interleave(H // Hkv, dim=1)  # [S, H, Dv]
+    mask = None
+    if T > 1:
+        qpos = torch.arange(pos, pos + T, device=q.device)[:, None]  # [T, 1]
+        mask = torch.arange(S, device=q.device)[None, :] <= qpos  # [T, S]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        attn_mask=mask,
+        scale=scale,
+    )  # [H, T, Dv]
+    return out.transpose(0, 1)
+
+
+class GQAAttention:
+    """Grouped-query attention with optional q/k/v bias (Qwen2) and per-head q/k RMS norm
+    (Qwen3). Tensors 'blk.N.attn_{q,k,v,output}', 'attn_{q,k}_norm'."""
+
+    def __init__(self, g, blk: int, cfg, rope, device):
+        H, Hkv, Dh = cfg.n_head, cfg.n_head_kv, cfg.head_dim
+        D, bias = cfg.n_embd, cfg.qkv_bias
+        p = f"blk.{blk}.attn"
+        self.blk, self.H, self.Hkv, self.Dh, self.eps = blk, H, Hkv, Dh, cfg.rms_eps
+        self.q = Linear.load(g, f"{p}_q", H * Dh, D, device, bias)
+        self.k = Linear.load(g, f"{p}_k", Hkv * Dh, D, device, bias)
+        self.v = Linear.load(g, f"{p}_v", Hkv * Dh, D, device, bias)
+        self.o = Linear.load(g, f"{p}_output", D, H * Dh, device)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:
+            self.q_norm = load_weight(g, f"{p}_q_norm.weight", (Dh,), device)
+            self.k_norm = load_weight(g, f"{p}_k_norm.weight", (Dh,), device)
+        self.rope = rope
+
+    def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
+        T = x.shape[0]
+        q = self.q(x).view(T, self.H, self.Dh)  # [T, H, Dh]
+        k = self.k(x).view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
+        v = self.v(x).view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
+        if self.q_norm is not None:
+            q = rms_norm(q, self.q_norm, self.eps)
+            k = rms_norm(k, self.k_norm, self.eps)
+        q = self.rope.apply(q, cos, sin)
+        k = self.rope.apply(k, cos, sin)
+        k_all, v_all = cache.update(self.blk, pos, k, v)  # [S, Hkv, Dh]
+        out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
+        return self.o(out.reshape(T, self.H * self.Dh))

@@ -1,0 +1,36 @@
+"""SwiGLU feed-forward: dense layers and shared experts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..gguf import GGUFFile
+from .linear import Linear
+
+
+class FeedForward:
+    """down(silu(gate(x)) * up(x)); weights 'ffn_gate', 'ffn_up' [F, D], 'ffn_down' [D, F]."""
+
+    def __init__(self, gate: Linear, up: Linear, down: Linear):
+        self.gate, self.up, self.down = gate, up, down
+
+    @classmethod
+    def load(
+        cls,
+        g: GGUFFile,
+        prefix: str,
+        n_embd: int,
+        n_ff: int,
+        device: torch.device,
+        suffix="",
+    ) -> FeedForward:
+        """prefix 'blk.3.ffn', suffix '' (dense) or '_shexp' (shared expert)."""
+        return cls(
+            Linear.load(g, f"{prefix}_gate{suffix}", n_ff, n_embd, device),
+            Linear.load(g, f"{prefix}_up{suffix}", n_ff, n_embd, device),
+            Linear.load(g, f"{prefix}_down{suffix}", n_embd, n_ff, device),
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
+        return self.down(F.silu(self.gate(x)) * self.up(x))

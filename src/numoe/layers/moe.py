@@ -1,0 +1,167 @@
+"""Routers and the routed-experts op.
+
+`Experts` is the one interface the routed experts go through; the C++ fused MoE op
+replaces its body in the CPU-kernel issue.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..gguf import GGUFError, GGUFFile
+from .linear import Linear, load_weight
+
+
+def route(
+    logits: torch.Tensor,
+    k: int,
+    gating: str = "softmax",
+    norm: bool = False,
+    scale: float = 1.0,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [T, E] -> expert ids [T, k] (int64) and weights [T, k] (float32).
+
+    gating: 'softmax' (Mixtral, Qwen, DeepSeek-V2) or 'sigmoid' (DeepSeek-V3).
+    bias: score-correction bias added for the choice only, not to the weights (V3).
+    n_group/topk_group: group-limited top-k (DeepSeek): only experts of the best
+    topk_group groups compete; a group's score is its best expert (softmax, V2) or the
+    sum of its two best (sigmoid, V3), as in the reference implementations.
+    norm: weights divided by their sum; scale: routed scaling factor applied last.
+    """
+    logits = logits.float()
+    if gating == "softmax":
+        scores = logits.softmax(dim=-1)  # [T, E]
+    elif gating == "sigmoid":
+        scores = logits.sigmoid()  # [T, E]
+    else:
+        raise ValueError(f"unknown expert gating function '{gating}'")
+    choice = scores if bias is None else scores + bias  # [T, E]
+    if n_group > 1 and topk_group < n_group:
+        T, E = choice.shape
+        grouped = choice.view(T, n_group, E // n_group)  # [T, G, E/G]
+        if gating == "sigmoid" or bias is not None:
+            group_score = grouped.topk(2, dim=-1).values.sum(-1)  # [T, G]
+        else:
+            group_score = grouped.max(dim=-1).values  # [T, G]
+        keep = group_score.topk(topk_group, dim=-1).indices  # [T, topk_group]
+        gmask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+        emask = gmask[:, :, None].expand_as(grouped).reshape(T, E)  # [T, E]
+        choice = choice.masked_fill(~emask, float("-inf"))
+    ids = choice.topk(k, dim=-1).indices  # [T, k]
+    w = scores.gather(1, ids)  # [T, k]
+    if norm:
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    return ids, w * scale
+
+
+class Experts:
+    """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F], all on the CPU."""
+
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
+        self.gate, self.up, self.down = gate, up, down
+
+    @classmethod
+    def load(
+        cls,
+        g: GGUFFile,
+        blk: int,
+        n_expert: int,
+        n_embd: int,
+        n_ff: int,
+        device: torch.device,
+    ) -> Experts:
+        """Merged 'blk.N.ffn_{gate,up,down}_exps' or per-expert 'blk.N.ffn_gate.E' tensors."""
+        shapes = {"gate": (n_ff, n_embd), "up": (n_ff, n_embd), "down": (n_embd, n_ff)}
+        merged = f"blk.{blk}.ffn_gate_exps.weight"
+        if g.has(merged) or not g.has(f"blk.{blk}.ffn_gate.0.weight"):
+            w = {
+                p: load_weight(
+                    g, f"blk.{blk}.ffn_{p}_exps.weight", (n_expert, *s), device
+                )
+                for p, s in shapes.items()
+            }
+        else:  # older Mixtral files: one tensor per expert
+            w = {
+                p: torch.stack(
+                    [
+                        load_weight(g, f"blk.{blk}.ffn_{p}.{e}.weight", s, device)
+                        for e in range(n_expert)
+                    ]
+                )
+                for p, s in shapes.items()
+            }
+        return cls(w["gate"], w["up"], w["down"])
+
+    def __call__(
+        self, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """x [T, D], ids [T, k], w [T, k] -> sum_j w[t, j] * expert_{ids[t, j]}(x[t]), [T, D]."""
+        dev = x.device
+        x = x.to(self.gate.device).float()
+        ids, w = ids.to(x.device), w.to(x.device).float()
+        out = torch.zeros_like(x)  # [T, D]
+        for e in torch.unique(ids).tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)  # [n], [n]
+            h = x[tok]  # [n, D]
+            y = (F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)) @ self.down[
+                e
+            ].T  # [n, D]
+            out.index_add_(0, tok, y * w[tok, slot, None])
+        return out.to(dev)
+
+
+def check_experts(n_expert: int, n_used: int, where: str) -> None:
+    if not 0 < n_used <= n_expert:
+        raise GGUFError(f"{where}: expert_used_count {n_used} not in 1..{n_expert}")
+
+
+class SparseMoE:
+    """Router + routed experts (+ optional shared expert, optionally sigmoid-gated).
+
+    Tensors: 'blk.N.ffn_gate_inp' [E, D] router, experts (see Experts.load), and for
+    shared experts 'blk.N.ffn_{gate,up,down}_shexp' and 'blk.N.ffn_gate_inp_shexp' [D].
+    """
+
+    def __init__(
+        self,
+        router: Linear,
+        experts: Experts,
+        k: int,
+        gating: str = "softmax",
+        norm: bool = False,
+        scale: float = 1.0,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        shared=None,
+        shared_gate: torch.Tensor | None = None,
+    ):
+        self.router, self.experts, self.shared, self.shared_gate = (
+            router,
+            experts,
+            shared,
+            shared_gate,
+        )
+        self.route_args = dict(
+            k=k,
+            gating=gating,
+            norm=norm,
+            scale=scale,
+            bias=bias,
+            n_group=n_group,
+            topk_group=topk_group,
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
+        ids, w = route(self.router(x), **self.route_args)  # [T, k], [T, k]
+        out = self.experts(x, ids, w)  # [T, D]
+        if self.shared is not None:
+            s = self.shared(x)  # [T, D]
+            if self.shared_gate is not None:
+                s = s * torch.sigmoid(x @ self.shared_gate)[:, None]
+            out = out + s
+        return out

@@ -1,0 +1,84 @@
+"""Rotary position embeddings: interleaved ("norm") and half-split ("neox") layouts, YaRN.
+
+GGUF `llama` and `deepseek2` weights expect interleaved pairs (x[2i], x[2i+1]); `qwen2moe`
+and `qwen3moe` expect half-split pairs (x[i], x[i + d/2]), as in llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def base_inv_freq(dim: int, base: float) -> torch.Tensor:  # [dim/2]
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention-temperature correction, 0.1 * m * ln(s) + 1 (1 when s <= 1)."""
+    return 1.0 if scale <= 1.0 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_inv_freq(
+    dim: int,
+    base: float,
+    factor: float,
+    original_ctx: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+) -> torch.Tensor:  # [dim/2]
+    """YaRN frequency blend (Peng et al. 2023): extrapolate high, interpolate low freqs."""
+
+    def correction_dim(n_rot: float) -> float:
+        return (dim * math.log(original_ctx / (n_rot * 2 * math.pi))) / (
+            2 * math.log(base)
+        )
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(
+        0, 1
+    )
+    extrapolation = 1.0 - ramp  # 1 = keep original frequency
+    inv = base_inv_freq(dim, base)
+    return inv / factor * (1 - extrapolation) + inv * extrapolation
+
+
+@dataclass
+class Rope:
+    """Rotation over the first `dim` features of each head."""
+
+    dim: int
+    inv_freq: torch.Tensor  # [dim/2] float64
+    neox: bool  # half-split pairs if True, interleaved pairs if False
+    attention_factor: float = 1.0  # multiplies cos and sin (YaRN)
+
+    @classmethod
+    def plain(cls, dim: int, base: float, neox: bool) -> Rope:
+        return cls(dim, base_inv_freq(dim, base), neox)
+
+    def cos_sin(
+        self, pos: int, n: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [n, dim/2] each, float32
+        t = torch.arange(pos, pos + n, dtype=torch.float64)
+        ang = torch.outer(t, self.inv_freq)
+        f = self.attention_factor
+        return (
+            (ang.cos() * f).float().to(device),
+            (ang.sin() * f).float().to(device),
+        )
+
+    def apply(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """x [T, H, dim] -> rotated [T, H, dim] (same layout as the input)."""
+        c, s = cos[:, None, :], sin[:, None, :]  # [T, 1, dim/2]
+        if self.neox:
+            a, b = x[..., : self.dim // 2], x[..., self.dim // 2 :]
+            return torch.cat([a * c - b * s, a * s + b * c], dim=-1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)

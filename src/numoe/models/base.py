@@ -1,0 +1,65 @@
+"""What every decoder-only architecture here shares: embeddings, the block loop, the
+final norm and the output head. Architecture files supply the blocks and the rope."""
+
+from __future__ import annotations
+
+import torch
+
+from ..gguf import GGUFFile
+from ..layers.linear import Linear, load_weight
+from ..layers.norms import rms_norm
+from ..placement import Placement
+
+
+class Block:
+    """Pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x))."""
+
+    def __init__(self, g: GGUFFile, blk: int, cfg, device, attn, ffn):
+        D = cfg.n_embd
+        self.attn_norm = load_weight(g, f"blk.{blk}.attn_norm.weight", (D,), device)
+        self.ffn_norm = load_weight(g, f"blk.{blk}.ffn_norm.weight", (D,), device)
+        self.attn, self.ffn, self.eps = attn, ffn, cfg.rms_eps
+
+    def __call__(self, x, cache, pos, cos, sin):  # [T, D] -> [T, D]
+        x = x + self.attn(rms_norm(x, self.attn_norm, self.eps), cache, pos, cos, sin)
+        return x + self.ffn(rms_norm(x, self.ffn_norm, self.eps))
+
+
+class DecoderModel:
+    """tokens [T] -> logits [T, V]. Subclasses set self.blocks, self.rope, new_cache()."""
+
+    def __init__(self, cfg, g: GGUFFile, placement: Placement):
+        self.cfg, self.placement = cfg, placement
+        dev = placement.dense
+        V, D = cfg.n_vocab, cfg.n_embd
+        self.tok_embd = load_weight(g, "token_embd.weight", (V, D), dev)  # [V, D]
+        self.output_norm = load_weight(g, "output_norm.weight", (D,), dev)
+        if g.has("output.weight"):
+            self.output = Linear.load(g, "output", V, D, dev)
+        else:  # tied embeddings
+            self.output = Linear(self.tok_embd)
+        self.blocks: list = []
+
+    def new_cache(self, n_ctx: int):
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
+        dev = self.placement.dense
+        tokens = tokens.to(dev)
+        x = self.tok_embd[tokens]  # [T, D]
+        cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
+        for blk in self.blocks:
+            x = blk(x, cache, pos, cos, sin)
+        x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
+        return self.output(x).float()  # [T, V]
+
+
+def n_vocab_of(g: GGUFFile) -> int:
+    """Vocabulary size: '{arch}.vocab_size', else the tokenizer's list, else token_embd."""
+    n = g.arch_get("vocab_size", None)
+    if n is None and "tokenizer.ggml.tokens" in g.meta:
+        n = len(g.meta["tokenizer.ggml.tokens"])
+    if n is None:
+        n = g.tensor("token_embd.weight").shape[0]
+    return int(n)

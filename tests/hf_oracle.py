@@ -1,0 +1,92 @@
+"""The transformers oracle: the same tiny random model run by transformers and by numoe.
+
+`check_against_hf(hf_model, tmp_path)` converts the model to GGUF with numoe.convert,
+loads it with numoe, and asserts that (1) last-position logits for a prompt agree and
+(2) greedy generation with the KV cache gives the same tokens as transformers'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from numoe.convert import convert_hf
+from numoe.engine import Session
+from numoe.gguf import open_gguf
+from numoe.models import load
+from numoe.placement import Placement
+from numoe.sampling import Sampler, SamplingParams
+
+LOGIT_ATOL = (
+    1e-3  # float32 vs float32 with a different summation order; logits are O(1)
+)
+
+
+def randomize(
+    model: torch.nn.Module, seed: int = 0, std: float = 0.15
+) -> torch.nn.Module:
+    """Re-draw every parameter so that logits are far from ties (the HF default init of
+    std 0.02 gives near-uniform logits, where greedy picks would be decided by rounding)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(1.0 + 0.1 * r)
+            elif p.ndim == 1:
+                p.copy_(0.1 * r)
+            else:
+                p.copy_(std * r)
+        for name, b in model.named_buffers():
+            if "e_score_correction_bias" in name:
+                b.copy_(0.05 * torch.randn(b.shape, generator=g))
+    return model.float().eval()
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            use_cache=True,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def numoe_model(path, device: str = "cpu"):
+    g = open_gguf(path)
+    _, model = load(g, Placement.parse(device))
+    return model
+
+
+def check_against_hf(
+    hf_model, tmp_path, qtype="F32", n_gen=32, atol=LOGIT_ATOL, seed=1
+):
+    path = tmp_path / "model.gguf"
+    cfg = convert_hf(hf_model, path, qtype=qtype)
+    model = numoe_model(path)
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, cfg.n_vocab, size=11).tolist()
+
+    with torch.no_grad():
+        ref = hf_model(torch.tensor([prompt])).logits[0].float()  # [T, V]
+    sess = Session(model, n_ctx=64, chunk=4)  # chunked prefill: 3 chunks
+    ours = sess.prefill(prompt)  # [V]
+    err = (ours - ref[-1]).abs().max().item()
+    assert err < atol, f"last-position logits differ by {err} (atol {atol})"
+    full = model.forward(
+        torch.tensor(prompt), model.new_cache(64), 0
+    )  # [T, V], one chunk
+    err_all = (full - ref).abs().max().item()
+    assert err_all < atol, f"logits over the prompt differ by {err_all}"
+
+    want = hf_greedy(hf_model, prompt, n_gen)
+    sess = Session(model, n_ctx=64)
+    got = list(sess.generate(prompt, n_gen, Sampler(SamplingParams(temperature=0))))
+    assert got == want, f"greedy tokens differ:\n numoe {got}\n hf    {want}"
+    return cfg
