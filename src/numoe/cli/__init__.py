@@ -1,0 +1,47 @@
+"""`numoe` command line: run | chat | synth.
+
+Flags follow llama.cpp's names (-m, -p, -n, -t, -c, --temp, --top-k ...); KTransformers'
+names are accepted as aliases (--gguf-path, --cpu-infer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import chat, run, synth
+
+    p = argparse.ArgumentParser(
+        prog="numoe",
+        description="Run Mixture-of-Experts GGUF models: experts on the CPU, the rest on "
+        "the CPU or a GPU.",
+    )
+    p.add_argument("--version", action="version", version=f"numoe {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in (run, chat, synth):
+        mod.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ..cache import ContextFull
+    from ..placement import DeviceError
+
+    try:
+        return args.func(args) or 0
+    except (ValueError, DeviceError, ContextFull, OSError) as e:
+        # GGUFError, bad flags and bad files: one line naming the problem, no traceback
+        print(f"numoe: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
