@@ -38,11 +38,7 @@ def _yarn_mscale(factor: float, m: float) -> float:
 def _rope(hf) -> dict:
     """numoe Config rope fields from hf.rope_parameters (or the older rope_scaling)."""
     rp = dict(getattr(hf, "rope_parameters", None) or {})
-    rp |= {
-        k: v
-        for k, v in (getattr(hf, "rope_scaling", None) or {}).items()
-        if k not in rp
-    }
+    rp |= {k: v for k, v in (getattr(hf, "rope_scaling", None) or {}).items() if k not in rp}
     base = float(rp.get("rope_theta") or getattr(hf, "rope_theta", 10000.0))
     kind = rp.get("rope_type", rp.get("type", "default"))
     if kind == "default":
@@ -54,9 +50,7 @@ def _rope(hf) -> dict:
     attn_factor = rp.get("attention_factor")
     if attn_factor is None:  # as transformers' _compute_yarn_parameters
         if mscale and mscale_all:
-            attn_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(
-                factor, mscale_all
-            )
+            attn_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
         else:
             attn_factor = _yarn_mscale(factor, 1.0)
     if abs(attn_factor - 1.0) > 1e-6 or rp.get("truncate", True) is False:
@@ -81,9 +75,7 @@ def config_from_hf(hf, split_kv_b: bool | None = None) -> Config:
     if getattr(hf, "hidden_act", "silu") != "silu":
         raise ValueError(f"DeepSeek hidden_act '{hf.hidden_act}' not supported (silu)")
     if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
-        raise ValueError(
-            "DeepSeek attention/MLP biases have no place in GGUF deepseek2"
-        )
+        raise ValueError("DeepSeek attention/MLP biases have no place in GGUF deepseek2")
     if v3 and getattr(hf, "rope_interleave", True) is False:
         raise ValueError("DeepSeek-V3 with rope_interleave=False is not supported")
     if v3:
@@ -93,9 +85,7 @@ def config_from_hf(hf, split_kv_b: bool | None = None) -> Config:
         if hf.topk_method == "group_limited_greedy":
             n_group, topk_group = hf.n_group, hf.topk_group
         elif hf.topk_method != "greedy":
-            raise ValueError(
-                f"DeepSeek-V2 topk_method '{hf.topk_method}' not supported"
-            )
+            raise ValueError(f"DeepSeek-V2 topk_method '{hf.topk_method}' not supported")
     return Config(
         n_vocab=hf.vocab_size,
         n_ctx_train=hf.max_position_embeddings,
@@ -136,9 +126,7 @@ def convert_tensor(name: str, t, cfg: Config) -> Pairs:
             if not cfg.split_kv_b:
                 return [(p + "attn_kv_b.weight", t)]
             H, dn, dv = cfg.n_head, cfg.d_nope, cfg.d_v
-            kv_b = t.view(
-                H, dn + dv, cfg.kv_lora_rank
-            )  # per head: dn K rows, dv V rows
+            kv_b = t.view(H, dn + dv, cfg.kv_lora_rank)  # per head: dn K rows, dv V rows
             k_b = kv_b[:, :dn].transpose(1, 2).contiguous()  # [H, kv_lora, dn]
             v_b = kv_b[:, dn:].contiguous()  # [H, dv, kv_lora]
             return [(p + "attn_k_b.weight", k_b), (p + "attn_v_b.weight", v_b)]

@@ -150,8 +150,7 @@ def config_from_gguf(g: GGUFFile) -> Config:
     gating_id = int(a("expert_gating_func", 1) or 1)  # 0 (unset) = softmax, llama.cpp
     if gating_id not in GATING:
         raise GGUFError(
-            f"{where}: {g.arch}.expert_gating_func {gating_id} unknown "
-            "(1 softmax, 2 sigmoid)"
+            f"{where}: {g.arch}.expert_gating_func {gating_id} unknown (1 softmax, 2 sigmoid)"
         )
     scaling = str(a("rope.scaling.type", "none"))
     if scaling not in ("none", "yarn"):
@@ -182,15 +181,12 @@ def config_from_gguf(g: GGUFFile) -> Config:
         rope_base=float(a("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
         rope_factor=float(a("rope.scaling.factor", 1.0)),
-        rope_orig_ctx=int(
-            a("rope.scaling.original_context_length", a("context_length"))
-        ),
+        rope_orig_ctx=int(a("rope.scaling.original_context_length", a("context_length"))),
         yarn_log_mul=float(a("rope.scaling.yarn_log_multiplier", 0.0)),
         yarn_beta_fast=float(a("rope.scaling.yarn_beta_fast", 32.0)),
         yarn_beta_slow=float(a("rope.scaling.yarn_beta_slow", 1.0)),
         rms_eps=float(a("attention.layer_norm_rms_epsilon")),
-        split_kv_b=g.has("blk.0.attn_k_b.weight")
-        or not g.has("blk.0.attn_kv_b.weight"),
+        split_kv_b=g.has("blk.0.attn_k_b.weight") or not g.has("blk.0.attn_kv_b.weight"),
     )
     if scaling == "none":
         cfg = replace(cfg, **NO_YARN)
@@ -355,9 +351,7 @@ class Model(DecoderModel):
             bias = load_weight(g, f"blk.{i}.exp_probs_b.bias", (c.n_expert,), dev)
         moe = SparseMoE(
             Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-            Experts.load(
-                g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts
-            ),
+            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts),
             k=c.n_expert_used,
             gating=c.gating,
             norm=c.norm_topk,
@@ -371,6 +365,4 @@ class Model(DecoderModel):
 
     def new_cache(self, n_ctx: int) -> MLACache:
         c = self.cfg
-        return MLACache(
-            c.n_layer, n_ctx, c.kv_lora_rank, c.d_rope, self.placement.dense
-        )
+        return MLACache(c.n_layer, n_ctx, c.kv_lora_rank, c.d_rope, self.placement.dense)
