@@ -7,11 +7,11 @@ import pytest
 import torch
 import transformers as tf
 from hf_oracle import check_against_hf, randomize
-from numoe.gguf import open_gguf
-from numoe.gguf_write import write_gguf
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from numoe.convert.llama import llama3_freq_factors, permute_qk
+from numoe.gguf import open_gguf
+from numoe.gguf_write import write_gguf
 from numoe.layers.rope import Rope
 from numoe.models import llama
 
@@ -88,9 +88,7 @@ def test_qk_permutation_with_interleaved_rope_equals_hf_half_split(n_head):
     # numoe: permuted weights, interleaved rope
     rope = Rope.plain(Dh, base, neox=False)
     c, s = ang.cos(), ang.sin()
-    q = rope.apply(
-        (x @ permute_qk(wq, n_head).T).view(T, n_head, Dh), c, s
-    )  # [T, H, Dh]
+    q = rope.apply((x @ permute_qk(wq, n_head).T).view(T, n_head, Dh), c, s)  # [T, H, Dh]
     k = rope.apply((x @ permute_qk(wk, n_head).T).view(T, n_head, Dh), c, s)
     # row 2i of a numoe head is row i of the HF head, row 2i+1 is row i + Dh/2
     order = torch.tensor([i + h * Dh // 2 for i in range(Dh // 2) for h in (0, 1)])

@@ -28,13 +28,9 @@ def config_from_hf(hf) -> Config:
     mixtral = hf.model_type == "mixtral"
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(hf, flag, False):
-            raise ValueError(
-                f"{flag}=True is not supported for llama (no biases in GGUF llama)"
-            )
+            raise ValueError(f"{flag}=True is not supported for llama (no biases in GGUF llama)")
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    rp = dict(
-        getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
-    )
+    rp = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
     theta = rp.get("rope_theta") or getattr(hf, "rope_theta", 10000.0)
     rope_type = rp.get("rope_type", rp.get("type", "default"))
     if rope_type == "default":

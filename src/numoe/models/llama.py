@@ -41,9 +41,7 @@ class Config:
     n_expert_used: int = 2
     rope_base: float = 1_000_000.0
     rms_eps: float = 1e-5
-    rope_freq_factors: tuple[
-        float, ...
-    ] = ()  # 'rope_freqs' tensor [head_dim/2], or none
+    rope_freq_factors: tuple[float, ...] = ()  # 'rope_freqs' tensor [head_dim/2], or none
     tie_embd: bool = False  # no 'output.weight': the head reuses token_embd
     split_experts: bool = False  # old Mixtral layout: 'blk.N.ffn_gate.E.weight'
 
@@ -82,10 +80,7 @@ def config_from_gguf(g: GGUFFile) -> Config:
     cfg.n_head_kv = a("attention.head_count_kv", cfg.n_head)
     n_rot = a("rope.dimension_count", cfg.n_embd // cfg.n_head)
     cfg.head_dim = a("attention.key_length", n_rot)
-    if (
-        a("attention.value_length", cfg.head_dim) != cfg.head_dim
-        or n_rot != cfg.head_dim
-    ):
+    if a("attention.value_length", cfg.head_dim) != cfg.head_dim or n_rot != cfg.head_dim:
         raise GGUFError(
             f"{g.path}: key_length {cfg.head_dim}, value_length "
             f"{a('attention.value_length', cfg.head_dim)} and rope.dimension_count {n_rot} "
@@ -179,9 +174,7 @@ class Model(DecoderModel):
         dev = placement.dense
         inv_freq = base_inv_freq(cfg.head_dim, cfg.rope_base)  # [Dh/2] float64
         if cfg.rope_freq_factors:
-            inv_freq = inv_freq / torch.tensor(
-                cfg.rope_freq_factors, dtype=torch.float64
-            )
+            inv_freq = inv_freq / torch.tensor(cfg.rope_freq_factors, dtype=torch.float64)
         self.rope = Rope(cfg.head_dim, inv_freq, neox=False)
         self.blocks = [self._block(g, i, dev) for i in range(cfg.n_layer)]
 
@@ -190,9 +183,7 @@ class Model(DecoderModel):
         if c.n_expert:
             ffn = SparseMoE(
                 Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-                Experts.load(
-                    g, i, c.n_expert, c.n_embd, c.n_ff, self.placement.experts
-                ),
+                Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff, self.placement.experts),
                 k=c.n_expert_used,
                 norm=True,  # Mixtral: top-k softmax weights renormalised
             )
@@ -202,6 +193,4 @@ class Model(DecoderModel):
 
     def new_cache(self, n_ctx: int) -> KVCache:
         c = self.cfg
-        return KVCache(
-            c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense
-        )
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense)
