@@ -1,0 +1,415 @@
+"""GGUF files: metadata and memory-mapped tensor views.
+
+`open_gguf` validates the whole header with a small bounded parser of its own (the
+`gguf` package's reader walks arrays element by element, which is slow for 150k-token
+vocabularies, and trusts lengths and counts from the file). Every length, count, type and
+offset is checked against the file size before it is used, so a truncated or hostile
+file gives a one-line `GGUFError` naming the file and the key or tensor at fault, never a
+crash, a hang or a huge allocation. Tensor bytes are never read at open: `TensorInfo.data`
+is a view into one `np.memmap` of the file.
+
+Only little-endian GGUF v2/v3 files are supported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from gguf.constants import GGML_QUANT_SIZES
+
+QT = gguf.GGMLQuantizationType
+VT = gguf.GGUFValueType
+
+SUPPORTED_TYPES: frozenset[QT] = frozenset(
+    {QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q5_K, QT.Q6_K}
+)
+
+MAX_DIMS = 4  # GGML_MAX_DIMS
+DEFAULT_ALIGNMENT = 32
+
+# value type -> (struct format, numpy dtype); BOOL is read as a byte and compared to 0
+_SCALARS: dict[int, tuple[str, str]] = {
+    VT.UINT8: ("<B", "<u1"),
+    VT.INT8: ("<b", "<i1"),
+    VT.UINT16: ("<H", "<u2"),
+    VT.INT16: ("<h", "<i2"),
+    VT.UINT32: ("<I", "<u4"),
+    VT.INT32: ("<i", "<i4"),
+    VT.FLOAT32: ("<f", "<f4"),
+    VT.BOOL: ("<B", "<u1"),
+    VT.UINT64: ("<Q", "<u8"),
+    VT.INT64: ("<q", "<i8"),
+    VT.FLOAT64: ("<d", "<f8"),
+}
+_INT_TYPES = frozenset(
+    {VT.UINT8, VT.INT8, VT.UINT16, VT.INT16, VT.UINT32, VT.INT32, VT.UINT64, VT.INT64}
+)
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+# smallest possible encodings, used to reject impossible counts before looping
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, 1-byte value
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
+
+
+class GGUFError(ValueError):
+    """A GGUF file is unreadable, or lacks a key/tensor a caller needs.
+
+    The message names the file and the key or tensor at fault."""
+
+
+REQUIRED: Any = object()  # sentinel: `get(key)` without a default raises on a missing key
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # numpy order: rows first, i.e. reversed GGUF ne[]
+    qtype: gguf.GGMLQuantizationType
+    # raw bytes, a view into the file's memmap (no copy): uint8 of shape
+    # shape[:-1] + (bytes per row,), i.e. rows of whole quantization blocks
+    data: np.ndarray
+    offset: int = 0  # absolute byte offset of the data in the file
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class GGUFFile:
+    """Metadata (`meta`, plain Python values) and tensor views of one GGUF file."""
+
+    def __init__(
+        self,
+        path: Path,
+        version: int,
+        meta: dict[str, Any],
+        tensors: dict[str, TensorInfo],
+        mmap: np.memmap,
+        alignment: int,
+        data_offset: int,
+    ):
+        self.path = path
+        self.version = version
+        self.meta = meta
+        self.tensors = tensors
+        self.mmap = mmap
+        self.alignment = alignment
+        self.data_offset = data_offset
+        self.file_size = int(mmap.size)
+        self.arch: str = meta["general.architecture"]
+        # tensors of a type numoe cannot compute with: `tensor()` raises for these
+        self.unsupported: dict[str, QT] = {
+            n: t.qtype for n, t in tensors.items() if t.qtype not in SUPPORTED_TYPES
+        }
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({str(self.path)!r})"
+
+    def get(self, key: str, default: Any = REQUIRED) -> Any:
+        if key in self.meta:
+            return self.meta[key]
+        if default is REQUIRED:
+            raise GGUFError(f"{self.path}: missing metadata key '{key}'")
+        return default
+
+    def arch_get(self, suffix: str, default: Any = REQUIRED) -> Any:
+        return self.get(f"{self.arch}.{suffix}", default)
+
+    def has(self, name: str) -> bool:
+        """Whether the file holds tensor `name`."""
+        return name in self.tensors
+
+    def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> TensorInfo:
+        t = self.tensors.get(name)
+        if t is None:
+            raise GGUFError(f"{self.path}: missing tensor '{name}'")
+        if t.qtype not in SUPPORTED_TYPES:
+            raise GGUFError(_unsupported_msg(self.path, name, t.qtype))
+        if shape is not None and tuple(int(s) for s in shape) != t.shape:
+            raise GGUFError(
+                f"{self.path}: tensor '{name}' has shape {t.shape}, expected {tuple(shape)}"
+            )
+        return t
+
+    def check_supported(self) -> None:
+        """Raise GGUFError listing every tensor of a type numoe does not support."""
+        if self.unsupported:
+            items = ", ".join(f"'{n}' ({q.name})" for n, q in list(self.unsupported.items())[:5])
+            more = len(self.unsupported) - 5
+            more_s = f" and {more} more" if more > 0 else ""
+            raise GGUFError(
+                f"{self.path}: unsupported tensor types: {items}{more_s}; supported: "
+                + ", ".join(sorted(q.name for q in SUPPORTED_TYPES))
+            )
+
+    def describe(self) -> str:
+        counts = Counter(t.qtype.name for t in self.tensors.values())
+        types = ", ".join(f"{n} {k}" for k, n in counts.most_common())
+        nbytes = sum(t.nbytes for t in self.tensors.values())
+        return (
+            f"{self.path.name}: {self.arch}, GGUF v{self.version}, {len(self.meta)} keys, "
+            f"{len(self.tensors)} tensors ({types}), {nbytes / 2**30:.2f} GiB of tensor data"
+        )
+
+
+def _unsupported_msg(path: Path, name: str, qtype: QT) -> str:
+    return (
+        f"{path}: tensor '{name}' has type {qtype.name}, which numoe does not support "
+        f"(supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})"
+    )
+
+
+class _Parser:
+    """Bounded little-endian reader over the memmap; every read is checked first."""
+
+    def __init__(self, path: Path, buf: memoryview, size: int):
+        self.path = path
+        self.buf = buf
+        self.size = size
+        self.off = 0
+        self.where = "header"
+
+    def fail(self, msg: str) -> GGUFError:
+        return GGUFError(f"{self.path}: {msg}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.off:
+            raise self.fail(
+                f"truncated header while reading {self.where}: {what} needs {n} bytes at "
+                f"offset {self.off}, file size {self.size}"
+            )
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        v = _U32.unpack_from(self.buf, self.off)[0]
+        self.off += 4
+        return v
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        v = _U64.unpack_from(self.buf, self.off)[0]
+        self.off += 8
+        return v
+
+    def raw_str(self, what: str) -> bytes:
+        n = self.u64(f"{what} length")
+        self.need(n, f"{what} of length {n}")
+        b = bytes(self.buf[self.off : self.off + n])
+        self.off += n
+        return b
+
+    def name_str(self, what: str) -> str:
+        b = self.raw_str(what)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{self.where}: {what} is not valid UTF-8 ({b[:40]!r})") from None
+
+    def value_type(self, what: str) -> int:
+        t = self.u32(what)
+        if t not in _SCALARS and t not in (VT.STRING, VT.ARRAY):
+            raise self.fail(f"{self.where}: unknown {what} {t}")
+        return t
+
+    def value(self, vtype: int) -> Any:
+        if vtype == VT.STRING:
+            return self.raw_str("string").decode("utf-8", errors="replace")
+        if vtype == VT.ARRAY:
+            return self.array()
+        fmt, _ = _SCALARS[vtype]
+        n = struct.calcsize(fmt)
+        self.need(n, VT(vtype).name.lower())
+        v = struct.unpack_from(fmt, self.buf, self.off)[0]
+        self.off += n
+        return bool(v) if vtype == VT.BOOL else v
+
+    def array(self) -> list[Any]:
+        itype = self.value_type("array element type")
+        if itype == VT.ARRAY:
+            raise self.fail(f"{self.where}: nested arrays are not supported")
+        count = self.u64("array length")
+        if itype == VT.STRING:
+            self.need(count * 8, f"array of {count} strings")
+            out = []
+            buf, size, unpack = self.buf, self.size, _U64.unpack_from
+            off = self.off
+            for i in range(count):
+                if off + 8 > size:
+                    self.off = off
+                    self.need(8, f"string #{i} length")
+                n = unpack(buf, off)[0]
+                off += 8
+                if n > size - off:
+                    self.off = off
+                    self.need(n, f"string #{i} of length {n}")
+                out.append(bytes(buf[off : off + n]).decode("utf-8", errors="replace"))
+                off += n
+            self.off = off
+            return out
+        fmt, dt = _SCALARS[itype]
+        item = struct.calcsize(fmt)
+        self.need(count * item, f"array of {count} {VT(itype).name.lower()}")
+        a = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.off)
+        self.off += count * item
+        if itype == VT.BOOL:
+            return (a != 0).tolist()
+        return a.tolist()
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """Open a GGUF file memory-mapped; validate its header, counts, offsets and bounds."""
+    p = Path(path)
+    if not p.exists():
+        raise GGUFError(f"{p}: no such file")
+    if p.is_dir():
+        raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    try:
+        size = p.stat().st_size
+        if size == 0:
+            raise GGUFError(f"{p}: empty file, not a GGUF file")
+        mm = np.memmap(p, dtype=np.uint8, mode="r")
+    except GGUFError:
+        raise
+    except (OSError, ValueError) as e:
+        raise GGUFError(f"{p}: cannot map file: {e}") from e
+    buf = memoryview(mm)
+    try:
+        return _parse(p, mm, buf, size)
+    except GGUFError:
+        raise
+    except Exception as e:  # any escape from the parser is a bad file, not a crash
+        raise GGUFError(f"{p}: corrupt GGUF header ({type(e).__name__}: {e})") from e
+    finally:
+        buf.release()
+
+
+def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int) -> GGUFFile:
+    r = _Parser(p, buf, size)
+    magic = bytes(buf[:4])
+    if magic != b"GGUF":
+        raise r.fail(f"not a GGUF file (magic {magic!r})")
+    r.off = 4
+    version = r.u32("version")
+    if version not in (2, 3):
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        if version & 0xFFFF == 0 and swapped in (2, 3):
+            raise r.fail(
+                f"big-endian GGUF (version {swapped} byte-swapped); only little-endian "
+                "files are supported"
+            )
+        raise r.fail(f"unsupported GGUF version {version} (supported: 2, 3)")
+    n_tensors = r.u64("tensor count")
+    n_kv = r.u64("metadata key count")
+    if n_kv * _MIN_KV_BYTES > size - r.off:
+        raise r.fail(f"metadata key count {n_kv} is impossible for file size {size}")
+    if n_tensors * _MIN_TENSOR_INFO_BYTES > size - r.off:
+        raise r.fail(f"tensor count {n_tensors} is impossible for file size {size}")
+
+    meta: dict[str, Any] = {}
+    vtypes: dict[str, int] = {}
+    for i in range(n_kv):
+        r.where = f"key #{i}"
+        key = r.name_str("key")
+        r.where = f"key #{i} ('{key}')"
+        if key in meta:
+            raise r.fail(f"duplicate metadata key '{key}'")
+        vtype = r.value_type("value type")
+        meta[key] = r.value(vtype)
+        vtypes[key] = vtype
+
+    arch = meta.get("general.architecture")
+    if arch is None:
+        raise r.fail("missing metadata key 'general.architecture'")
+    if vtypes["general.architecture"] != VT.STRING:
+        raise r.fail("general.architecture is not a string")
+    alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in meta and vtypes["general.alignment"] not in _INT_TYPES:
+        raise r.fail("general.alignment is not an integer")
+    if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 30:
+        raise r.fail(f"general.alignment {alignment} is not a power of two")
+
+    infos: list[tuple[str, tuple[int, ...], QT, int, int]] = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        r.where = f"tensor info #{i}"
+        name = r.name_str("tensor name")
+        r.where = f"tensor info #{i} ('{name}')"
+        if name in names:
+            raise r.fail(f"duplicate tensor '{name}'")
+        names.add(name)
+        n_dims = r.u32("n_dims")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise r.fail(f"tensor '{name}' has n_dims {n_dims} (must be 1..{MAX_DIMS})")
+        ne = [r.u64(f"dim {d}") for d in range(n_dims)]
+        n_el = 1
+        for d in ne:
+            if d == 0:
+                raise r.fail(f"tensor '{name}' has a zero dimension (ne {ne})")
+            n_el *= d
+            if n_el >= 1 << 62:
+                raise r.fail(f"tensor '{name}' dimensions {ne} overflow")
+        type_id = r.u32("tensor type")
+        try:
+            qtype = QT(type_id)
+            block, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise r.fail(f"tensor '{name}' has unknown type id {type_id}") from None
+        if ne[0] % block:
+            raise r.fail(
+                f"tensor '{name}' row length {ne[0]} is not a multiple of the "
+                f"{qtype.name} block size {block}"
+            )
+        rel = r.u64("data offset")
+        if rel % alignment:
+            raise r.fail(f"tensor '{name}' data offset {rel} is not aligned to {alignment} bytes")
+        nbytes = n_el // block * type_size
+        infos.append((name, tuple(reversed(ne)), qtype, rel, nbytes))
+
+    data_offset = -(-r.off // alignment) * alignment
+    spans = []
+    tensors: dict[str, TensorInfo] = {}
+    for name, shape, qtype, rel, nbytes in infos:
+        start = data_offset + rel
+        end = start + nbytes
+        if end > size:
+            raise r.fail(f"tensor '{name}' data [{start}, {end}) past end of file (size {size})")
+        spans.append((start, end, name))
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        row_bytes = shape[-1] // block * type_size
+        view = mm[start:end].reshape(shape[:-1] + (row_bytes,))
+        tensors[name] = TensorInfo(name, shape, qtype, view, start)
+    spans.sort()
+    for (s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
+        if s1 < e0:
+            raise r.fail(f"tensors '{n0}' [{s0}, {e0}) and '{n1}' (from {s1}) overlap")
+    return GGUFFile(p, version, meta, tensors, mm, alignment, data_offset)
+
+
+def dequantize(t: TensorInfo) -> torch.Tensor:
+    """A float32 copy of tensor `t`, shape `t.shape` (GGUFError for unsupported types)."""
+    q = t.qtype
+    if q not in SUPPORTED_TYPES:
+        raise GGUFError(f"tensor '{t.name}' has type {q.name}, which numoe does not support")
+    flat = t.data.reshape(-1)
+    if q == QT.F32:
+        out = torch.from_numpy(np.array(flat.view("<f4")))
+    elif q == QT.F16:
+        out = torch.from_numpy(np.array(flat.view("<f2"))).float()
+    elif q == QT.BF16:
+        out = torch.from_numpy(np.array(flat.view("<i2"))).view(torch.bfloat16).float()
+    else:
+        out = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, q), np.float32))
+    return out.reshape(t.shape)
