@@ -17,14 +17,10 @@ from numoe.models import load
 from numoe.placement import Placement
 from numoe.sampling import Sampler, SamplingParams
 
-LOGIT_ATOL = (
-    1e-3  # float32 vs float32 with a different summation order; logits are O(1)
-)
+LOGIT_ATOL = 1e-3  # float32 vs float32 with a different summation order; logits are O(1)
 
 
-def randomize(
-    model: torch.nn.Module, seed: int = 0, std: float = 0.15
-) -> torch.nn.Module:
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
     """Re-draw every parameter so that logits are far from ties (the HF default init of
     std 0.02 gives near-uniform logits, where greedy picks would be decided by rounding)."""
     g = torch.Generator().manual_seed(seed)
@@ -64,9 +60,7 @@ def numoe_model(path, device: str = "cpu"):
     return model
 
 
-def check_against_hf(
-    hf_model, tmp_path, qtype="F32", n_gen=32, atol=LOGIT_ATOL, seed=1
-):
+def check_against_hf(hf_model, tmp_path, qtype="F32", n_gen=32, atol=LOGIT_ATOL, seed=1):
     path = tmp_path / "model.gguf"
     cfg = convert_hf(hf_model, path, qtype=qtype)
     model = numoe_model(path)
@@ -79,9 +73,7 @@ def check_against_hf(
     ours = sess.prefill(prompt)  # [V]
     err = (ours - ref[-1]).abs().max().item()
     assert err < atol, f"last-position logits differ by {err} (atol {atol})"
-    full = model.forward(
-        torch.tensor(prompt), model.new_cache(64), 0
-    )  # [T, V], one chunk
+    full = model.forward(torch.tensor(prompt), model.new_cache(64), 0)  # [T, V], one chunk
     err_all = (full - ref).abs().max().item()
     assert err_all < atol, f"logits over the prompt differ by {err_all}"
 

@@ -22,9 +22,7 @@ class _Cache:
 class KVCache(_Cache):
     """Per layer: k [n_ctx, H_kv, D_k], v [n_ctx, H_kv, D_v]."""
 
-    def __init__(
-        self, n_layer, n_ctx, n_head_kv, d_k, d_v, device, dtype=torch.float32
-    ):
+    def __init__(self, n_layer, n_ctx, n_head_kv, d_k, d_v, device, dtype=torch.float32):
         self.n_ctx = n_ctx
         self.k = torch.zeros(n_layer, n_ctx, n_head_kv, d_k, device=device, dtype=dtype)
         self.v = torch.zeros(n_layer, n_ctx, n_head_kv, d_v, device=device, dtype=dtype)
@@ -42,13 +40,9 @@ class MLACache(_Cache):
     """Multi-head latent attention: per layer the compressed latent [n_ctx, kv_lora_rank]
     and the shared rope key [n_ctx, d_rope], not per-head K/V."""
 
-    def __init__(
-        self, n_layer, n_ctx, kv_lora_rank, d_rope, device, dtype=torch.float32
-    ):
+    def __init__(self, n_layer, n_ctx, kv_lora_rank, d_rope, device, dtype=torch.float32):
         self.n_ctx = n_ctx
-        self.latent = torch.zeros(
-            n_layer, n_ctx, kv_lora_rank, device=device, dtype=dtype
-        )
+        self.latent = torch.zeros(n_layer, n_ctx, kv_lora_rank, device=device, dtype=dtype)
         self.k_rope = torch.zeros(n_layer, n_ctx, d_rope, device=device, dtype=dtype)
 
     def update(self, layer: int, pos: int, latent: torch.Tensor, k_rope: torch.Tensor):

@@ -43,9 +43,7 @@ class Session:
 
     def __init__(self, model, n_ctx: int, chunk: int = 512):
         if n_ctx < 1 or chunk < 1:
-            raise ValueError(
-                f"context ({n_ctx}) and prefill chunk ({chunk}) must be >= 1"
-            )
+            raise ValueError(f"context ({n_ctx}) and prefill chunk ({chunk}) must be >= 1")
         self.model, self.n_ctx, self.chunk = model, n_ctx, chunk
         self.cache = model.new_cache(n_ctx)
         self.tokens: list[int] = []  # tokens whose K/V are in the cache
@@ -60,9 +58,7 @@ class Session:
         if not tokens:
             raise ValueError("empty prompt: nothing to generate from")
         if len(tokens) > self.n_ctx:
-            raise ContextFull(
-                f"prompt of {len(tokens)} tokens exceeds the context {self.n_ctx}"
-            )
+            raise ContextFull(f"prompt of {len(tokens)} tokens exceeds the context {self.n_ctx}")
         keep = 0
         for a, b in zip(self.tokens, tokens[:-1]):
             if a != b:
@@ -73,9 +69,7 @@ class Session:
         logits = None
         for s in range(keep, len(tokens), self.chunk):
             part = tokens[s : s + self.chunk]
-            logits = self.model.forward(
-                torch.tensor(part, dtype=torch.long), self.cache, s
-            )
+            logits = self.model.forward(torch.tensor(part, dtype=torch.long), self.cache, s)
             self.tokens += part
         self.timings.n_prompt += len(tokens) - keep
         self.timings.t_prompt += time.perf_counter() - t0
@@ -84,9 +78,7 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; logits [V] for the next."""
         pos = len(self.tokens)
-        logits = self.model.forward(
-            torch.tensor([token], dtype=torch.long), self.cache, pos
-        )
+        logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos)
         self.tokens.append(token)
         return logits[-1]
 

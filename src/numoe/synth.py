@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .convert import keep_f32
-from .gguf_write import write_gguf
+from .gguf_write import Lazy, write_gguf
 from .models import ARCHITECTURES
 from .models import get as get_arch
 from .tokenizer import synth_vocab_metadata
@@ -60,6 +60,10 @@ def random_tensor(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -
     return a
 
 
+def _maker(seed: np.random.SeedSequence, name: str, shape: tuple[int, ...]):
+    return lambda: random_tensor(np.random.default_rng(seed), name, shape)
+
+
 def synth(
     preset: str,
     path: str | Path,
@@ -71,8 +75,11 @@ def synth(
     cfg = preset_config(preset, layers)
     arch = get_arch(cfg.arch)
     specs = arch.tensor_specs(cfg)
-    rng = np.random.default_rng(seed)
-    tensors = {name: random_tensor(rng, name, shape) for name, shape in specs.items()}
+    # one generator per tensor: same seed, same tensor, whatever the order of writing
+    seeds = np.random.SeedSequence(seed).spawn(len(specs))
+    tensors = {
+        name: Lazy(shape, _maker(s, name, shape)) for (name, shape), s in zip(specs.items(), seeds)
+    }
     meta = dict(arch.gguf_metadata(cfg))
     meta["general.name"] = f"numoe-synth-{preset}"
     meta |= synth_vocab_metadata(cfg.n_vocab, getattr(arch, "TOKENIZER_KIND", "gpt2"))

@@ -25,7 +25,7 @@ def main(args) -> int:
     from ..engine import Session
     from ..tokenizer import IncrementalDecoder
 
-    cfg, model, tok = load_from_args(args)
+    _, model, tok = load_from_args(args)
     sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size)
     sampler = sampler_from_args(args)
     base = [{"role": "system", "content": args.system}] if args.system else []
@@ -63,4 +63,3 @@ def main(args) -> int:
         print(dec.flush(), flush=True)
         messages.append({"role": "assistant", "content": tok.decode(reply, skip_special=True)})
         print(f"[{sess.timings.summary()}]", file=sys.stderr)
-

@@ -24,7 +24,7 @@ def main(args) -> int:
     from ..engine import Session
     from ..tokenizer import IncrementalDecoder
 
-    cfg, model, tok = load_from_args(args)
+    _, model, tok = load_from_args(args)
     prompt = tok.encode(args.prompt, special=True)
     sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size)
     dec = IncrementalDecoder(tok)

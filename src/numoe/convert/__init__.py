@@ -14,7 +14,6 @@ import numpy as np
 
 from ..gguf_write import write_gguf
 
-
 # transformers model_type -> converter module in this package
 CONVERTERS = {
     "deepseek_v2": "deepseek2",
@@ -45,9 +44,7 @@ def convert_hf(model, path: str | Path, qtype: str = "F32", tokenizer_meta=None)
         for gname, arr in conv.convert_tensor(name, t.detach().float(), cfg):
             tensors[gname] = np.ascontiguousarray(arr.numpy(), dtype=np.float32)
     specs = arch.tensor_specs(cfg)
-    if (
-        "output.weight" not in tensors
-    ):  # tied embeddings: no output tensor, as llama.cpp
+    if "output.weight" not in tensors:  # tied embeddings: no output tensor, as llama.cpp
         specs.pop("output.weight", None)
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != specs:
@@ -61,6 +58,6 @@ def convert_hf(model, path: str | Path, qtype: str = "F32", tokenizer_meta=None)
     return cfg
 
 
-def keep_f32(name: str, arr: np.ndarray) -> bool:
+def keep_f32(name: str, shape: tuple[int, ...]) -> bool:
     """Tensors llama.cpp keeps at full precision whatever the file type: the routers."""
     return "ffn_gate_inp" in name or "exp_probs_b" in name

@@ -8,13 +8,8 @@ from .common import Pairs, convert_common
 
 def config_from_hf(hf) -> Config:
     qwen2 = hf.model_type == "qwen2_moe"
-    if (
-        getattr(hf, "mlp_only_layers", None)
-        or getattr(hf, "decoder_sparse_step", 1) != 1
-    ):
-        raise ValueError(
-            "dense layers inside a Qwen MoE model are not supported (GGUF has none)"
-        )
+    if getattr(hf, "mlp_only_layers", None) or getattr(hf, "decoder_sparse_step", 1) != 1:
+        raise ValueError("dense layers inside a Qwen MoE model are not supported (GGUF has none)")
     return Config(
         arch="qwen2moe" if qwen2 else "qwen3moe",
         n_vocab=hf.vocab_size,
@@ -23,8 +18,7 @@ def config_from_hf(hf) -> Config:
         n_layer=hf.num_hidden_layers,
         n_head=hf.num_attention_heads,
         n_head_kv=hf.num_key_value_heads,
-        head_dim=getattr(hf, "head_dim", None)
-        or hf.hidden_size // hf.num_attention_heads,
+        head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
         n_expert=hf.num_experts,
         n_expert_used=hf.num_experts_per_tok,
         n_ff_exp=hf.moe_intermediate_size,

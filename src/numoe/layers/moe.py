@@ -79,9 +79,7 @@ class Experts:
         merged = f"blk.{blk}.ffn_gate_exps.weight"
         if g.has(merged) or not g.has(f"blk.{blk}.ffn_gate.0.weight"):
             w = {
-                p: load_weight(
-                    g, f"blk.{blk}.ffn_{p}_exps.weight", (n_expert, *s), device
-                )
+                p: load_weight(g, f"blk.{blk}.ffn_{p}_exps.weight", (n_expert, *s), device)
                 for p, s in shapes.items()
             }
         else:  # older Mixtral files: one tensor per expert
@@ -96,9 +94,7 @@ class Experts:
             }
         return cls(w["gate"], w["up"], w["down"])
 
-    def __call__(
-        self, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [T, D], ids [T, k], w [T, k] -> sum_j w[t, j] * expert_{ids[t, j]}(x[t]), [T, D]."""
         dev = x.device
         x = x.to(self.gate.device).float()
@@ -107,9 +103,7 @@ class Experts:
         for e in torch.unique(ids).tolist():
             tok, slot = (ids == e).nonzero(as_tuple=True)  # [n], [n]
             h = x[tok]  # [n, D]
-            y = (F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)) @ self.down[
-                e
-            ].T  # [n, D]
+            y = (F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)) @ self.down[e].T  # [n, D]
             out.index_add_(0, tok, y * w[tok, slot, None])
         return out.to(dev)
 
@@ -146,15 +140,15 @@ class SparseMoE:
             shared,
             shared_gate,
         )
-        self.route_args = dict(
-            k=k,
-            gating=gating,
-            norm=norm,
-            scale=scale,
-            bias=bias,
-            n_group=n_group,
-            topk_group=topk_group,
-        )
+        self.route_args = {
+            "k": k,
+            "gating": gating,
+            "norm": norm,
+            "scale": scale,
+            "bias": bias,
+            "n_group": n_group,
+            "topk_group": topk_group,
+        }
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         ids, w = route(self.router(x), **self.route_args)  # [T, k], [T, k]

@@ -32,17 +32,13 @@ def yarn_inv_freq(
     """YaRN frequency blend (Peng et al. 2023): extrapolate high, interpolate low freqs."""
 
     def correction_dim(n_rot: float) -> float:
-        return (dim * math.log(original_ctx / (n_rot * 2 * math.pi))) / (
-            2 * math.log(base)
-        )
+        return (dim * math.log(original_ctx / (n_rot * 2 * math.pi))) / (2 * math.log(base))
 
     low = max(math.floor(correction_dim(beta_fast)), 0)
     high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(
-        0, 1
-    )
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
     extrapolation = 1.0 - ramp  # 1 = keep original frequency
     inv = base_inv_freq(dim, base)
     return inv / factor * (1 - extrapolation) + inv * extrapolation
@@ -72,9 +68,7 @@ class Rope:
             (ang.sin() * f).float().to(device),
         )
 
-    def apply(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [T, H, dim] -> rotated [T, H, dim] (same layout as the input)."""
         c, s = cos[:, None, :], sin[:, None, :]  # [T, 1, dim/2]
         if self.neox:

@@ -141,7 +141,7 @@ def tensor_specs(cfg: Config) -> dict[str, tuple[int, ...]]:
         if cfg.n_ff_shexp:
             Fs = cfg.n_ff_shexp
             s |= {
-                p + "ffn_gate_inp_shexp.weight": (D,),
+                p + "ffn_gate_inp_shexp.weight": (1, D),  # as HF and llama.cpp store it
                 p + "ffn_gate_shexp.weight": (Fs, D),
                 p + "ffn_up_shexp.weight": (Fs, D),
                 p + "ffn_down_shexp.weight": (D, Fs),
@@ -160,17 +160,11 @@ class Model(DecoderModel):
         c = self.cfg
         shared = gate = None
         if c.n_ff_shexp:
-            shared = FeedForward.load(
-                g, f"blk.{i}.ffn", c.n_embd, c.n_ff_shexp, dev, "_shexp"
-            )
-            gate = load_weight(
-                g, f"blk.{i}.ffn_gate_inp_shexp.weight", (c.n_embd,), dev
-            )
+            shared = FeedForward.load(g, f"blk.{i}.ffn", c.n_embd, c.n_ff_shexp, dev, "_shexp")
+            gate = load_weight(g, f"blk.{i}.ffn_gate_inp_shexp.weight", (c.n_embd,), dev)
         moe = SparseMoE(
             Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-            Experts.load(
-                g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts
-            ),
+            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts),
             k=c.n_expert_used,
             norm=c.norm_topk,
             shared=shared,
@@ -180,6 +174,4 @@ class Model(DecoderModel):
 
     def new_cache(self, n_ctx: int) -> KVCache:
         c = self.cfg
-        return KVCache(
-            c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense
-        )
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense)

@@ -1,0 +1,7 @@
+"""`python -m numoe` = the `numoe` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
