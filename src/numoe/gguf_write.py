@@ -2,11 +2,13 @@
 
 Tensors stream: each value may be an array or a `Lazy(shape, make)` that produces the
 float32 array only when its turn to be written comes, so a model larger than RAM can be
-written one tensor at a time.
+written one tensor at a time; at most one encoded tensor is held at once. The file is
+written under a temporary name and renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import gguf
 import numpy as np
 
 Q = gguf.GGMLQuantizationType
+V = gguf.GGUFValueType
 WRITE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
 FILE_TYPES = {  # general.file_type, as llama.cpp's LlamaFileType
     "F32": gguf.LlamaFileType.ALL_F32,
@@ -33,9 +36,16 @@ class Lazy:
     make: Callable[[], np.ndarray]
 
 
-def tensor_type(name: str, shape: tuple[int, ...], qtype: Q, keep_f32=None) -> Q:
-    """The stored type: 1-D tensors and rows that don't split into blocks stay F32."""
-    if qtype == Q.F32 or len(shape) < 2 or (keep_f32 is not None and keep_f32(name, shape)):
+KeepF32 = Callable[[str, "np.ndarray | Lazy"], bool]
+
+
+def tensor_type(
+    name: str, value: np.ndarray | Lazy, qtype: Q, keep_f32: KeepF32 | None = None
+) -> Q:
+    """The stored type: 1-D tensors, rows that don't split into blocks and tensors
+    `keep_f32(name, value)` chooses stay F32."""
+    shape = tuple(value.shape)
+    if qtype == Q.F32 or len(shape) < 2 or (keep_f32 is not None and keep_f32(name, value)):
         return Q.F32
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     return qtype if shape[-1] % block == 0 else Q.F32
@@ -50,26 +60,77 @@ def _encode(arr: np.ndarray, t: Q) -> np.ndarray:
     return gguf.quants.quantize(arr, t)  # uint8 bytes [.., row bytes]
 
 
-def _add_kv(w: gguf.GGUFWriter, key: str, value: Any) -> None:
-    V = gguf.GGUFValueType
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _elem_type(key: str, items: list[Any]) -> V:
+    """GGUF element type of a metadata list: str, bool, int (INT32, INT64 if needed),
+    float (FLOAT32; ints mixed with floats count as floats)."""
+    if all(isinstance(x, str) for x in items):
+        return V.STRING
+    if all(isinstance(x, bool) for x in items):
+        return V.BOOL
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        if all(-(2**31) <= x < 2**31 for x in items):
+            return V.INT32
+        return V.INT64
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+        return V.FLOAT32
+    kinds = sorted({type(x).__name__ for x in items})
+    raise TypeError(f"metadata '{key}': a list must hold one kind of value, got {kinds}")
+
+
+def _kv(key: str, value: Any) -> tuple[Any, V, V | None]:
+    """(value, type, array element type) for one metadata value.
+
+    int -> UINT32 (INT32 if negative; UINT64/INT64 outside 32 bits), float -> FLOAT32,
+    bool, str, list/tuple/ndarray -> ARRAY. `(value, GGUFValueType.X)` forces the type;
+    with a list value, X is the element type (or ARRAY to infer it)."""
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], V):
         value, vtype = value
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            items = [_plain(x) for x in value]
+            sub = _elem_type(key, items) if vtype == V.ARRAY and items else vtype
+            return items, V.ARRAY, (V.INT32 if sub == V.ARRAY else sub)
         if vtype == V.ARRAY:
-            w.add_array(key, value)
-        else:
-            w.add_key_value(key, value, vtype)
-    elif isinstance(value, bool):
-        w.add_bool(key, value)
-    elif isinstance(value, int):
-        w.add_uint32(key, value) if 0 <= value < 2**32 else w.add_int64(key, value)
-    elif isinstance(value, float):
-        w.add_float32(key, value)
-    elif isinstance(value, str):
-        w.add_string(key, value)
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        w.add_array(key, list(value))
-    else:
-        raise TypeError(f"metadata '{key}': cannot store a {type(value).__name__}")
+            raise TypeError(f"metadata '{key}': ARRAY needs a list value")
+        return _plain(value), vtype, None
+    value = _plain(value)
+    if isinstance(value, bool):
+        return value, V.BOOL, None
+    if isinstance(value, int):
+        if 0 <= value < 2**32:
+            return value, V.UINT32, None
+        if -(2**31) <= value < 0:
+            return value, V.INT32, None
+        if 0 <= value < 2**64:
+            return value, V.UINT64, None
+        if -(2**63) <= value < 2**63:
+            return value, V.INT64, None
+        raise OverflowError(f"metadata '{key}': {value} does not fit in 64 bits")
+    if isinstance(value, float):
+        return value, V.FLOAT32, None
+    if isinstance(value, str):
+        return value, V.STRING, None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        items = [_plain(x) for x in value]
+        return items, V.ARRAY, (_elem_type(key, items) if items else V.INT32)
+    raise TypeError(f"metadata '{key}': cannot store a {type(value).__name__}")
+
+
+class _Writer(gguf.GGUFWriter):
+    """GGUFWriter that also writes empty arrays (the package refuses them)."""
+
+    def _pack_val(self, val: Any, vtype: V, add_vtype: bool, sub_type: V | None = None) -> bytes:
+        if vtype == V.ARRAY and len(val) == 0:
+            head = self._pack("I", vtype) if add_vtype else b""
+            return head + self._pack("I", sub_type or V.INT32) + self._pack("Q", 0)
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 def write_gguf(
@@ -78,43 +139,63 @@ def write_gguf(
     meta: Mapping[str, Any],
     tensors: Mapping[str, np.ndarray | Lazy],
     qtype: str = "F32",
-    keep_f32: Callable[[str, tuple[int, ...]], bool] | None = None,
+    keep_f32: KeepF32 | None = None,
 ) -> None:
-    """Write a GGUF file. meta: key -> value (int -> uint32, float -> float32, bool, str,
-    lists; or (value, GGUFValueType) to force a type). tensors: GGUF name -> float32 array
-    (numpy order) or Lazy. qtype: F32, F16, BF16 or Q8_0 for the matrices; keep_f32(name,
-    shape) keeps chosen tensors at F32 (routers, as llama.cpp does)."""
+    """Write a GGUF file.
+
+    meta: key -> value (int -> uint32, float -> float32, bool, str, lists of str/int
+    (int32)/float (float32); or (value, GGUFValueType) to force a type).
+    tensors: GGUF name -> float32 array (numpy order) or Lazy.
+    qtype: F32, F16, BF16 or Q8_0 (any case) for the matrices; 1-D tensors and rows not
+    a multiple of the block stay F32, as does any tensor keep_f32(name, array_or_lazy)
+    chooses (routers, as llama.cpp does)."""
     q = qtype.upper()
     if q not in WRITE_TYPES:
         raise ValueError(f"cannot write tensor type '{qtype}': use one of {', '.join(WRITE_TYPES)}")
-    w = gguf.GGUFWriter(str(path), arch)
+    path = Path(path)
     meta = dict(meta)
+    meta.pop("general.architecture", None)  # from `arch`
     meta.setdefault("general.name", "numoe-synth")
     meta.setdefault("general.file_type", int(FILE_TYPES[q]))
     meta.setdefault("general.quantization_version", gguf.GGML_QUANT_VERSION)
-    for key, value in meta.items():
-        if key != "general.architecture":
-            _add_kv(w, key, value)
+    kvs = {key: _kv(key, value) for key, value in meta.items()}  # type errors before writing
+    if "general.alignment" in kvs and kvs["general.alignment"][1:] != (V.UINT32, None):
+        raise TypeError("metadata 'general.alignment' must be a uint32")
 
-    plan = []  # (name, value, stored type)
-    for name, value in tensors.items():
-        shape = tuple(value.shape)
-        t = tensor_type(name, shape, WRITE_TYPES[q], keep_f32)
-        if t in (Q.F32, Q.F16):
-            dtype = np.float32 if t == Q.F32 else np.float16
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            w.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
-        else:
-            bshape = gguf.quant_shape_to_byte_shape(shape, t)
-            w.add_tensor_info(name, bshape, np.dtype(np.uint8), int(np.prod(bshape)), t)
-        plan.append((name, value, t))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    w = _Writer(str(tmp), arch)
+    try:
+        for key, (value, vtype, sub) in kvs.items():
+            w.add_key_value(key, value, vtype, sub_type=sub)
+        if "general.alignment" in kvs:
+            w.data_alignment = kvs["general.alignment"][0]
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for name, value, t in plan:
-        arr = value.make() if isinstance(value, Lazy) else value
-        if tuple(arr.shape) != tuple(value.shape):
-            raise ValueError(f"tensor '{name}': made shape {arr.shape}, declared {value.shape}")
-        w.write_tensor_data(_encode(arr, t))
-    w.close()
+        plan = []  # (name, value, stored type)
+        for name, value in tensors.items():
+            shape = tuple(int(s) for s in value.shape)
+            if not 1 <= len(shape) <= 4 or min(shape) < 1:
+                raise ValueError(f"tensor '{name}': shape {shape} (need 1..4 dims, all > 0)")
+            t = tensor_type(name, value, WRITE_TYPES[q], keep_f32)
+            block, type_size = gguf.GGML_QUANT_SIZES[t]
+            nbytes = int(np.prod(shape, dtype=np.int64)) // block * type_size
+            dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(t)
+            if dtype is not None:
+                w.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
+            else:  # element shape with raw_dtype: the writer stores it as given
+                w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, t)
+            plan.append((name, value, t))
+
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for name, value, t in plan:
+            arr = value.make() if isinstance(value, Lazy) else value
+            if tuple(arr.shape) != tuple(value.shape):
+                raise ValueError(f"tensor '{name}': made shape {arr.shape}, declared {value.shape}")
+            w.write_tensor_data(_encode(arr, t))
+            del arr
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        w.close()
+        tmp.unlink(missing_ok=True)
