@@ -313,10 +313,15 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int) -> GGUFFile:
         raise r.fail(f"unsupported GGUF version {version} (supported: 2, 3)")
     n_tensors = r.u64("tensor count")
     n_kv = r.u64("metadata key count")
-    if n_kv * _MIN_KV_BYTES > size - r.off:
-        raise r.fail(f"metadata key count {n_kv} is impossible for file size {size}")
-    if n_tensors * _MIN_TENSOR_INFO_BYTES > size - r.off:
-        raise r.fail(f"tensor count {n_tensors} is impossible for file size {size}")
+    for count, what, least in (
+        (n_kv, "metadata key count", _MIN_KV_BYTES),
+        (n_tensors, "tensor count", _MIN_TENSOR_INFO_BYTES),
+    ):
+        if count * least > size - r.off:
+            raise r.fail(
+                f"{what} {count} is impossible: needs at least {count * least} bytes, "
+                f"{size - r.off} left in the file (truncated or corrupt)"
+            )
 
     meta: dict[str, Any] = {}
     vtypes: dict[str, int] = {}
