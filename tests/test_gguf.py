@@ -267,6 +267,11 @@ def test_metadata_and_tensor_lookup_errors(tmp_path):
         g.tensor("x", (32, 4))
     assert "'x'" in str(e.value) and "(4, 32)" in str(e.value) and "(32, 4)" in str(e.value)
     assert g.tensor("x", (4, 32)).shape == (4, 32)
+    q = tmp_path / "split.gguf"
+    meta = {"split.no": (0, VT.UINT16), "split.count": (3, VT.UINT16)}
+    write_gguf(q, "llama", meta, {"x": np.zeros((4, 32), np.float32)})
+    with pytest.raises(GGUFError, match="'y'.*1 of a 3-file split"):
+        open_gguf(q).tensor("y")
 
 
 def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):

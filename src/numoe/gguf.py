@@ -135,7 +135,14 @@ class GGUFFile:
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> TensorInfo:
         t = self.tensors.get(name)
         if t is None:
-            raise GGUFError(f"{self.path}: missing tensor '{name}'")
+            n_split = self.meta.get("split.count", 1)
+            hint = (
+                f" (this is shard {self.meta.get('split.no', 0) + 1} of a {n_split}-file split "
+                "GGUF, which numoe does not read yet: merge it with llama-gguf-split --merge)"
+                if isinstance(n_split, int) and n_split > 1
+                else ""
+            )
+            raise GGUFError(f"{self.path}: missing tensor '{name}'{hint}")
         if t.qtype not in SUPPORTED_TYPES:
             raise GGUFError(_unsupported_msg(self.path, name, t.qtype))
         if shape is not None and tuple(int(s) for s in shape) != t.shape:
