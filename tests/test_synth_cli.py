@@ -191,3 +191,36 @@ def test_chat_ctrl_c_stops_the_reply_not_the_program(tiny):
         p.kill()
     assert rc == 0, err
     assert "[stopped]" in err and "Traceback" not in err
+
+
+def _rewrite(src: str, dst, arch=None, drop=(), reshape=None):
+    """Copy a GGUF with another architecture name, tensors dropped or one tensor reshaped."""
+    from numoe.gguf import dequantize
+    from numoe.gguf_write import write_gguf
+
+    g = open_gguf(src)
+    meta = {k: v for k, v in g.meta.items() if not k.startswith("general.")}
+    if arch:
+        meta = {k.replace(f"{g.arch}.", f"{arch}.", 1): v for k, v in meta.items()}
+    tensors = {n: dequantize(t).numpy() for n, t in g.tensors.items() if n not in drop}
+    if reshape:
+        name, shape = reshape
+        tensors[name] = np.zeros(shape, np.float32)
+    write_gguf(dst, arch or g.arch, meta, tensors)
+    return str(dst)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"arch": "gpt9"}, "unknown architecture 'gpt9'"),
+        ({"drop": ["blk.1.ffn_up_exps.weight"]}, "missing tensor 'blk.1.ffn_up_exps.weight'"),
+        ({"reshape": ("blk.0.attn_q.weight", (32, 64))}, "tensor 'blk.0.attn_q.weight' has shape"),
+    ],
+)
+def test_run_bad_model_is_one_line_error(capsys, tmp_path, tiny, change, message):
+    bad = _rewrite(tiny, tmp_path / "bad.gguf", **change)
+    rc, out, err = _run(capsys, "run", "-m", bad, "-n", "2")
+    assert rc == 1 and out == ""
+    assert message in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
