@@ -52,7 +52,7 @@ def main(args) -> int:
             continue
         messages.append({"role": "user", "content": text})
         prompt = tok.encode_chat(messages, add_generation_prompt=True)
-        dec, reply = IncrementalDecoder(tok), []
+        dec, reply = IncrementalDecoder(tok, skip_special=True), []
         try:
             for t in sess.generate(prompt, max_new, sampler, tok.stop_ids, args.ignore_eos):
                 reply.append(t)
