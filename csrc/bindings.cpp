@@ -1,9 +1,25 @@
 // Every Python binding of numoe._cpu lives in this file.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <climits>
+#include <stdexcept>
+
+#include <sched.h>
+
+#include <chrono>
+#include <utility>
+
+#include "isa.hpp"
+#include "linear.hpp"
+#include "moe.hpp"
+#include "threadpool.hpp"
+#include "quant/quant.hpp"
+#include "quantize/quantize.hpp"
 #include "topology.hpp"
 
 namespace nb = nanobind;
@@ -50,10 +66,268 @@ nb::dict topology_dict(const numoe::Topology &t) {
   return out;
 }
 
+// ---- quantized kernels: every size is checked before any memory is touched ----
+
+// Raw bytes are taken as they are (noconvert): a wrong dtype or a strided array is a
+// TypeError, never a silent value cast.
+using Bytes = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
+using Floats = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+
+// Bytes of n elements of type t; n must be a non-negative multiple of the block size.
+size_t quant_bytes(const numoe::quant::TypeInfo &t, int64_t n) {
+  if (n < 0 || n % t.block_size != 0)
+    throw std::invalid_argument("n=" + std::to_string(n) + " is not a non-negative multiple of " +
+                                t.name + "'s block size " + std::to_string(t.block_size));
+  return static_cast<size_t>(n / t.block_size) * static_cast<size_t>(t.type_size);
+}
+
+void need_bytes(size_t have, size_t want, const char *what, const numoe::quant::TypeInfo &t,
+                int64_t n) {
+  if (have < want)
+    throw std::invalid_argument(std::string(what) + " has " + std::to_string(have) + " bytes; " +
+                                std::to_string(n) + " elements of " + t.name + " need " +
+                                std::to_string(want));
+}
+
+const numoe::quant::TypeInfo &act_info(const numoe::quant::TypeInfo &w) {
+  if (w.act_type < 0)
+    throw std::invalid_argument(std::string(w.name) + " is an activation type, not a weight type");
+  return numoe::quant::type_info(w.act_type);
+}
+
+template <typename T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> new_array(size_t n, T **data) {
+  T *p = new T[n > 0 ? n : 1];
+  nb::capsule owner(p, [](void *q) noexcept { delete[] static_cast<T *>(q); });
+  *data = p;
+  return nb::ndarray<nb::numpy, T, nb::ndim<1>>(p, {n}, owner);
+}
+
+}  // namespace
+
+// ---- thread pool, linear op, MoE op (csrc/threadpool.*, linear.*, moe.*) ----
+namespace {
+
+using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
+using Floats2 = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
+
+Floats2 new_floats2(size_t rows, size_t cols, float **data) {
+  const size_t n = rows * cols;
+  float *p = new float[n > 0 ? n : 1];
+  nb::capsule owner(p, [](void *q) noexcept { delete[] static_cast<float *>(q); });
+  *data = p;
+  return Floats2(p, {rows, cols}, owner);
+}
+
+// x as float32 [T, n] (2-D, C-contiguous); ValueError naming `what` otherwise.
+int64_t rows_of(const Floats &x, int64_t n, const char *what) {
+  if (x.ndim() != 2 || static_cast<int64_t>(x.shape(1)) != n)
+    throw std::invalid_argument(std::string(what) + " must be float32 [T, " + std::to_string(n) +
+                                "], got ndim " + std::to_string(x.ndim()) +
+                                (x.ndim() == 2 ? ", shape[1] " + std::to_string(x.shape(1)) : ""));
+  return static_cast<int64_t>(x.shape(0));
+}
+
+// The linear op over a GGUF tensor's bytes; holds the byte array so the memmap stays alive.
+struct PyLinear {
+  Bytes data;
+  numoe::LinearOp op;
+  PyLinear(Bytes d, int type, int64_t n_out, int64_t n_in, int64_t groups)
+      : data(std::move(d)), op(check(data, type, n_out, n_in, groups), type, n_out, n_in, groups) {}
+  static const uint8_t *check(const Bytes &d, int type, int64_t n_out, int64_t n_in,
+                              int64_t groups) {
+    if (n_out <= 0 || groups <= 0) throw std::invalid_argument("n_out and groups must be positive");
+    const size_t want = numoe::row_bytes_of(type, n_in) * static_cast<size_t>(n_out * groups);
+    if (d.size() != want)
+      throw std::invalid_argument("weight bytes: have " + std::to_string(d.size()) + ", " +
+                                  std::to_string(groups) + " x " + std::to_string(n_out) + " x " +
+                                  std::to_string(n_in) + " " + numoe::quant::type_name(type) +
+                                  " need " + std::to_string(want));
+    return d.data();
+  }
+};
+
+// Expert pointers from either one merged [E, rows, cols] tensor or one tensor per expert.
+std::vector<const uint8_t *> expert_ptrs(const std::vector<Bytes> &arrs, int type, int64_t E,
+                                         int64_t rows, int64_t cols, const char *what) {
+  const size_t one = numoe::row_bytes_of(type, cols) * static_cast<size_t>(rows);
+  std::vector<const uint8_t *> out;
+  if (arrs.size() == 1 && E > 1) {
+    if (arrs[0].size() != one * static_cast<size_t>(E))
+      throw std::invalid_argument(std::string(what) + ": merged tensor has " +
+                                  std::to_string(arrs[0].size()) + " bytes, " +
+                                  std::to_string(E) + " experts need " +
+                                  std::to_string(one * static_cast<size_t>(E)));
+    for (int64_t e = 0; e < E; ++e) out.push_back(arrs[0].data() + one * static_cast<size_t>(e));
+  } else if (static_cast<int64_t>(arrs.size()) == E) {
+    for (size_t e = 0; e < arrs.size(); ++e) {
+      if (arrs[e].size() != one)
+        throw std::invalid_argument(std::string(what) + ": expert " + std::to_string(e) + " has " +
+                                    std::to_string(arrs[e].size()) + " bytes, need " +
+                                    std::to_string(one));
+      out.push_back(arrs[e].data());
+    }
+  } else {
+    throw std::invalid_argument(std::string(what) + ": need one merged tensor or " +
+                                std::to_string(E) + " per-expert tensors, got " +
+                                std::to_string(arrs.size()));
+  }
+  return out;
+}
+
+struct PyMoE {
+  std::vector<Bytes> keep;
+  numoe::MoEOp op;
+  PyMoE(const std::vector<Bytes> &gate, const std::vector<Bytes> &up,
+        const std::vector<Bytes> &down, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
+      : op((check_dims(E, F, D), expert_ptrs(gate, gt, E, F, D, "gate")),
+           expert_ptrs(up, ut, E, F, D, "up"), expert_ptrs(down, dt, E, D, F, "down"), gt, ut, dt,
+           E, F, D) {
+    for (const auto *v : {&gate, &up, &down}) keep.insert(keep.end(), v->begin(), v->end());
+  }
+  static void check_dims(int64_t E, int64_t F, int64_t D) {
+    if (E <= 0 || F <= 0 || D <= 0)
+      throw std::invalid_argument("n_expert, n_ff and n_embd must be positive");
+  }
+};
+
+void bind_kernels(nb::module_ &m) {
+  m.def(
+      "set_threads",
+      [](const std::vector<std::vector<int>> &groups) {
+        nb::gil_scoped_release release;
+        numoe::ThreadPool::instance().set_threads(groups);
+      },
+      "groups"_a,
+      "Size numoe's thread pool: one CPU list per NUMA node (numoe.topology.thread_plan). The "
+      "calling thread takes the first slot; every other CPU gets a worker pinned to it.");
+  m.def(
+      "set_threads",
+      [](const std::vector<int> &cpus) {
+        nb::gil_scoped_release release;
+        numoe::ThreadPool::instance().set_threads({cpus});
+      },
+      "cpus"_a, "set_threads with one group (one NUMA node).");
+  m.def(
+      "num_threads", [] { return numoe::ThreadPool::instance().num_threads(); },
+      "Threads of numoe's pool, the caller included.");
+  m.def(
+      "thread_groups", [] { return numoe::ThreadPool::instance().groups(); },
+      "The CPU lists the pool was set up with (one per node; [[-1]] before set_threads).");
+  m.def(
+      "pool_trace",
+      [](int64_t n_tasks, int64_t spin_ns) {
+        if (n_tasks < 0) throw std::invalid_argument("n_tasks must be >= 0");
+        std::vector<int> thread(n_tasks), cpu(n_tasks);
+        {
+          nb::gil_scoped_release release;
+          numoe::parallel_for(n_tasks, [&](int64_t t, int th) {
+            thread[t] = th;
+            cpu[t] = sched_getcpu();
+            const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+          });
+        }
+        return std::make_pair(thread, cpu);
+      },
+      "n_tasks"_a, "spin_ns"_a = 0,
+      "Run n_tasks tasks on the pool (each busy for spin_ns); returns (thread id, CPU) per task. "
+      "For tests.");
+  m.def(
+      "read_bandwidth_bytes",
+      [](const Bytes &a) {
+        nb::gil_scoped_release release;
+        return numoe::read_bytes(a.data(), a.size());
+      },
+      "a"_a.noconvert(),
+      "Read every byte of `a` on all pool threads (STREAM-style read); returns a checksum.");
+
+  nb::class_<PyLinear>(m, "Linear",
+                       "y = x . W^T over a GGUF tensor's raw bytes (read in place), on the pool.")
+      .def(nb::init<Bytes, int, int64_t, int64_t, int64_t>(), "data"_a.noconvert(), "type_id"_a,
+           "n_out"_a, "n_in"_a, "groups"_a = 1,
+           "data: uint8 bytes of W [groups, n_out, n_in] in GGML type `type_id` (kept "
+           "referenced). ValueError when the byte count does not match.")
+      .def(
+          "forward",
+          [](PyLinear &s, const Floats &x) {
+            const int64_t G = s.op.groups();
+            const int64_t T = rows_of(x, G * s.op.n_in(), "x");
+            float *y;
+            auto arr = new_floats2(static_cast<size_t>(T), static_cast<size_t>(G * s.op.n_out()), &y);
+            {
+              nb::gil_scoped_release release;
+              s.op.forward(x.data(), T, y);
+            }
+            return arr;
+          },
+          "x"_a, "x float32 [T, groups*n_in] -> float32 [T, groups*n_out].")
+      .def(
+          "rows",
+          [](PyLinear &s, const nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu> &ids) {
+            const int64_t n = static_cast<int64_t>(ids.size());
+            float *y;
+            auto arr = new_floats2(static_cast<size_t>(n), static_cast<size_t>(s.op.n_in()), &y);
+            {
+              nb::gil_scoped_release release;
+              s.op.rows(ids.data(), n, y);
+            }
+            return arr;
+          },
+          "ids"_a,
+          "Rows `ids` (int64) of W as float32 [n, n_in] (an embedding lookup); ValueError for an "
+          "id out of range.")
+      .def_prop_ro("type_id", [](PyLinear &s) { return s.op.type(); })
+      .def_prop_ro("n_out", [](PyLinear &s) { return s.op.n_out(); })
+      .def_prop_ro("n_in", [](PyLinear &s) { return s.op.n_in(); })
+      .def_prop_ro("groups", [](PyLinear &s) { return s.op.groups(); })
+      .def_prop_ro("nbytes", [](PyLinear &s) { return s.op.bytes(); });
+
+  nb::class_<PyMoE>(m, "MoE", "Fused routed SwiGLU experts over raw GGUF tensors, on the pool.")
+      .def(nb::init<const std::vector<Bytes> &, const std::vector<Bytes> &,
+                    const std::vector<Bytes> &, int, int, int, int64_t, int64_t, int64_t>(),
+           "gate"_a, "up"_a, "down"_a, "gate_type"_a, "up_type"_a, "down_type"_a, "n_expert"_a,
+           "n_ff"_a, "n_embd"_a,
+           "gate/up/down: [one merged uint8 array of E experts] or E per-expert arrays (gate/up "
+           "[F, D], down [D, F]); kept referenced. ValueError on a size mismatch.")
+      .def(
+          "forward",
+          [](PyMoE &s, const Floats &x, const AnyArray &ids, const Floats &w) {
+            const int64_t D = s.op.n_embd();
+            const int64_t T = rows_of(x, D, "x");
+            const bool i64 = ids.dtype() == nb::dtype<int64_t>();
+            if (!i64 && ids.dtype() != nb::dtype<int32_t>())
+              throw std::invalid_argument("ids must be int64 or int32");
+            if (ids.ndim() != 2 || static_cast<int64_t>(ids.shape(0)) != T)
+              throw std::invalid_argument("ids must be [T, k] with T = x.shape[0]");
+            const int64_t k = static_cast<int64_t>(ids.shape(1));
+            if (w.ndim() != 2 || static_cast<int64_t>(w.shape(0)) != T ||
+                static_cast<int64_t>(w.shape(1)) != k)
+              throw std::invalid_argument("weights must be float32 [T, k] like ids");
+            float *y;
+            auto arr = new_floats2(static_cast<size_t>(T), static_cast<size_t>(D), &y);
+            {
+              nb::gil_scoped_release release;
+              s.op.forward(x.data(), T, ids.data(), i64, k, w.data(), y);
+            }
+            return arr;
+          },
+          "x"_a, "ids"_a, "weights"_a,
+          "x float32 [T, D], ids int64/int32 [T, k], weights float32 [T, k] -> float32 [T, D]. "
+          "ValueError for an expert id outside [0, n_expert).")
+      .def_prop_ro("n_expert", [](PyMoE &s) { return s.op.n_expert(); })
+      .def_prop_ro("n_ff", [](PyMoE &s) { return s.op.n_ff(); })
+      .def_prop_ro("n_embd", [](PyMoE &s) { return s.op.n_embd(); })
+      .def_prop_ro("expert_nbytes",
+                   [](PyMoE &s) { return s.op.gate_bytes() + s.op.up_bytes() + s.op.down_bytes(); });
+}
+
 }  // namespace
 
 NB_MODULE(_cpu, m) {
   m.doc() = "numoe's CPU extension: topology now; quantized kernels and the MoE op later.";
+  bind_kernels(m);
 
   m.def(
       "read_topology",
@@ -75,4 +349,151 @@ NB_MODULE(_cpu, m) {
       "parse_cpulist", [](const std::string &text) { return numoe::parse_cpulist(text); }, "text"_a,
       "Parse a Linux cpulist such as '0-3,8,10-11' (strides 'a-b:used/group' too) into sorted "
       "CPU ids; ValueError on malformed input.");
+
+  // ---- ISA dispatch ----
+  m.def(
+      "isa", [] { return std::string(numoe::isa_name(numoe::current_isa())); },
+      "The SIMD level the kernels use: 'scalar', 'avx2' or 'avx512' (NUMOE_ISA forces one; "
+      "ValueError if NUMOE_ISA holds an unknown name).");
+  m.def(
+      "set_isa",
+      [](const std::string &name) {
+        return std::string(numoe::isa_name(numoe::set_isa(numoe::parse_isa(name))));
+      },
+      "name"_a,
+      "Use SIMD level `name` from now on; returns the previous level. ValueError for an unknown "
+      "name or a level this CPU lacks. For tests and benchmarks.");
+  m.def(
+      "isa_available",
+      [] {
+        nb::list out;
+        for (numoe::Isa l : numoe::isa_available()) out.append(numoe::isa_name(l));
+        return out;
+      },
+      "SIMD levels this CPU supports, lowest first.");
+  m.def(
+      "isa_features",
+      [] {
+        const numoe::CpuFeatures &f = numoe::cpu_features();
+        nb::dict d;
+        d["avx2"] = f.avx2;
+        d["avx512"] = f.avx512;
+        d["avx512_vnni"] = f.avx512_vnni;
+        d["avx512_bf16"] = f.avx512_bf16;
+        return d;
+      },
+      "CPU features the dispatcher looked at (avx2 = AVX2+FMA+F16C; avx512 = F+DQ+BW+VL).");
+
+  // ---- GGUF block formats ----
+  m.def(
+      "quant_type_info",
+      [](int type) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        nb::dict d;
+        d["name"] = t.name;
+        d["block_size"] = t.block_size;
+        d["type_size"] = t.type_size;
+        d["act_type"] = t.act_type;
+        return d;
+      },
+      "type_id"_a,
+      "Block size, bytes per block and activation type of a GGML type id; ValueError naming the "
+      "type when numoe has no kernels for it.");
+  m.def(
+      "dequantize",
+      [](int type, const Bytes &raw, int64_t n) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        need_bytes(raw.size(), quant_bytes(t, n), "raw", t, n);
+        float *out;
+        auto arr = new_array<float>(static_cast<size_t>(n), &out);
+        {
+          nb::gil_scoped_release release;
+          t.dequantize(raw.data(), out, n);
+        }
+        return arr;
+      },
+      "type_id"_a, "raw"_a.noconvert(), "n"_a,
+      "The first n elements of raw blocks of GGML type `type_id` as float32.");
+  m.def(
+      "quantize_activation",
+      [](int weight_type, const Floats &x) {
+        const numoe::quant::TypeInfo &a = act_info(numoe::quant::type_info(weight_type));
+        const int64_t n = static_cast<int64_t>(x.size());
+        const size_t bytes = quant_bytes(a, n);
+        const numoe::quant::quantize_fn q = numoe::quant::get_quantize(a.type);
+        uint8_t *out;
+        auto arr = new_array<uint8_t>(bytes, &out);
+        {
+          nb::gil_scoped_release release;
+          q(x.data(), out, n);
+        }
+        return arr;
+      },
+      "weight_type"_a, "x"_a,
+      "Quantize a float32 activation to the format vec_dot pairs with `weight_type` (Q8_0 for "
+      "Q8_0/Q4_0, Q8_K for Q4_K/Q5_K/Q6_K, raw float32 bytes for F32/F16/BF16).");
+  m.def(
+      "vec_dot",
+      [](int type, const Bytes &w, const Bytes &act, int64_t n) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
+        if (n > INT_MAX) throw std::invalid_argument("n is too large");
+        need_bytes(w.size(), quant_bytes(t, n), "weight row", t, n);
+        need_bytes(act.size(), quant_bytes(a, n), "activation", a, n);
+        const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
+        nb::gil_scoped_release release;
+        return f(static_cast<int>(n), w.data(), act.data());
+      },
+      "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a,
+      "Dot product of one weight row (n elements of `type_id`, raw bytes) with an activation "
+      "from quantize_activation.");
+  m.def(
+      "vec_dot_rows",
+      [](int type, const Bytes &w, const Bytes &act, int64_t n, int64_t n_rows) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
+        if (n > INT_MAX) throw std::invalid_argument("n is too large");
+        if (n_rows < 0) throw std::invalid_argument("n_rows must be >= 0");
+        const size_t row = quant_bytes(t, n);
+        need_bytes(w.size(), row * static_cast<size_t>(n_rows), "weights", t, n * n_rows);
+        need_bytes(act.size(), quant_bytes(a, n), "activation", a, n);
+        const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
+        float *out;
+        auto arr = new_array<float>(static_cast<size_t>(n_rows), &out);
+        {
+          nb::gil_scoped_release release;
+          for (int64_t r = 0; r < n_rows; ++r)
+            out[r] = f(static_cast<int>(n), w.data() + r * row, act.data());
+        }
+        return arr;
+      },
+      "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a, "n_rows"_a,
+      "vec_dot for n_rows consecutive rows (single thread): a reference GEMV for tests and "
+      "benchmarks.");
+
+  // ---- weight quantizers (numoe quantize, synth) ----
+  m.def(
+      "quantize",
+      [](int type, const nb::ndarray<const float, nb::c_contig, nb::device::cpu> &x,
+         int n_threads) {
+        if (x.ndim() != 2)
+          throw std::invalid_argument("quantize: x must be 2-D [rows, cols], got " +
+                                      std::to_string(x.ndim()) + " dimensions");
+        const int64_t rows = static_cast<int64_t>(x.shape(0)), cols = static_cast<int64_t>(x.shape(1));
+        const int64_t rb = numoe::quantize::row_bytes(type, cols);  // checks type and cols
+        const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(rb);
+        uint8_t *out = new uint8_t[n > 0 ? n : 1];
+        nb::capsule owner(out, [](void *p) noexcept { delete[] static_cast<uint8_t *>(p); });
+        {
+          nb::gil_scoped_release release;
+          numoe::quantize::quantize_rows(type, x.data(), out, rows, cols, n_threads);
+        }
+        return nb::ndarray<nb::numpy, uint8_t, nb::ndim<2>>(
+            out, {static_cast<size_t>(rows), static_cast<size_t>(rb)}, owner);
+      },
+      "type_id"_a, "x"_a, "n_threads"_a = 0,
+      "Quantize float32 rows x [rows, cols] to GGML type `type_id` (Q4_0, Q8_0, Q4_K, Q5_K, "
+      "Q6_K) with ggml's reference algorithms: uint8 [rows, row bytes]. ValueError when cols "
+      "is not a multiple of the block size or the type has no quantizer. Rows are split over "
+      "n_threads threads (0: all cores).");
 }

@@ -1,0 +1,149 @@
+// Q5_K: as Q4_K with a fifth bit per value in qh: element 32*s + l (sub-block s) takes bit s
+// of qh[l]. x = d*sc*q - dmin*m; dot against Q8_K.
+#include "quant.hpp"
+#include "simd.hpp"
+
+namespace numoe::quant {
+namespace {
+
+void dequantize_q5_K(const void *src, float *dst, int64_t n) {
+  const block_q5_K *b = static_cast<const block_q5_K *>(src);
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+    uint8_t sc[8], m[8];
+    unpack_scales_mins_k4(b[i].scales, sc, m);
+    const uint8_t *q = b[i].qs, *qh = b[i].qh;
+    for (int j = 0; j < 4; ++j, q += 32, dst += 64) {
+      const float d1 = d * sc[2 * j], m1 = dmin * m[2 * j];
+      const float d2 = d * sc[2 * j + 1], m2 = dmin * m[2 * j + 1];
+      for (int l = 0; l < 32; ++l) {
+        const int h1 = (qh[l] >> (2 * j)) & 1, h2 = (qh[l] >> (2 * j + 1)) & 1;
+        dst[l] = d1 * static_cast<float>((q[l] & 0xF) | (h1 << 4)) - m1;
+        dst[l + 32] = d2 * static_cast<float>((q[l] >> 4) | (h2 << 4)) - m2;
+      }
+    }
+  }
+}
+
+float vec_dot_q5_K_scalar(int n, const void *w, const void *act) {
+  const block_q5_K *x = static_cast<const block_q5_K *>(w);
+  const block_q8_K *y = static_cast<const block_q8_K *>(act);
+  float s = 0.f;
+  for (int i = 0; i < n / QK_K; ++i) {
+    uint8_t sc[8], m[8];
+    unpack_scales_mins_k4(x[i].scales, sc, m);
+    const uint8_t *q = x[i].qs, *qh = x[i].qh;
+    const int8_t *a = y[i].qs;
+    int32_t isum = 0;
+    for (int j = 0; j < 4; ++j, q += 32, a += 64) {
+      int32_t s0 = 0, s1 = 0;
+      for (int l = 0; l < 32; ++l) {
+        s0 += ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) * a[l];
+        s1 += ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) * a[l + 32];
+      }
+      isum += sc[2 * j] * s0 + sc[2 * j + 1] * s1;
+    }
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, isum, k4_min_sum(m, y[i].bsums));
+  }
+  return s;
+}
+
+#ifdef NUMOE_X86
+NUMOE_TARGET_AVX2 float vec_dot_q5_K_avx2(int n, const void *w, const void *act) {
+  const block_q5_K *x = static_cast<const block_q5_K *>(w);
+  const block_q8_K *y = static_cast<const block_q8_K *>(act);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2);
+  float s = 0.f;
+  for (int i = 0; i < n / QK_K; ++i) {
+    uint8_t sc[8], m[8];
+    unpack_scales_mins_k4(x[i].scales, sc, m);
+    const uint8_t *q = x[i].qs;
+    const int8_t *a = y[i].qs;
+    // 16-bit shifts are safe: each byte only ever reads its own bits 0..7
+    __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh));
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q + 32 * j));
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(hb, two), 3));
+      hb = _mm256_srli_epi16(hb, 2);
+      const __m256i p0 = _mm256_maddubs_epi16(
+          lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 64 * j)));
+      const __m256i p1 = _mm256_maddubs_epi16(
+          hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 64 * j + 32)));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
+    }
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, simd::hsum_i32(acc), k4_min_sum(m, y[i].bsums));
+  }
+  return s;
+}
+
+// As Q4_K's AVX-512 body; the high bits come from [qh | qh >> 1], shifted 2 per sub-block pair.
+NUMOE_TARGET_AVX512VNNI float vec_dot_q5_K_avx512(int n, const void *w, const void *act) {
+  const block_q5_K *x = static_cast<const block_q5_K *>(w);
+  const block_q8_K *y = static_cast<const block_q8_K *>(act);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
+  __m512i pair_idx[4];
+  for (int p = 0; p < 4; ++p)
+    pair_idx[p] = simd::concat(_mm256_set1_epi16(static_cast<int16_t>(2 * p)),
+                               _mm256_set1_epi16(static_cast<int16_t>(2 * p + 1)));
+  float s = 0.f;
+  for (int i = 0; i < n / QK_K; ++i) {
+    uint8_t sc[8], m[8];
+    unpack_scales_mins_k4(x[i].scales, sc, m);
+    uint64_t sc8;
+    std::memcpy(&sc8, sc, 8);
+    const __m512i sc16 =
+        _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(sc8))));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh));
+    __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 1));
+    const uint8_t *q = x[i].qs;
+    const int8_t *a = y[i].qs;
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < 2; ++c) {
+      const __m512i bits = _mm512_loadu_si512(q + 64 * c);
+      const __m512i lo = _mm512_and_si512(bits, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+      __m512i qa = _mm512_shuffle_i64x2(lo, hi, 0x44);  // sub-blocks 4c, 4c+1
+      __m512i qb = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
+      qa = _mm512_or_si512(qa, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
+      hb = _mm512_srli_epi16(hb, 2);
+      qb = _mm512_or_si512(qb, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
+      hb = _mm512_srli_epi16(hb, 2);
+      const __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512(a + 128 * c));
+      const __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512(a + 128 * c + 64));
+      acc = _mm512_dpwssd_epi32(acc, pa, _mm512_permutexvar_epi16(pair_idx[2 * c], sc16));
+      acc = _mm512_dpwssd_epi32(acc, pb, _mm512_permutexvar_epi16(pair_idx[2 * c + 1], sc16));
+    }
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, _mm512_reduce_add_epi32(acc),
+                      k4_min_sum(m, y[i].bsums));
+  }
+  return s;
+}
+#endif
+
+}  // namespace
+
+const TypeInfo &info_q5_K() {
+  static const TypeInfo t = {
+      Q5_K,
+      "Q5_K",
+      QK_K,
+      sizeof(block_q5_K),
+      Q8_K,
+      dequantize_q5_K,
+#ifdef NUMOE_X86
+      {vec_dot_q5_K_scalar, vec_dot_q5_K_avx2, vec_dot_q5_K_avx512},
+#else
+      {vec_dot_q5_K_scalar, nullptr, nullptr},
+#endif
+      true,
+      {nullptr, nullptr, nullptr},
+  };
+  return t;
+}
+
+}  // namespace numoe::quant

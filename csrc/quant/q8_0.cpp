@@ -1,0 +1,153 @@
+// Q8_0: blocks of 32 int8 with one fp16 scale. Used both as a weight format and as the
+// activation format for Q8_0 / Q4_0 weights (quantize_row_q8_0).
+#include <cmath>
+
+#include "quant.hpp"
+#include "simd.hpp"
+
+namespace numoe::quant {
+namespace {
+
+void dequantize_q8_0(const void *src, float *dst, int64_t n) {
+  const block_q8_0 *b = static_cast<const block_q8_0 *>(src);
+  for (int64_t i = 0; i < n / QK8_0; ++i) {
+    const float d = fp16_to_fp32(b[i].d);
+    for (int j = 0; j < QK8_0; ++j) dst[i * QK8_0 + j] = static_cast<float>(b[i].qs[j]) * d;
+  }
+}
+
+// ggml's quantize_row_q8_0_ref: d = max|x| / 127, q = roundf(x / d) (ties away from zero).
+void quantize_q8_0_scalar(const float *x, void *dst, int64_t n) {
+  block_q8_0 *y = static_cast<block_q8_0 *>(dst);
+  for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+    float amax = 0.f;
+    for (int j = 0; j < QK8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    y[i].d = fp32_to_fp16(d);
+    for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+  }
+}
+
+float vec_dot_q8_0_scalar(int n, const void *w, const void *act) {
+  const block_q8_0 *x = static_cast<const block_q8_0 *>(w);
+  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
+  float s = 0.f;
+  for (int i = 0; i < n / QK8_0; ++i) {
+    int32_t sumi = 0;
+    for (int j = 0; j < QK8_0; ++j) sumi += x[i].qs[j] * y[i].qs[j];
+    s += static_cast<float>(sumi) * (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d));
+  }
+  return s;
+}
+
+#ifdef NUMOE_X86
+NUMOE_TARGET_AVX2 inline __m256i load32(const int8_t *p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+}
+
+// roundf on 8 lanes: truncate, then step away from zero when the dropped part is >= 0.5.
+NUMOE_TARGET_AVX2 inline __m256i roundf_epi32(__m256 v) {
+  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 sign = _mm256_and_ps(v, _mm256_set1_ps(-0.f));
+  const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_sub_ps(v, t));
+  const __m256 step = _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                    _mm256_or_ps(sign, _mm256_set1_ps(1.f)));
+  return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+}
+
+NUMOE_TARGET_AVX2 void quantize_q8_0_avx2(const float *x, void *dst, int64_t n) {
+  block_q8_0 *y = static_cast<block_q8_0 *>(dst);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+    __m256 v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
+    __m256 m =
+        _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                      _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float d = _mm_cvtss_f32(m4) / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    y[i].d = fp32_to_fp16(d);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) q[k] = roundf_epi32(_mm256_mul_ps(v[k], vid));
+    // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order
+    const __m256i p =
+        _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i *>(y[i].qs),
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+}
+
+NUMOE_TARGET_AVX2 float vec_dot_q8_0_avx2(int n, const void *w, const void *act) {
+  const block_q8_0 *x = static_cast<const block_q8_0 *>(w);
+  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const int nb = n / QK8_0;
+  int i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    const __m256i p0 = simd::dot_i8(load32(x[i].qs), load32(y[i].qs));
+    const __m256i p1 = simd::dot_i8(load32(x[i + 1].qs), load32(y[i + 1].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
+                           _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)),
+                           _mm256_cvtepi32_ps(p1), acc1);
+  }
+  for (; i < nb; ++i) {
+    const __m256i p0 = simd::dot_i8(load32(x[i].qs), load32(y[i].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
+                           _mm256_cvtepi32_ps(p0), acc0);
+  }
+  return simd::hsum(_mm256_add_ps(acc0, acc1));
+}
+
+// Two blocks per 512-bit register, dot products with VNNI vpdpbusd.
+NUMOE_TARGET_AVX512VNNI float vec_dot_q8_0_avx512(int n, const void *w, const void *act) {
+  const block_q8_0 *x = static_cast<const block_q8_0 *>(w);
+  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
+  __m512 acc = _mm512_setzero_ps();
+  const int nb = n / QK8_0;
+  int i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    const __m512i p = simd::dot_i8_vnni(simd::concat(load32(x[i].qs), load32(x[i + 1].qs)),
+                                        simd::concat(load32(y[i].qs), load32(y[i + 1].qs)));
+    const __m512 d = simd::concat(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
+                                  _mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)));
+    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+  }
+  float s = _mm512_reduce_add_ps(acc);
+  if (i < nb) {
+    const __m256i p = simd::dot_i8_vnni(load32(x[i].qs), load32(y[i].qs));
+    s += simd::hsum(_mm256_cvtepi32_ps(p)) * (simd::fp16(x[i].d) * simd::fp16(y[i].d));
+  }
+  return s;
+}
+#endif
+
+}  // namespace
+
+const TypeInfo &info_q8_0() {
+  static const TypeInfo t = {
+      Q8_0,
+      "Q8_0",
+      QK8_0,
+      sizeof(block_q8_0),
+      Q8_0,
+      dequantize_q8_0,
+#ifdef NUMOE_X86
+      {vec_dot_q8_0_scalar, vec_dot_q8_0_avx2, vec_dot_q8_0_avx512},
+      true,
+      {quantize_q8_0_scalar, quantize_q8_0_avx2, nullptr},
+#else
+      {vec_dot_q8_0_scalar, nullptr, nullptr},
+      true,
+      {quantize_q8_0_scalar, nullptr, nullptr},
+#endif
+  };
+  return t;
+}
+
+}  // namespace numoe::quant

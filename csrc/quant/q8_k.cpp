@@ -1,0 +1,108 @@
+// Q8_K: the activation format for K-quant weights. Blocks of 256: float d, int8 qs[256]
+// and the sums of qs in groups of 16 (bsums, used for the K-quants' min/offset terms).
+#include <cmath>
+
+#include "quant.hpp"
+#include "simd.hpp"
+
+namespace numoe::quant {
+namespace {
+
+void dequantize_q8_K(const void *src, float *dst, int64_t n) {
+  const block_q8_K *b = static_cast<const block_q8_K *>(src);
+  for (int64_t i = 0; i < n / QK_K; ++i)
+    for (int j = 0; j < QK_K; ++j) dst[i * QK_K + j] = b[i].d * static_cast<float>(b[i].qs[j]);
+}
+
+// ggml's quantize_row_q8_K_ref: scale by -127 / (the value of largest magnitude, first one
+// on ties), round to nearest even, clamp at 127; d = 1 / scale.
+void quantize_q8_K_scalar(const float *x, void *dst, int64_t n) {
+  block_q8_K *y = static_cast<block_q8_K *>(dst);
+  for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+    float max = 0.f, amax = 0.f;
+    for (int j = 0; j < QK_K; ++j) {
+      const float ax = std::fabs(x[j]);
+      if (ax > amax) {
+        amax = ax;
+        max = x[j];
+      }
+    }
+    if (amax == 0.f) {
+      std::memset(&y[i], 0, sizeof(block_q8_K));
+      continue;
+    }
+    const float iscale = -127.f / max;
+    for (int j = 0; j < QK_K; ++j) {
+      const int v = nearest_int(iscale * x[j]);
+      y[i].qs[j] = static_cast<int8_t>(v < 127 ? v : 127);
+    }
+    for (int j = 0; j < QK_K / 16; ++j) {
+      int sum = 0;
+      for (int k = 0; k < 16; ++k) sum += y[i].qs[16 * j + k];
+      y[i].bsums[j] = static_cast<int16_t>(sum);
+    }
+    y[i].d = 1.f / iscale;
+  }
+}
+
+#ifdef NUMOE_X86
+NUMOE_TARGET_AVX2 void quantize_q8_K_avx2(const float *x, void *dst, int64_t n) {
+  block_q8_K *y = static_cast<block_q8_K *>(dst);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < QK_K; j += 8)
+      m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + j), abs_mask));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    if (amax == 0.f) {
+      std::memset(&y[i], 0, sizeof(block_q8_K));
+      continue;
+    }
+    int j = 0;
+    while (std::fabs(x[j]) != amax) ++j;  // first element of largest magnitude
+    const float iscale = -127.f / x[j];
+    const __m256 vs = _mm256_set1_ps(iscale);
+    const __m256i lim = _mm256_set1_epi32(127);
+    for (int k = 0; k < QK_K; k += 32) {
+      __m256i q[4];
+      for (int l = 0; l < 4; ++l)  // cvtps rounds to nearest even, as nearest_int
+        q[l] = _mm256_min_epi32(
+            _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * l), vs)), lim);
+      y[i].bsums[k / 16] = static_cast<int16_t>(simd::hsum_i32(_mm256_add_epi32(q[0], q[1])));
+      y[i].bsums[k / 16 + 1] = static_cast<int16_t>(simd::hsum_i32(_mm256_add_epi32(q[2], q[3])));
+      const __m256i p =
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i *>(y[i].qs + k),
+                          _mm256_permutevar8x32_epi32(p, perm));
+    }
+    y[i].d = 1.f / iscale;
+  }
+}
+#endif
+
+}  // namespace
+
+const TypeInfo &info_q8_K() {
+  static const TypeInfo t = {
+      Q8_K,
+      "Q8_K",
+      QK_K,
+      sizeof(block_q8_K),
+      -1,
+      dequantize_q8_K,
+      {nullptr, nullptr, nullptr},
+      false,
+#ifdef NUMOE_X86
+      {quantize_q8_K_scalar, quantize_q8_K_avx2, nullptr},
+#else
+      {quantize_q8_K_scalar, nullptr, nullptr},
+#endif
+  };
+  return t;
+}
+
+}  // namespace numoe::quant

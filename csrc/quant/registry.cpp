@@ -1,0 +1,90 @@
+// The table of block formats keyed by GGML type id, and kernel selection per ISA level.
+#include <stdexcept>
+#include <string>
+
+#include "quant.hpp"
+
+namespace numoe::quant {
+namespace {
+
+const TypeInfo *find(int type) {
+  switch (type) {
+    case F32:
+      return &info_f32();
+    case F16:
+      return &info_f16();
+    case BF16:
+      return &info_bf16();
+    case Q4_0:
+      return &info_q4_0();
+    case Q8_0:
+      return &info_q8_0();
+    case Q4_K:
+      return &info_q4_K();
+    case Q5_K:
+      return &info_q5_K();
+    case Q6_K:
+      return &info_q6_K();
+    case Q8_K:
+      return &info_q8_K();
+    default:
+      return nullptr;
+  }
+}
+
+// GGML names of the ids numoe has no kernels for, so errors can name them.
+const char *ggml_name(int type) {
+  static const char *names[] = {"F32",     "F16",      "Q4_0",     "Q4_1",     "Q4_2",    "Q4_3",
+                                "Q5_0",    "Q5_1",     "Q8_0",     "Q8_1",     "Q2_K",    "Q3_K",
+                                "Q4_K",    "Q5_K",     "Q6_K",     "Q8_K",     "IQ2_XXS", "IQ2_XS",
+                                "IQ3_XXS", "IQ1_S",    "IQ4_NL",   "IQ3_S",    "IQ2_S",   "IQ4_XS",
+                                "I8",      "I16",      "I32",      "I64",      "F64",     "IQ1_M",
+                                "BF16",    "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",   "TQ2_0"};
+  if (type >= 0 && type < static_cast<int>(sizeof(names) / sizeof(names[0]))) return names[type];
+  return nullptr;
+}
+
+template <typename Fn>
+Fn pick(const Fn (&fns)[kIsaCount], Isa level, bool avx512_needs_vnni) {
+  int l = static_cast<int>(level);
+  if (l == static_cast<int>(Isa::avx512) && avx512_needs_vnni && !cpu_features().avx512_vnni)
+    l = static_cast<int>(Isa::avx2);
+  for (; l >= 0; --l)
+    if (fns[l] != nullptr) return fns[l];
+  return nullptr;
+}
+
+}  // namespace
+
+const char *type_name(int type) {
+  if (const TypeInfo *t = find(type)) return t->name;
+  if (const char *n = ggml_name(type)) return n;
+  return "unknown";
+}
+
+const TypeInfo &type_info(int type) {
+  if (const TypeInfo *t = find(type)) return *t;
+  throw std::invalid_argument("GGML type " + std::to_string(type) + " (" + type_name(type) +
+                              ") is not supported by numoe's CPU kernels (supported: F32, F16, "
+                              "BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)");
+}
+
+vec_dot_fn get_vec_dot(int type, Isa level) {
+  const TypeInfo &t = type_info(type);
+  vec_dot_fn f = pick(t.vec_dot, level, t.avx512_vec_dot_needs_vnni);
+  if (f == nullptr)
+    throw std::invalid_argument(std::string(t.name) + " is an activation type, not a weight type");
+  return f;
+}
+
+quantize_fn get_quantize(int act_type, Isa level) {
+  const TypeInfo &t = type_info(act_type);
+  quantize_fn f = pick(t.quantize, level, false);
+  if (f == nullptr) throw std::invalid_argument(std::string(t.name) + " is not an activation type");
+  return f;
+}
+
+vec_dot_fn get_vec_dot(int type) { return get_vec_dot(type, current_isa()); }
+quantize_fn get_quantize(int act_type) { return get_quantize(act_type, current_isa()); }
+
+}  // namespace numoe::quant
