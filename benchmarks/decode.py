@@ -1,0 +1,163 @@
+"""Decode (tg) and prefill (pp) tokens/s of numoe beside llama.cpp, on the same GGUF files,
+thread count and machine, in one run; with bytes/token, GB/s and % of the read bandwidth
+measured by this script.
+
+    python benchmarks/decode.py                       # the default synthetic models
+    python benchmarks/decode.py -m a.gguf -m b.gguf   # your files
+    python benchmarks/decode.py --peer-python /work/peers/bin/python   # + llama.cpp
+
+Synthetic models are written once to $NUMOE_BENCH_CACHE (default ~/.cache/numoe/bench),
+outside the repository; delete them when done (--clean). The peer, llama.cpp through
+llama-cpp-python, lives in its own virtual environment and is optional:
+    python3.11 -m venv /work/peers
+    CMAKE_ARGS="-DGGML_NATIVE=ON" /work/peers/bin/pip install llama-cpp-python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from numoe.cli.common import set_threads
+from numoe.engine import Session
+from numoe.gguf import open_gguf
+from numoe.models import load
+from numoe.placement import Placement
+from numoe.roofline import bytes_per_token
+from numoe.sampling import Sampler, SamplingParams
+from numoe.synth import synth
+
+DEFAULT_MODELS = [  # (preset, layers, type): real shapes, fewer layers to fit 24 GiB
+    ("qwen3-30b-a3b", 12, "Q4_K_M"),
+    ("deepseek-v2-lite", 8, "Q4_K_M"),
+]
+
+PEER_SCRIPT = r"""
+import json, sys, time, random
+from llama_cpp import Llama
+path, threads, n_pp, n_tg, reps = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_pp + n_tg + 8,
+            n_batch=n_pp, n_ubatch=n_pp, verbose=False)
+rng = random.Random(0)
+toks = [rng.randrange(100, llm.n_vocab()) for _ in range(n_pp)]
+pp, tg = [], []
+for r in range(reps + 1):  # first round is warm-up
+    llm.reset(); t0 = time.perf_counter(); llm.eval(toks); dt = time.perf_counter() - t0
+    if r: pp.append(n_pp / dt)
+    llm.reset(); llm.eval(toks[:1]); t0 = time.perf_counter()
+    for i in range(n_tg):
+        llm.eval([toks[(i + 1) % n_pp]])
+    dt = time.perf_counter() - t0
+    if r: tg.append(n_tg / dt)
+print(json.dumps({"pp": pp, "tg": tg}))
+"""
+
+
+def read_bandwidth(threads: int, gib: float = 1.0, reps: int = 7) -> float:
+    """STREAM-style read: GB/s summing a buffer much larger than the caches (median)."""
+    torch.set_num_threads(threads)
+    a = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        times.append(time.perf_counter() - t0)
+    return a.numel() * 4 / statistics.median(times) / 1e9
+
+
+def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
+    path = cache / f"{preset}-{layers}L-{qtype}.gguf"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"writing {path} ...", file=sys.stderr)
+        tmp = path.with_suffix(".tmp")
+        synth(preset, tmp, qtype, layers=layers)
+        tmp.rename(path)
+    return path
+
+
+def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> dict:
+    set_threads(threads)
+    g = open_gguf(path)
+    cfg, model = load(g, Placement.parse("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    toks = torch.randint(100, cfg.n_vocab, (n_pp,), generator=gen).tolist()
+    greedy = Sampler(SamplingParams(temperature=0))
+    pp, tg = [], []
+    for r in range(reps + 1):  # first round is warm-up
+        s = Session(model, n_ctx=n_pp + n_tg + 8, chunk=n_pp)
+        s.prefill(toks)
+        if r:
+            pp.append(s.timings.prompt_tps)
+        s = Session(model, n_ctx=n_pp + n_tg + 8)
+        for _ in s.generate(toks[:1], n_tg, greedy, ignore_eos=True):
+            pass
+        if r:
+            tg.append(s.timings.gen_tps)
+    bpt = bytes_per_token(g, cfg.n_expert_used, cfg.n_expert)
+    return {"pp": pp, "tg": tg, "bytes_per_token": bpt, "file_bytes": path.stat().st_size}
+
+
+def bench_peer(peer: str, path: Path, threads: int, n_pp: int, n_tg: int, reps: int):
+    args = [peer, "-c", PEER_SCRIPT, str(path), str(threads), str(n_pp), str(n_tg), str(reps)]
+    p = subprocess.run(args, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"llama.cpp failed on {path.name}: {tail}", file=sys.stderr)
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("-m", "--model", action="append", help="GGUF file (repeatable)")
+    ap.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--peer-python", default=None, help="python of a venv with llama-cpp-python")
+    ap.add_argument("--cache", default=os.environ.get("NUMOE_BENCH_CACHE"))
+    ap.add_argument("--clean", action="store_true", help="delete the synthetic models at the end")
+    a = ap.parse_args()
+
+    cache = Path(a.cache or Path.home() / ".cache" / "numoe" / "bench")
+    paths = (
+        [Path(m) for m in a.model] if a.model else [ensure_model(cache, *m) for m in DEFAULT_MODELS]
+    )
+    threads = set_threads(a.threads)
+    bw = read_bandwidth(threads)
+    print(f"read bandwidth ({threads} threads, 1 GiB sum, median of 7): {bw:.1f} GB/s\n")
+    print("| model | size GB | test | numoe t/s | llama.cpp t/s | ratio | numoe GB/s | % of bw |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for path in paths:
+        ours = bench_numoe(path, threads, a.n_prompt, a.n_gen, a.reps)
+        peer = (
+            bench_peer(a.peer_python, path, threads, a.n_prompt, a.n_gen, a.reps)
+            if a.peer_python
+            else None
+        )
+        for test, n in (("pp", a.n_prompt), ("tg", a.n_gen)):
+            o = statistics.median(ours[test])
+            p = statistics.median(peer[test]) if peer else None
+            gbps = ours["bytes_per_token"] * o / 1e9 if test == "tg" else None
+            print(
+                f"| {path.name} | {ours['file_bytes'] / 1e9:.2f} | {test}{n} | {o:.2f} | "
+                + (f"{p:.2f} | {o / p:.2f}x |" if p else "- | - |")
+                + (f" {gbps:.1f} | {100 * gbps / bw:.0f} % |" if gbps else " - | - |")
+            )
+        print(f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB |  |  |  |  |  |  |")
+    if a.clean and not a.model:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
