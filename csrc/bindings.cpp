@@ -479,7 +479,8 @@ NB_MODULE(_cpu, m) {
         if (x.ndim() != 2)
           throw std::invalid_argument("quantize: x must be 2-D [rows, cols], got " +
                                       std::to_string(x.ndim()) + " dimensions");
-        const int64_t rows = static_cast<int64_t>(x.shape(0)), cols = static_cast<int64_t>(x.shape(1));
+        const int64_t rows = static_cast<int64_t>(x.shape(0));
+        const int64_t cols = static_cast<int64_t>(x.shape(1));
         const int64_t rb = numoe::quantize::row_bytes(type, cols);  // checks type and cols
         const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(rb);
         uint8_t *out = new uint8_t[n > 0 ? n : 1];
