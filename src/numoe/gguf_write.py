@@ -4,12 +4,17 @@ Tensors stream: each value may be an array or a `Lazy(shape, make)` that produce
 float32 array only when its turn to be written comes, so a model larger than RAM can be
 written one tensor at a time; at most one encoded tensor is held at once. The file is
 written under a temporary name and renamed into place when complete.
+
+qtype is a file type: F32, F16, BF16, Q8_0, or (through numoe.quantize, whose C++
+quantizers encode every quantized type) Q4_0, Q4_K_M, Q5_K_M, Q6_K with llama.cpp's
+per-tensor mix (see numoe.quantize). A value may also be `Raw(shape, qtype, data)`: bytes
+already encoded (numoe quantize copies and re-quantizes through it), written as they are.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,26 @@ import numpy as np
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
-WRITE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
+WRITE_TYPES = {
+    "F32": Q.F32,
+    "F16": Q.F16,
+    "BF16": Q.BF16,
+    "Q8_0": Q.Q8_0,
+    "Q4_0": Q.Q4_0,  # these four: llama.cpp's mix (numoe.quantize.plan)
+    "Q4_K_M": Q.Q4_K,
+    "Q5_K_M": Q.Q5_K,
+    "Q6_K": Q.Q6_K,
+}
+MIXES = frozenset({"Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"})
 FILE_TYPES = {  # general.file_type, as llama.cpp's LlamaFileType
     "F32": gguf.LlamaFileType.ALL_F32,
     "F16": gguf.LlamaFileType.MOSTLY_F16,
     "BF16": gguf.LlamaFileType.MOSTLY_BF16,
     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "Q5_K_M": gguf.LlamaFileType.MOSTLY_Q5_K_M,
+    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
 }
 
 
@@ -34,6 +53,16 @@ class Lazy:
 
     shape: tuple[int, ...]
     make: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A tensor already encoded as `qtype`: its bytes (any array, e.g. a memmap view), or a
+    function returning an iterable of byte arrays that together make them (streamed)."""
+
+    shape: tuple[int, ...]
+    qtype: Q
+    data: np.ndarray | Callable[[], Iterable[np.ndarray]]
 
 
 KeepF32 = Callable[[str, "np.ndarray | Lazy"], bool]
@@ -57,7 +86,11 @@ def _encode(arr: np.ndarray, t: Q) -> np.ndarray:
         return arr
     if t == Q.F16:
         return arr.astype(np.float16)
-    return gguf.quants.quantize(arr, t)  # uint8 bytes [.., row bytes]
+    if t in (Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        from .quantize import quantize_array  # C++, ggml's reference algorithms
+
+        return quantize_array(arr, t)  # uint8 bytes [.., row bytes]
+    return gguf.quants.quantize(arr, t)
 
 
 def _plain(v: Any) -> Any:
@@ -132,6 +165,24 @@ class _Writer(gguf.GGUFWriter):
             return head + self._pack("I", sub_type or V.INT32) + self._pack("Q", 0)
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
+    def write_tensor_chunks(self, chunks: Iterable[np.ndarray], nbytes: int) -> None:
+        """write_tensor_data for a tensor that arrives in pieces (a single output file)."""
+        fout = self.fout[0]
+        name = next(iter(self.tensors[0]))
+        ti = self.tensors[0].pop(name)
+        if ti.nbytes != nbytes:
+            raise ValueError(f"tensor '{name}': {nbytes} bytes declared, {ti.nbytes} expected")
+        self.write_padding(fout, fout.tell())
+        n = 0
+        for c in chunks:
+            c = np.ascontiguousarray(c)
+            c.tofile(fout)
+            n += c.nbytes
+        if n != nbytes:
+            raise ValueError(f"tensor '{name}': wrote {n} bytes, expected {nbytes}")
+        self.write_padding(fout, nbytes)
+        self.state = gguf.gguf_writer.WriterState.WEIGHTS
+
 
 def write_gguf(
     path: str | Path,
@@ -140,15 +191,18 @@ def write_gguf(
     tensors: Mapping[str, np.ndarray | Lazy],
     qtype: str = "F32",
     keep_f32: KeepF32 | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
     """Write a GGUF file.
 
     meta: key -> value (int -> uint32, float -> float32, bool, str, lists of str/int
     (int32)/float (float32); or (value, GGUFValueType) to force a type).
     tensors: GGUF name -> float32 array (numpy order) or Lazy.
-    qtype: F32, F16, BF16 or Q8_0 (any case) for the matrices; 1-D tensors and rows not
-    a multiple of the block stay F32, as does any tensor keep_f32(name, array_or_lazy)
-    chooses (routers, as llama.cpp does)."""
+    qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K (any case) for the matrices;
+    1-D tensors and rows not a multiple of the block stay F32, as does any tensor
+    keep_f32(name, array_or_lazy) chooses (routers, as llama.cpp does). Q4_0 and the K types
+    choose each tensor's type by llama.cpp's mix (numoe.quantize.plan). Raw values keep
+    their own type. progress(line), if given, is called after each tensor is written."""
     q = qtype.upper()
     if q not in WRITE_TYPES:
         raise ValueError(f"cannot write tensor type '{qtype}': use one of {', '.join(WRITE_TYPES)}")
@@ -170,12 +224,24 @@ def write_gguf(
         if "general.alignment" in kvs:
             w.data_alignment = kvs["general.alignment"][0]
 
+        mix = None
+        if q in MIXES:
+            from .quantize import plan as mix_plan
+
+            shapes = {n: tuple(int(s) for s in v.shape) for n, v in tensors.items()}
+            mix = mix_plan(arch, meta, shapes, q)
         plan = []  # (name, value, stored type)
         for name, value in tensors.items():
             shape = tuple(int(s) for s in value.shape)
             if not 1 <= len(shape) <= 4 or min(shape) < 1:
                 raise ValueError(f"tensor '{name}': shape {shape} (need 1..4 dims, all > 0)")
-            t = tensor_type(name, value, WRITE_TYPES[q], keep_f32)
+            if isinstance(value, Raw):
+                t = Q(value.qtype)
+            elif mix is not None:
+                keep = len(shape) < 2 or (keep_f32 is not None and keep_f32(name, value))
+                t = Q.F32 if keep or mix[name] is None else mix[name]
+            else:
+                t = tensor_type(name, value, WRITE_TYPES[q], keep_f32)
             block, type_size = gguf.GGML_QUANT_SIZES[t]
             nbytes = int(np.prod(shape, dtype=np.int64)) // block * type_size
             dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(t)
@@ -188,12 +254,27 @@ def write_gguf(
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for name, value, t in plan:
-            arr = value.make() if isinstance(value, Lazy) else value
-            if tuple(arr.shape) != tuple(value.shape):
-                raise ValueError(f"tensor '{name}': made shape {arr.shape}, declared {value.shape}")
-            w.write_tensor_data(_encode(arr, t))
-            del arr
+        total = 0
+        for i, (name, value, t) in enumerate(plan):
+            block, type_size = gguf.GGML_QUANT_SIZES[t]
+            nbytes = int(np.prod(value.shape, dtype=np.int64)) // block * type_size
+            if isinstance(value, Raw):
+                data = value.data
+                w.write_tensor_chunks(data() if callable(data) else [data], nbytes)
+            else:
+                arr = value.make() if isinstance(value, Lazy) else value
+                if tuple(arr.shape) != tuple(value.shape):
+                    raise ValueError(
+                        f"tensor '{name}': made shape {arr.shape}, declared {value.shape}"
+                    )
+                w.write_tensor_data(_encode(arr, t))
+                del arr
+            total += nbytes
+            if progress is not None:
+                progress(
+                    f"[{i + 1}/{len(plan)}] {name} {list(value.shape)} -> {t.name}, "
+                    f"{nbytes / 2**20:.2f} MiB (total {total / 2**20:.1f} MiB)"
+                )
         w.close()
         os.replace(tmp, path)
     finally:

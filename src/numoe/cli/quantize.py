@@ -1,0 +1,37 @@
+"""`numoe quantize`: re-quantize a GGUF file to Q4_K_M, Q5_K_M, Q6_K, Q8_0 or Q4_0."""
+
+from __future__ import annotations
+
+from .common import HELP_FMT
+
+
+def add_parser(sub) -> None:
+    from ..quantize import FTYPES
+
+    p = sub.add_parser(
+        "quantize",
+        help="re-quantize a GGUF file (llama.cpp's K-quant mixes)",
+        description="Re-quantize a GGUF model (F32/F16/BF16 or already quantized) to a llama.cpp "
+        "file type with its per-tensor mix: Q4_K_M and Q5_K_M keep output.weight and, in the "
+        "first/last eighth and every third layer, attn_v and ffn_down at Q6_K. Metadata and "
+        "tokenizer are copied. Progress goes to stderr.",
+        formatter_class=HELP_FMT,
+    )
+    p.add_argument("input", metavar="IN.gguf", help="GGUF file to read")
+    p.add_argument("output", metavar="OUT.gguf", help="GGUF file to write (not the input)")
+    p.add_argument(
+        "--type", dest="ftype", default="Q4_K_M", type=str.upper, choices=list(FTYPES),
+        help="file type",
+    )  # fmt: skip
+    p.add_argument(
+        "-t", "--threads", type=int, default=0,
+        help="quantizer threads (0: all cores)",
+    )  # fmt: skip
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..quantize import quantize_cli
+
+    quantize_cli(args.input, args.output, args.ftype, args.threads)
+    return 0
