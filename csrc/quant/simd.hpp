@@ -21,6 +21,12 @@ NUMOE_TARGET_AVX2 inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+NUMOE_TARGET_AVX2 inline int32_t hsum_i32(__m128i s) {
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
 NUMOE_TARGET_AVX2 inline float fp16(half h) { return _cvtsh_ss(h); }
 
 // Signed int8 x int8 dot of 32 bytes into 8 int32 lanes (|x|, |y| <= 127, or x = -128 with
@@ -48,6 +54,63 @@ NUMOE_TARGET_AVX512 inline __m512i concat(__m256i lo, __m256i hi) {
 
 NUMOE_TARGET_AVX512 inline __m512 concat(__m256 lo, __m256 hi) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+// The 8 6-bit scales (bytes 0..7) and 8 6-bit mins (bytes 8..15) of a Q4_K / Q5_K block,
+// as unpack_scales_mins_k4 but in registers. Reads 16 bytes from q (the 12 scale bytes and 4
+// bytes of what follows them in the block). With x0, x1, x2 the three packed uint32 words:
+//   sc0-3 = x0 & 0x3f..  sc4-7 = (x2 & 0x0f..) | (x0 >> 2 & 0x30..)
+//   m0-3  = x1 & 0x3f..  m4-7  = (x2 >> 4 & 0x0f..) | (x1 >> 2 & 0x30..)
+NUMOE_TARGET_AVX2 inline __m128i k4_scales_mins(const uint8_t *q) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i *>(q));
+  const __m128i lo =
+      _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(x, 0x98), _mm_setr_epi32(0, 0, 0, 4)),
+                    _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(x, 0x40), 2),
+                                   _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+  return _mm_or_si128(lo, hi);
+}
+
+// sum_j m[j] * (bsums[2j] + bsums[2j+1]) as 4 int32 partial sums; sm from k4_scales_mins.
+NUMOE_TARGET_AVX2 inline __m128i k4_min_terms(__m128i sm, const int16_t *bsums) {
+  const __m128i b = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(bsums)),
+                                   _mm_loadu_si128(reinterpret_cast<const __m128i *>(bsums + 8)));
+  return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm)), b);
+}
+
+// Horizontal sums of four int32 vectors: lane k = sum of v[k].
+NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(__m128i v0, __m128i v1, __m128i v2, __m128i v3) {
+  return _mm_hadd_epi32(_mm_hadd_epi32(v0, v1), _mm_hadd_epi32(v2, v3));
+}
+
+// s += k4_block_sum(...) for four consecutive Q4_K / Q5_K super-blocks x[0..3] (d, dmin in
+// their first 4 bytes, block stride `stride` bytes) against y[0..3], in the scalar order:
+// lane k of isum / msum is block k's exact integer sum. Bit-identical to the scalar combine
+// (products rounded as ((d * dy) * isum) - ((dmin * dy) * msum), no FMA).
+NUMOE_TARGET_AVX2 inline float k4_combine4(float s, const uint8_t *x, size_t stride,
+                                           const block_q8_K *y, __m128i isum, __m128i msum) {
+  int32_t h[4];
+  for (int k = 0; k < 4; ++k) std::memcpy(&h[k], x + k * stride, 4);
+  // [d0 dmin0 d1 dmin1 ...] -> [d0 d1 d2 d3 dmin0 .. dmin3]
+  const __m128i hv =
+      _mm_shuffle_epi8(_mm_setr_epi32(h[0], h[1], h[2], h[3]),
+                       _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  const __m256 dd = _mm256_cvtph_ps(hv);
+  const __m128 dy = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
+  const __m128 t =
+      _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dy), _mm_cvtepi32_ps(isum)),
+                 _mm_mul_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), dy), _mm_cvtepi32_ps(msum)));
+  alignas(16) float tf[4];
+  _mm_store_ps(tf, t);
+  s += tf[0];
+  s += tf[1];
+  s += tf[2];
+  s += tf[3];
+  return s;
 }
 
 }  // namespace numoe::quant::simd
