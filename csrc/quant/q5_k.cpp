@@ -49,77 +49,116 @@ float vec_dot_q5_K_scalar(int n, const void *w, const void *act) {
 }
 
 #ifdef NUMOE_X86
+// As Q4_K's SIMD bodies (exact int32 isum / msum per super-block, four super-blocks combined
+// in the scalar order by simd::k4_combine4), with the fifth bit OR-ed in from qh.
+
+constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
+
+NUMOE_TARGET_AVX2 inline void q5_K_block_avx2(const block_q5_K &x, const block_q8_K &y,
+                                              __m256i &isum, __m128i &msum) {
+  const __m128i sm = simd::k4_scales_mins(x.scales);
+  msum = simd::k4_min_terms(sm, y.bsums);
+  const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2);
+  // 16-bit shifts are safe: each byte only ever reads its own bits 0..7
+  __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh));
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qs + 32 * j));
+    const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+    const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(hb, two), 3));
+    hb = _mm256_srli_epi16(hb, 2);
+    const __m256i p0 = _mm256_maddubs_epi16(
+        lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j)));
+    const __m256i p1 = _mm256_maddubs_epi16(
+        hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j + 32)));
+    acc0 = _mm256_add_epi32(
+        acc0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * j)))));
+    acc1 = _mm256_add_epi32(
+        acc1,
+        _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * j + 1)))));
+  }
+  isum = _mm256_add_epi32(acc0, acc1);
+}
+
 NUMOE_TARGET_AVX2 float vec_dot_q5_K_avx2(int n, const void *w, const void *act) {
   const block_q5_K *x = static_cast<const block_q5_K *>(w);
   const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2);
+  const int nb = n / QK_K;
   float s = 0.f;
-  for (int i = 0; i < n / QK_K; ++i) {
-    uint8_t sc[8], m[8];
-    unpack_scales_mins_k4(x[i].scales, sc, m);
-    const uint8_t *q = x[i].qs;
-    const int8_t *a = y[i].qs;
-    // 16-bit shifts are safe: each byte only ever reads its own bits 0..7
-    __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh));
-    __m256i acc = _mm256_setzero_si256();
-    for (int j = 0; j < 4; ++j) {
-      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q + 32 * j));
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(hb, two), 3));
-      hb = _mm256_srli_epi16(hb, 2);
-      const __m256i p0 = _mm256_maddubs_epi16(
-          lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 64 * j)));
-      const __m256i p1 = _mm256_maddubs_epi16(
-          hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 64 * j + 32)));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
-    }
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, simd::hsum_i32(acc), k4_min_sum(m, y[i].bsums));
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    __m128i ms[4];
+    for (int k = 0; k < 4; ++k) q5_K_block_avx2(x[i + k], y[i + k], is[k], ms[k]);
+    s = simd::k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(block_q5_K), y + i,
+                          simd::hsum4_i32(is[0], is[1], is[2], is[3]),
+                          simd::hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+  }
+  for (; i < nb; ++i) {
+    __m256i is;
+    __m128i ms;
+    q5_K_block_avx2(x[i], y[i], is, ms);
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, simd::hsum_i32(is), simd::hsum_i32(ms));
   }
   return s;
 }
 
 // As Q4_K's AVX-512 body; the high bits come from [qh | qh >> 1], shifted 2 per sub-block pair.
+NUMOE_TARGET_AVX512VNNI inline void q5_K_block_avx512(const block_q5_K &x, const block_q8_K &y,
+                                                      __m256i &isum, __m128i &msum) {
+  const __m128i sm = simd::k4_scales_mins(x.scales);
+  msum = simd::k4_min_terms(sm, y.bsums);
+  const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh));
+  __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 1));
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  for (int c = 0; c < 2; ++c) {
+    const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
+    const __m512i lo = _mm512_and_si512(bits, m4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+    __m512i qa = _mm512_shuffle_i64x2(lo, hi, 0x44);  // sub-blocks 4c, 4c+1
+    __m512i qb = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
+    qa = _mm512_or_si512(qa, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
+    hb = _mm512_srli_epi16(hb, 2);
+    qb = _mm512_or_si512(qb, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
+    hb = _mm512_srli_epi16(hb, 2);
+    const __m512i ia =
+        simd::concat(_mm256_set1_epi16(word_idx(4 * c)), _mm256_set1_epi16(word_idx(4 * c + 1)));
+    const __m512i ib = simd::concat(_mm256_set1_epi16(word_idx(4 * c + 2)),
+                                    _mm256_set1_epi16(word_idx(4 * c + 3)));
+    acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(qa, _mm512_loadu_si512(y.qs + 128 * c)),
+                               _mm512_shuffle_epi8(sc, ia));
+    acc1 =
+        _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(qb, _mm512_loadu_si512(y.qs + 128 * c + 64)),
+                            _mm512_shuffle_epi8(sc, ib));
+  }
+  const __m512i acc = _mm512_add_epi32(acc0, acc1);
+  isum = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
 NUMOE_TARGET_AVX512VNNI float vec_dot_q5_K_avx512(int n, const void *w, const void *act) {
   const block_q5_K *x = static_cast<const block_q5_K *>(w);
   const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
-  __m512i pair_idx[4];
-  for (int p = 0; p < 4; ++p)
-    pair_idx[p] = simd::concat(_mm256_set1_epi16(static_cast<int16_t>(2 * p)),
-                               _mm256_set1_epi16(static_cast<int16_t>(2 * p + 1)));
+  const int nb = n / QK_K;
   float s = 0.f;
-  for (int i = 0; i < n / QK_K; ++i) {
-    uint8_t sc[8], m[8];
-    unpack_scales_mins_k4(x[i].scales, sc, m);
-    uint64_t sc8;
-    std::memcpy(&sc8, sc, 8);
-    const __m512i sc16 =
-        _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(sc8))));
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh));
-    __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 1));
-    const uint8_t *q = x[i].qs;
-    const int8_t *a = y[i].qs;
-    __m512i acc = _mm512_setzero_si512();
-    for (int c = 0; c < 2; ++c) {
-      const __m512i bits = _mm512_loadu_si512(q + 64 * c);
-      const __m512i lo = _mm512_and_si512(bits, m4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
-      __m512i qa = _mm512_shuffle_i64x2(lo, hi, 0x44);  // sub-blocks 4c, 4c+1
-      __m512i qb = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
-      qa = _mm512_or_si512(qa, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
-      hb = _mm512_srli_epi16(hb, 2);
-      qb = _mm512_or_si512(qb, _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
-      hb = _mm512_srli_epi16(hb, 2);
-      const __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512(a + 128 * c));
-      const __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512(a + 128 * c + 64));
-      acc = _mm512_dpwssd_epi32(acc, pa, _mm512_permutexvar_epi16(pair_idx[2 * c], sc16));
-      acc = _mm512_dpwssd_epi32(acc, pb, _mm512_permutexvar_epi16(pair_idx[2 * c + 1], sc16));
-    }
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, _mm512_reduce_add_epi32(acc),
-                      k4_min_sum(m, y[i].bsums));
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    __m128i ms[4];
+    for (int k = 0; k < 4; ++k) q5_K_block_avx512(x[i + k], y[i + k], is[k], ms[k]);
+    s = simd::k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(block_q5_K), y + i,
+                          simd::hsum4_i32(is[0], is[1], is[2], is[3]),
+                          simd::hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+  }
+  for (; i < nb; ++i) {
+    __m256i is;
+    __m128i ms;
+    q5_K_block_avx512(x[i], y[i], is, ms);
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, simd::hsum_i32(is), simd::hsum_i32(ms));
   }
   return s;
 }
