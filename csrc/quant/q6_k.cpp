@@ -61,82 +61,129 @@ NUMOE_TARGET_AVX2 inline __m256i offset_term(const int8_t *scales, const int16_t
       _mm256_madd_epi16(sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(bsums))), 5);
 }
 
+// s += d * dy * isum for four consecutive super-blocks, in the scalar order (no FMA).
+NUMOE_TARGET_AVX2 inline float q6_K_combine4(float s, const block_q6_K *x, const block_q8_K *y,
+                                             __m128i isum) {
+  const __m128i h =
+      _mm_setr_epi16(static_cast<int16_t>(x[0].d), static_cast<int16_t>(x[1].d),
+                     static_cast<int16_t>(x[2].d), static_cast<int16_t>(x[3].d), 0, 0, 0, 0);
+  const __m128 dy = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
+  alignas(16) float t[4];
+  _mm_store_ps(t, _mm_mul_ps(_mm_mul_ps(_mm_cvtph_ps(h), dy), _mm_cvtepi32_ps(isum)));
+  s += t[0];
+  s += t[1];
+  s += t[2];
+  s += t[3];
+  return s;
+}
+
+constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
+
+// isum of one super-block as 8 int32 lanes (offset term included), exact.
+NUMOE_TARGET_AVX2 inline __m256i q6_K_block_avx2(const block_q6_K &x, const block_q8_K &y) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+  const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales));
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    // int16 scales of groups 8h..8h+7 in both 128-bit lanes
+    const __m256i sc =
+        _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
+    const uint8_t *ql = x.ql + 64 * h, *qh = x.qh + 32 * h;
+    const int8_t *a = y.qs + 128 * h;
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql + 32));
+    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(qh));
+    __m256i q[4];
+    q[0] =
+        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x0C)), 2));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                           _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), _mm256_set1_epi8(0x30)));
+    for (int k = 0; k < 4; ++k) {
+      // groups 2k (low 128-bit lane) and 2k+1 (high lane) of this half
+      const __m256i scv = _mm256_shuffle_epi8(
+          sc,
+          _mm256_setr_m128i(_mm_set1_epi16(word_idx(2 * k)), _mm_set1_epi16(word_idx(2 * k + 1))));
+      const __m256i p = _mm256_maddubs_epi16(
+          q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 32 * k)));
+      if (k & 1)
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p, scv));
+      else
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p, scv));
+    }
+  }
+  return _mm256_sub_epi32(_mm256_add_epi32(acc0, acc1), offset_term(x.scales, y.bsums));
+}
+
 NUMOE_TARGET_AVX2 float vec_dot_q6_K_avx2(int n, const void *w, const void *act) {
   const block_q6_K *x = static_cast<const block_q6_K *>(w);
   const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+  const int nb = n / QK_K;
   float s = 0.f;
-  for (int i = 0; i < n / QK_K; ++i) {
-    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales));
-    __m256i acc = _mm256_setzero_si256();
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
-      const int8_t *a = y[i].qs + 128 * h;
-      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql));
-      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql + 32));
-      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(qh));
-      __m256i q[4];
-      q[0] =
-          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
-      for (int k = 0; k < 4; ++k) {
-        // int16 scales: 8 lanes of group g, 8 of group g+1 (g = 8h + 2k)
-        const long long g = 8 * h + 2 * k;
-        const __m128i idx =
-            _mm_set_epi64x((g + 1) * 0x0101010101010101LL, g * 0x0101010101010101LL);
-        const __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx));
-        const __m256i p = _mm256_maddubs_epi16(
-            q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 32 * k)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv));
-      }
-    }
-    acc = _mm256_sub_epi32(acc, offset_term(x[i].scales, y[i].bsums));
-    s += fp16_to_fp32(x[i].d) * y[i].d * static_cast<float>(simd::hsum_i32(acc));
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    for (int k = 0; k < 4; ++k) is[k] = q6_K_block_avx2(x[i + k], y[i + k]);
+    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is[0], is[1], is[2], is[3]));
   }
+  for (; i < nb; ++i)
+    s += fp16_to_fp32(x[i].d) * y[i].d *
+         static_cast<float>(simd::hsum_i32(q6_K_block_avx2(x[i], y[i])));
   return s;
 }
 
 // 64 elements per register: the low nibbles of ql[0..63] are elements 0..63 of a half and the
 // high nibbles 64..127, so the high bits come from [qh | qh >> 2] (and >> 4 for the upper).
+NUMOE_TARGET_AVX512VNNI inline __m256i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
+  const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales));
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  for (int h = 0; h < 2; ++h) {
+    // int16 scales of groups 8h..8h+7 in every 128-bit lane
+    const __m512i sc =
+        _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
+    const __m512i l = _mm512_loadu_si512(x.ql + 64 * h);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh + 32 * h));
+    const __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
+    const __m512i lo =
+        _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
+    const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                       _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
+    const int8_t *a = y.qs + 128 * h;
+    // 128-bit lane k of lo holds group k of the half (0..3), of hi group 4 + k
+    const __m512i ilo = _mm512_inserti64x4(
+        _mm512_castsi256_si512(
+            _mm256_setr_m128i(_mm_set1_epi16(word_idx(0)), _mm_set1_epi16(word_idx(1)))),
+        _mm256_setr_m128i(_mm_set1_epi16(word_idx(2)), _mm_set1_epi16(word_idx(3))), 1);
+    const __m512i ihi = _mm512_add_epi8(ilo, _mm512_set1_epi8(8));
+    acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(lo, _mm512_loadu_si512(a)),
+                               _mm512_shuffle_epi8(sc, ilo));
+    acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(hi, _mm512_loadu_si512(a + 64)),
+                               _mm512_shuffle_epi8(sc, ihi));
+  }
+  const __m512i acc = _mm512_add_epi32(acc0, acc1);
+  return _mm256_sub_epi32(
+      _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)),
+      offset_term(x.scales, y.bsums));
+}
+
 NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const void *act) {
   const block_q6_K *x = static_cast<const block_q6_K *>(w);
   const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
-  __m512i quad_idx[4];  // int16 lanes: 8 x group 4k, 8 x 4k+1, 8 x 4k+2, 8 x 4k+3
-  for (int k = 0; k < 4; ++k) {
-    const int16_t g = static_cast<int16_t>(4 * k);
-    quad_idx[k] = simd::concat(_mm256_set_m128i(_mm_set1_epi16(g + 1), _mm_set1_epi16(g)),
-                               _mm256_set_m128i(_mm_set1_epi16(g + 3), _mm_set1_epi16(g + 2)));
-  }
+  const int nb = n / QK_K;
   float s = 0.f;
-  for (int i = 0; i < n / QK_K; ++i) {
-    const __m512i sc16 = _mm512_castsi256_si512(
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales))));
-    __m512i acc = _mm512_setzero_si512();
-    for (int h = 0; h < 2; ++h) {
-      const __m512i l = _mm512_loadu_si512(x[i].ql + 64 * h);
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh + 32 * h));
-      const __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
-      const __m512i lo =
-          _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
-      const __m512i hi =
-          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 4), m2), 4));
-      const int8_t *a = y[i].qs + 128 * h;
-      const __m512i plo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(a));
-      const __m512i phi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(a + 64));
-      acc = _mm512_dpwssd_epi32(acc, plo, _mm512_permutexvar_epi16(quad_idx[2 * h], sc16));
-      acc = _mm512_dpwssd_epi32(acc, phi, _mm512_permutexvar_epi16(quad_idx[2 * h + 1], sc16));
-    }
-    const int32_t isum =
-        _mm512_reduce_add_epi32(acc) - simd::hsum_i32(offset_term(x[i].scales, y[i].bsums));
-    s += fp16_to_fp32(x[i].d) * y[i].d * static_cast<float>(isum);
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    for (int k = 0; k < 4; ++k) is[k] = q6_K_block_avx512(x[i + k], y[i + k]);
+    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is[0], is[1], is[2], is[3]));
   }
+  for (; i < nb; ++i)
+    s += fp16_to_fp32(x[i].d) * y[i].d *
+         static_cast<float>(simd::hsum_i32(q6_K_block_avx512(x[i], y[i])));
   return s;
 }
 #endif
