@@ -64,25 +64,72 @@ NUMOE_TARGET_AVX2 float vec_dot_q4_0_avx2(int n, const void *w, const void *act)
   return simd::hsum(_mm256_add_ps(acc0, acc1));
 }
 
+// Four blocks per step. Every field of both block formats sits at an even byte offset
+// (strides 18 and 34), so word permutes (vpermw / vpermt2w, AVX512-BW) gather the four
+// blocks' nibbles, activation halves and fp16 scales straight from plain 64-byte loads:
+//   q    = [qs0 qs1 qs2 qs3] (16 bytes each): low nibbles are elements 0..15 of block k in
+//          128-bit lane k, high nibbles elements 16..31;
+//   alo  = [a0[0:16] a1[0:16] a2[0:16] a3[0:16]], ahi the same for [16:32].
+// The offset 8 is taken out as 8 * sum(a) with vpdpbusd on the unsigned nibbles.
+// `bytes` limits the loads to the row (masked loads read nothing past it).
+NUMOE_TARGET_AVX512VNNI inline __mmask64 load_mask(int64_t bytes) {
+  return bytes >= 64 ? ~0ULL : bytes <= 0 ? 0 : (1ULL << bytes) - 1;
+}
+
+NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t *xw,
+                                                       const int8_t *ya, int64_t wbytes,
+                                                       int64_t abytes) {
+  // word indices
+  const __m512i qidx =
+      _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x000B000A, 0x000D000C,
+                        0x000F000E, 0x00110010, 0x00140013, 0x00160015, 0x00180017, 0x001A0019,
+                        0x001D001C, 0x001F001E, 0x00210020, 0x00230022);  // 9k + 1 + m
+  const __m512i aidx =
+      _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x00130012, 0x00150014,
+                        0x00170016, 0x00190018, 0x00240023, 0x00260025, 0x00280027, 0x002A0029,
+                        0x00350034, 0x00370036, 0x00390038, 0x003B003A);  // 17k + 1 + m
+  const __m512i didx = _mm512_setr_epi32(0, 0, 0x00090009, 0x00090009, 0x00120012, 0x00120012,
+                                         0x001B001B, 0x001B001B, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i eidx = _mm512_setr_epi32(0, 0, 0x00110011, 0x00110011, 0x00220022, 0x00220022,
+                                         0x00330033, 0x00330033, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i w0 = _mm512_maskz_loadu_epi8(load_mask(wbytes), xw);
+  const __m512i w1 = _mm512_maskz_loadu_epi8(load_mask(wbytes - 64), xw + 64);
+  const __m512i l0 = _mm512_maskz_loadu_epi8(load_mask(abytes), ya);
+  const __m512i l1 = _mm512_maskz_loadu_epi8(load_mask(abytes - 64), ya + 64);
+  const __m512i l2 = _mm512_maskz_loadu_epi8(load_mask(abytes - 16), ya + 16);
+  const __m512i l3 = _mm512_maskz_loadu_epi8(load_mask(abytes - 80), ya + 80);
+  const __m512i q = _mm512_permutex2var_epi16(w0, qidx, w1);
+  const __m512i alo = _mm512_permutex2var_epi16(l0, aidx, l1);
+  const __m512i ahi = _mm512_permutex2var_epi16(l2, aidx, l3);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(q, m4), alo);
+  dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4), ahi);
+  const __m512i off =
+      _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, alo), eight, ahi);
+  // fp16 scales of block k in float lanes 4k..4k+3
+  const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(didx, w0)));
+  const __m512 da =
+      _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(l0, eidx, l1)));
+  return _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, off)),
+                         acc);
+}
+
 NUMOE_TARGET_AVX512VNNI float vec_dot_q4_0_avx512(int n, const void *w, const void *act) {
-  const block_q4_0 *x = static_cast<const block_q4_0 *>(w);
-  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
-  __m512 acc = _mm512_setzero_ps();
+  const uint8_t *x = static_cast<const uint8_t *>(w);
+  const int8_t *y = static_cast<const int8_t *>(act);
   const int nb = n / QK4_0;
+  const int64_t xs = sizeof(block_q4_0), ys = sizeof(block_q8_0);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i p = simd::dot_i8_vnni(simd::concat(unpack(x[i].qs), unpack(x[i + 1].qs)),
-                                        simd::concat(load32(y[i].qs), load32(y[i + 1].qs)));
-    const __m512 d = simd::concat(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                                  _mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)));
-    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+  for (; i + 12 <= nb; i += 8) {  // unmasked: the loads stay inside the row
+    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, 128, 144);
+    acc1 = q4_0_step_avx512(acc1, x + (i + 4) * xs, y + (i + 4) * ys, 128, 144);
   }
-  float s = _mm512_reduce_add_ps(acc);
-  if (i < nb) {
-    const __m256i p = simd::dot_i8_vnni(unpack(x[i].qs), load32(y[i].qs));
-    s += simd::hsum(_mm256_cvtepi32_ps(p)) * (simd::fp16(x[i].d) * simd::fp16(y[i].d));
+  for (; i < nb; i += 4) {
+    const int64_t k = nb - i < 4 ? nb - i : 4;
+    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, k * xs, k * ys);
   }
-  return s;
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 #endif
 
