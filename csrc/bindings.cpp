@@ -5,21 +5,19 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
-
-#include <climits>
-#include <stdexcept>
-
 #include <sched.h>
 
 #include <chrono>
+#include <climits>
+#include <stdexcept>
 #include <utility>
 
 #include "isa.hpp"
 #include "linear.hpp"
 #include "moe.hpp"
-#include "threadpool.hpp"
 #include "quant/quant.hpp"
 #include "quantize/quantize.hpp"
+#include "threadpool.hpp"
 #include "topology.hpp"
 
 namespace nb = nanobind;
@@ -155,9 +153,8 @@ std::vector<const uint8_t *> expert_ptrs(const std::vector<Bytes> &arrs, int typ
   if (arrs.size() == 1 && E > 1) {
     if (arrs[0].size() != one * static_cast<size_t>(E))
       throw std::invalid_argument(std::string(what) + ": merged tensor has " +
-                                  std::to_string(arrs[0].size()) + " bytes, " +
-                                  std::to_string(E) + " experts need " +
-                                  std::to_string(one * static_cast<size_t>(E)));
+                                  std::to_string(arrs[0].size()) + " bytes, " + std::to_string(E) +
+                                  " experts need " + std::to_string(one * static_cast<size_t>(E)));
     for (int64_t e = 0; e < E; ++e) out.push_back(arrs[0].data() + one * static_cast<size_t>(e));
   } else if (static_cast<int64_t>(arrs.size()) == E) {
     for (size_t e = 0; e < arrs.size(); ++e) {
@@ -255,7 +252,8 @@ void bind_kernels(nb::module_ &m) {
             const int64_t G = s.op.groups();
             const int64_t T = rows_of(x, G * s.op.n_in(), "x");
             float *y;
-            auto arr = new_floats2(static_cast<size_t>(T), static_cast<size_t>(G * s.op.n_out()), &y);
+            auto arr =
+                new_floats2(static_cast<size_t>(T), static_cast<size_t>(G * s.op.n_out()), &y);
             {
               nb::gil_scoped_release release;
               s.op.forward(x.data(), T, y);
@@ -319,8 +317,9 @@ void bind_kernels(nb::module_ &m) {
       .def_prop_ro("n_expert", [](PyMoE &s) { return s.op.n_expert(); })
       .def_prop_ro("n_ff", [](PyMoE &s) { return s.op.n_ff(); })
       .def_prop_ro("n_embd", [](PyMoE &s) { return s.op.n_embd(); })
-      .def_prop_ro("expert_nbytes",
-                   [](PyMoE &s) { return s.op.gate_bytes() + s.op.up_bytes() + s.op.down_bytes(); });
+      .def_prop_ro("expert_nbytes", [](PyMoE &s) {
+        return s.op.gate_bytes() + s.op.up_bytes() + s.op.down_bytes();
+      });
 }
 
 }  // namespace

@@ -1,0 +1,172 @@
+#include "linear.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "threadpool.hpp"
+
+namespace numoe {
+
+namespace {
+
+// Activation bytes a token block may use: the block stays in L2 while the weight rows of a
+// task pass over it.
+constexpr size_t kActBlockBytes = 192 * 1024;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+size_t row_bytes_of(int type, int64_t n) {
+  const quant::TypeInfo &t = quant::type_info(type);
+  if (n <= 0 || n % t.block_size != 0)
+    throw std::invalid_argument("row length " + std::to_string(n) +
+                                " is not a positive multiple of " + t.name + "'s block size " +
+                                std::to_string(t.block_size));
+  if (n > INT_MAX) throw std::invalid_argument("row length " + std::to_string(n) + " is too large");
+  return static_cast<size_t>(n / t.block_size) * static_cast<size_t>(t.type_size);
+}
+
+uint8_t *scratch(int slot, size_t bytes) {
+  struct Buf {
+    std::unique_ptr<uint8_t[]> p;
+    size_t size = 0;
+  };
+  thread_local Buf bufs[8];
+  if (slot < 0 || slot >= 8) throw std::logic_error("scratch slot out of range");
+  Buf &b = bufs[slot];
+  if (b.size < bytes) {
+    const size_t n = std::max(bytes, b.size + b.size / 2);
+    b.p.reset(new uint8_t[n + 64]);
+    b.size = n;
+  }
+  // 64-byte aligned
+  uintptr_t a = reinterpret_cast<uintptr_t>(b.p.get());
+  return reinterpret_cast<uint8_t *>((a + 63) & ~uintptr_t(63));
+}
+
+void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_rows, int64_t n,
+                   uint8_t *out, size_t out_stride) {
+  const quant::quantize_fn q = quant::get_quantize(act_type);
+  if (n_rows <= 0) return;
+  // Small inputs (decode) are not worth waking the pool for.
+  const int64_t rows_per_task = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(n, 1));
+  const int64_t n_tasks = ceil_div(n_rows, rows_per_task);
+  auto body = [&](int64_t task, int) {
+    const int64_t r1 = std::min(n_rows, (task + 1) * rows_per_task);
+    for (int64_t r = task * rows_per_task; r < r1; ++r)
+      q(x + r * x_stride, out + r * out_stride, n);
+  };
+  if (n_tasks == 1)
+    body(0, 0);
+  else
+    parallel_for(n_tasks, body);
+}
+
+void gemm_rows(quant::vec_dot_fn dot, int n, const uint8_t *w, size_t w_row_bytes, int64_t r0,
+               int64_t r1, const uint8_t *act, size_t act_stride, const int32_t *tok, int64_t n_tok,
+               float *y, int64_t y_stride) {
+  const int64_t tb = std::max<int64_t>(1, static_cast<int64_t>(kActBlockBytes / act_stride));
+  for (int64_t i0 = 0; i0 < n_tok; i0 += tb) {
+    const int64_t i1 = std::min(n_tok, i0 + tb);
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t *wr = w + static_cast<size_t>(r) * w_row_bytes;
+      float *yr = y + r;
+      if (tok == nullptr) {
+        for (int64_t i = i0; i < i1; ++i)
+          yr[i * y_stride] = dot(n, wr, act + static_cast<size_t>(i) * act_stride);
+      } else {
+        for (int64_t i = i0; i < i1; ++i)
+          yr[i * y_stride] = dot(n, wr, act + static_cast<size_t>(tok[i]) * act_stride);
+      }
+    }
+  }
+}
+
+LinearOp::LinearOp(const uint8_t *w, int type, int64_t n_out, int64_t n_in, int64_t groups)
+    : w_(w), type_(type), n_out_(n_out), n_in_(n_in), groups_(groups) {
+  const quant::TypeInfo &t = quant::type_info(type);
+  if (t.act_type < 0)
+    throw std::invalid_argument(std::string(t.name) + " is an activation type, not a weight type");
+  if (n_out <= 0 || groups <= 0) throw std::invalid_argument("n_out and groups must be positive");
+  act_type_ = t.act_type;
+  row_bytes_ = row_bytes_of(type, n_in);
+  act_row_bytes_ = row_bytes_of(act_type_, n_in);
+  quant::get_vec_dot(type);  // throws now rather than in a task
+}
+
+void LinearOp::forward(const float *x, int64_t T, float *y) const {
+  if (T <= 0) return;
+  const int64_t G = groups_, in = n_in_, out = n_out_;
+  const int64_t n_act = T * G;  // activation rows: (t, g) -> t*G + g
+  uint8_t *act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
+  quantize_rows(act_type_, x, in, n_act, in, act, act_row_bytes_);
+
+  const quant::vec_dot_fn dot = quant::get_vec_dot(type_);
+  const int threads = pool_threads();
+  // Rows per task: enough tasks to balance (~8 per thread), each at least a few rows so a
+  // task amortises its claim, at most 64 so a block of weight rows stays in L2.
+  const int64_t total_rows = out * G;
+  int64_t rb = ceil_div(total_rows, static_cast<int64_t>(threads) * 8);
+  rb = std::clamp<int64_t>(rb, 4, 64);
+  if (T > 1) rb = std::clamp<int64_t>(ceil_div(total_rows, threads * 4), 4, 64);
+  const int64_t blocks_per_group = ceil_div(out, rb);
+  const int64_t n_tasks = blocks_per_group * G;
+  const int64_t y_stride = G * out;
+  auto body = [&](int64_t task, int) {
+    const int64_t g = task / blocks_per_group, b = task % blocks_per_group;
+    const int64_t r0 = b * rb, r1 = std::min(out, r0 + rb);
+    gemm_rows(dot, static_cast<int>(in), w_ + static_cast<size_t>(g * out) * row_bytes_, row_bytes_,
+              r0, r1, act + static_cast<size_t>(g) * act_row_bytes_,
+              static_cast<size_t>(G) * act_row_bytes_, nullptr, T, y + g * out, y_stride);
+  };
+  parallel_for(n_tasks, body);
+}
+
+void LinearOp::rows(const int64_t *ids, int64_t n, float *out) const {
+  const int64_t n_rows = n_out_ * groups_;
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= n_rows)
+      throw std::invalid_argument("row id " + std::to_string(ids[i]) + " at position " +
+                                  std::to_string(i) + " is not in [0, " + std::to_string(n_rows) +
+                                  ")");
+  const quant::TypeInfo &t = quant::type_info(type_);
+  for (int64_t i = 0; i < n; ++i)
+    t.dequantize(w_ + static_cast<size_t>(ids[i]) * row_bytes_, out + i * n_in_, n_in_);
+}
+
+uint64_t read_bytes(const uint8_t *p, size_t bytes) {
+  constexpr size_t kChunk = 1 << 20;
+  const int64_t n_tasks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+  const int threads = pool_threads();
+  std::vector<uint64_t> sums(static_cast<size_t>(threads) * 8, 0);
+  parallel_for(n_tasks, [&](int64_t task, int thread) {
+    const size_t b0 = static_cast<size_t>(task) * kChunk;
+    const size_t b1 = std::min(bytes, b0 + kChunk);
+    const uint64_t *q = reinterpret_cast<const uint64_t *>(p + b0);
+    const size_t n = (b1 - b0) / 8;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      s0 += q[i];
+      s1 += q[i + 1];
+      s2 += q[i + 2];
+      s3 += q[i + 3];
+      s4 += q[i + 4];
+      s5 += q[i + 5];
+      s6 += q[i + 6];
+      s7 += q[i + 7];
+    }
+    for (; i < n; ++i) s0 += q[i];
+    for (size_t j = b0 + n * 8; j < b1; ++j) s1 += p[j];
+    sums[static_cast<size_t>(thread) * 8] += s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+  });
+  uint64_t s = 0;
+  for (size_t t = 0; t < sums.size(); t += 8) s += sums[t];
+  return s;
+}
+
+}  // namespace numoe

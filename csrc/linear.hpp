@@ -1,0 +1,71 @@
+// The quantized linear op: y[T, out] = x[T, in] . W^T with W a GGUF tensor [out, in] of any
+// registry type, read in place (a pointer into the file's memory map).
+//
+// Per call the T activation rows are quantized once to the weight's activation type; then
+// tasks over blocks of output rows run on the pool. Inside a task each weight row is read
+// once and used for a block of tokens while it is in L1 (a blocked GEMM for T > 1; T = 1
+// streams the weights once). Every output element is one vec_dot, so the result does not
+// depend on the thread count or the task split.
+//
+// `groups` batches G independent matrices stored back to back (W [G, out, in], e.g. the
+// per-head absorbed MLA projections): x [T, G*in] -> y [T, G*out], group g using
+// x[:, g*in:(g+1)*in] and W[g].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "quant/quant.hpp"
+
+namespace numoe {
+
+// Bytes of one row of n elements of `type`; std::invalid_argument unless n is a positive
+// multiple of the block size.
+size_t row_bytes_of(int type, int64_t n);
+
+// Quantize n_rows rows of n floats (row r at x + r*x_stride) to activation type `act_type`,
+// row r at out + r*out_stride. Runs on the pool when the rows are many.
+void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_rows, int64_t n,
+                   uint8_t *out, size_t out_stride);
+
+// Scratch memory reused across calls, one set per calling thread (never freed while the
+// thread lives; grows to the largest request).
+uint8_t *scratch(int slot, size_t bytes);
+
+class LinearOp {
+ public:
+  LinearOp(const uint8_t *w, int type, int64_t n_out, int64_t n_in, int64_t groups = 1);
+
+  // x [T, groups*n_in] float32 (row stride x_stride floats) -> y [T, groups*n_out].
+  void forward(const float *x, int64_t T, float *y) const;
+  // Dequantize rows ids[i] of the [groups*n_out, n_in] matrix into out[i*n_in ...].
+  // std::invalid_argument for an id out of range (checked before any row is read).
+  void rows(const int64_t *ids, int64_t n, float *out) const;
+
+  int type() const { return type_; }
+  int64_t n_out() const { return n_out_; }
+  int64_t n_in() const { return n_in_; }
+  int64_t groups() const { return groups_; }
+  size_t row_bytes() const { return row_bytes_; }
+  size_t bytes() const { return row_bytes_ * static_cast<size_t>(n_out_ * groups_); }
+
+ private:
+  const uint8_t *w_;
+  int type_, act_type_;
+  int64_t n_out_, n_in_, groups_;
+  size_t row_bytes_, act_row_bytes_;
+};
+
+// out[t, r] = dot(W row r, act row t) for rows [r0, r1), tokens [0, n_tok): a blocked
+// kernel shared by the linear and MoE ops. act rows at act + tok[i]*act_stride (tok may be
+// null: identity), y element (i, r) at y + i*y_stride + r.
+void gemm_rows(quant::vec_dot_fn dot, int n, const uint8_t *w, size_t w_row_bytes, int64_t r0,
+               int64_t r1, const uint8_t *act, size_t act_stride, const int32_t *tok, int64_t n_tok,
+               float *y, int64_t y_stride);
+
+// Read `bytes` bytes at p with every pool thread (a STREAM-style read); returns a checksum
+// so the reads cannot be optimised away.
+uint64_t read_bytes(const uint8_t *p, size_t bytes);
+
+}  // namespace numoe

@@ -1,0 +1,197 @@
+#include "moe.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "linear.hpp"
+#include "quant/quant.hpp"
+#include "threadpool.hpp"
+
+namespace numoe {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Rows per (expert, row block) task: about 8 tasks per thread in all, 4..64 rows each.
+int64_t rows_per_task(int64_t rows, int64_t n_active, int threads) {
+  return std::clamp<int64_t>(ceil_div(rows * n_active, static_cast<int64_t>(threads) * 8), 4, 64);
+}
+
+}  // namespace
+
+MoEOp::MoEOp(std::vector<const uint8_t *> gate, std::vector<const uint8_t *> up,
+             std::vector<const uint8_t *> down, int gate_type, int up_type, int down_type,
+             int64_t n_expert, int64_t n_ff, int64_t n_embd)
+    : gate_(std::move(gate)),
+      up_(std::move(up)),
+      down_(std::move(down)),
+      gate_type_(gate_type),
+      up_type_(up_type),
+      down_type_(down_type),
+      E_(n_expert),
+      F_(n_ff),
+      D_(n_embd) {
+  if (E_ <= 0 || F_ <= 0 || D_ <= 0)
+    throw std::invalid_argument("n_expert, n_ff and n_embd must be positive");
+  if (static_cast<int64_t>(gate_.size()) != E_ || static_cast<int64_t>(up_.size()) != E_ ||
+      static_cast<int64_t>(down_.size()) != E_)
+    throw std::invalid_argument("need one gate, up and down pointer per expert");
+  for (int t : {gate_type_, up_type_, down_type_}) {
+    const quant::TypeInfo &ti = quant::type_info(t);
+    if (ti.act_type < 0)
+      throw std::invalid_argument(std::string(ti.name) +
+                                  " is an activation type, not a weight type");
+    quant::get_vec_dot(t);
+  }
+  row_bytes_of(gate_type_, D_);
+  row_bytes_of(up_type_, D_);
+  row_bytes_of(down_type_, F_);
+  row_bytes_of(quant::type_info(gate_type_).act_type, D_);
+  row_bytes_of(quant::type_info(up_type_).act_type, D_);
+  row_bytes_of(quant::type_info(down_type_).act_type, F_);
+}
+
+size_t MoEOp::gate_bytes() const { return row_bytes_of(gate_type_, D_) * static_cast<size_t>(F_); }
+size_t MoEOp::up_bytes() const { return row_bytes_of(up_type_, D_) * static_cast<size_t>(F_); }
+size_t MoEOp::down_bytes() const { return row_bytes_of(down_type_, F_) * static_cast<size_t>(D_); }
+
+void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, int64_t k,
+                    const float *w, float *out) const {
+  if (T <= 0) return;
+  if (k <= 0) throw std::invalid_argument("k must be positive");
+  const int64_t n_pairs = T * k;
+  auto id_at = [&](int64_t i) -> int64_t {
+    return ids64 ? static_cast<const int64_t *>(ids_raw)[i]
+                 : static_cast<const int32_t *>(ids_raw)[i];
+  };
+  // 1. validate, count, and group (token, slot) pairs by expert, in token order.
+  std::vector<int64_t> count(E_ + 1, 0);
+  for (int64_t i = 0; i < n_pairs; ++i) {
+    const int64_t e = id_at(i);
+    if (e < 0 || e >= E_)
+      throw std::invalid_argument("expert id " + std::to_string(e) + " at [" +
+                                  std::to_string(i / k) + ", " + std::to_string(i % k) +
+                                  "] is not in [0, " + std::to_string(E_) + ")");
+    ++count[e];
+  }
+  std::vector<int64_t> offset(E_ + 1, 0);
+  for (int64_t e = 0; e < E_; ++e) offset[e + 1] = offset[e] + count[e];
+  std::vector<int32_t> pair_tok(n_pairs);  // pair p (grouped by expert) -> token
+  std::vector<int64_t> pair_of(n_pairs);   // t*k + j -> pair
+  {
+    std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+    for (int64_t i = 0; i < n_pairs; ++i) {
+      const int64_t p = fill[id_at(i)]++;
+      pair_tok[p] = static_cast<int32_t>(i / k);
+      pair_of[i] = p;
+    }
+  }
+  // Active experts, most used first (ties by id): big task groups start early.
+  std::vector<int64_t> active;
+  for (int64_t e = 0; e < E_; ++e)
+    if (count[e] > 0) active.push_back(e);
+  std::stable_sort(active.begin(), active.end(),
+                   [&](int64_t a, int64_t b) { return count[a] > count[b]; });
+  const int64_t n_active = static_cast<int64_t>(active.size());
+  const int threads = pool_threads();
+
+  // 2. quantize x once (twice if gate and up pair with different activation types).
+  const int act_g = quant::type_info(gate_type_).act_type;
+  const int act_u = quant::type_info(up_type_).act_type;
+  const size_t xg_bytes = row_bytes_of(act_g, D_), xu_bytes = row_bytes_of(act_u, D_);
+  uint8_t *xg = scratch(1, xg_bytes * T);
+  quantize_rows(act_g, x, D_, T, D_, xg, xg_bytes);
+  uint8_t *xu = xg;
+  if (act_u != act_g) {
+    xu = scratch(2, xu_bytes * T);
+    quantize_rows(act_u, x, D_, T, D_, xu, xu_bytes);
+  }
+
+  // 3. gate/up: h[p, r] = SiLU(gate_e[r] . x[tok p]) * (up_e[r] . x[tok p]).
+  float *h = reinterpret_cast<float *>(scratch(3, sizeof(float) * n_pairs * F_));
+  {
+    const quant::vec_dot_fn dg = quant::get_vec_dot(gate_type_);
+    const quant::vec_dot_fn du = quant::get_vec_dot(up_type_);
+    const size_t gb = row_bytes_of(gate_type_, D_), ub = row_bytes_of(up_type_, D_);
+    const int64_t rb = rows_per_task(F_, n_active, threads);
+    const int64_t nb = ceil_div(F_, rb);
+    // Per task: gate values go to a small buffer, then up values combine with them.
+    parallel_for(n_active * nb, [&](int64_t task, int) {
+      const int64_t e = active[task / nb];
+      const int64_t r0 = (task % nb) * rb, r1 = std::min(F_, r0 + rb);
+      const int64_t n_tok = count[e];
+      const int32_t *tok = pair_tok.data() + offset[e];
+      float *he = h + offset[e] * F_;
+      // Token blocks: gate then up for the same (rows, tokens) block while x rows are hot.
+      constexpr int64_t kTok = 32;
+      float g[64 * kTok];
+      for (int64_t i0 = 0; i0 < n_tok; i0 += kTok) {
+        const int64_t i1 = std::min(n_tok, i0 + kTok), nt = i1 - i0;
+        // g[(r - r0) * kTok + i] = gate
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t *wr = gate_[e] + static_cast<size_t>(r) * gb;
+          for (int64_t i = 0; i < nt; ++i)
+            g[(r - r0) * kTok + i] =
+                dg(static_cast<int>(D_), wr, xg + static_cast<size_t>(tok[i0 + i]) * xg_bytes);
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t *wr = up_[e] + static_cast<size_t>(r) * ub;
+          for (int64_t i = 0; i < nt; ++i) {
+            const float u =
+                du(static_cast<int>(D_), wr, xu + static_cast<size_t>(tok[i0 + i]) * xu_bytes);
+            const float a = g[(r - r0) * kTok + i];
+            he[(i0 + i) * F_ + r] = a / (1.0f + std::exp(-a)) * u;
+          }
+        }
+      }
+    });
+  }
+
+  // 4. quantize h rows to the down weight's activation type.
+  const int act_d = quant::type_info(down_type_).act_type;
+  const size_t hq_bytes = row_bytes_of(act_d, F_);
+  uint8_t *hq = scratch(4, hq_bytes * n_pairs);
+  quantize_rows(act_d, h, F_, n_pairs, F_, hq, hq_bytes);
+
+  // 5. down: y[p, r] = down_e[r] . h[p].
+  float *y = reinterpret_cast<float *>(scratch(5, sizeof(float) * n_pairs * D_));
+  {
+    const quant::vec_dot_fn dd = quant::get_vec_dot(down_type_);
+    const size_t db = row_bytes_of(down_type_, F_);
+    const int64_t rb = rows_per_task(D_, n_active, threads);
+    const int64_t nb = ceil_div(D_, rb);
+    parallel_for(n_active * nb, [&](int64_t task, int) {
+      const int64_t e = active[task / nb];
+      const int64_t r0 = (task % nb) * rb, r1 = std::min(D_, r0 + rb);
+      gemm_rows(dd, static_cast<int>(F_), down_[e], db, r0, r1,
+                hq + static_cast<size_t>(offset[e]) * hq_bytes, hq_bytes, nullptr, count[e],
+                y + offset[e] * D_, D_);
+    });
+  }
+
+  // 6. out[t] = sum_j w[t, j] * y[pair(t, j)], j in order.
+  auto reduce = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float *o = out + t * D_;
+      std::fill(o, o + D_, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const float wj = w[t * k + j];
+        const float *yp = y + pair_of[t * k + j] * D_;
+        for (int64_t d = 0; d < D_; ++d) o[d] += wj * yp[d];
+      }
+    }
+  };
+  const int64_t tpt = std::max<int64_t>(1, (1 << 15) / (D_ * k));  // tokens per task
+  const int64_t n_red = ceil_div(T, tpt);
+  if (n_red == 1)
+    reduce(0, T);
+  else
+    parallel_for(n_red,
+                 [&](int64_t task, int) { reduce(task * tpt, std::min(T, (task + 1) * tpt)); });
+}
+
+}  // namespace numoe
