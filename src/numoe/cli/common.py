@@ -85,13 +85,13 @@ def default_model_path() -> Path:
 
 
 def set_threads(n: int | None) -> int:
-    """Torch intra-op threads = the CPU threads numoe uses (physical cores by default)."""
+    """numoe's pool (pinned, from topology.thread_plan) and torch's intra-op threads: the
+    CPU threads numoe uses (physical cores by default)."""
     import torch
 
-    if n is None:
-        from ..topology import Topology
+    from .. import pool
 
-        n = Topology.read().default_threads()
+    n = pool.set_threads(n)
     torch.set_num_threads(n)
     return n
 

@@ -89,16 +89,15 @@ class MLAttention:
             self.q = Linear.load(g, f"{p}_q", H * (dn + dr), D, device)
         self.kv_a = Linear.load(g, f"{p}_kv_a_mqa", R + dr, D, device)
         self.kv_a_norm = load_weight(g, f"{p}_kv_a_norm.weight", (R,), device)
-        if cfg.split_kv_b:
-            k_b = load_weight(g, f"{p}_k_b.weight", (H, R, dn), device)  # [H, R, dn]
-            v_b = load_weight(g, f"{p}_v_b.weight", (H, dv, R), device)  # [H, dv, R]
+        # k_b: q_nope [T, H, dn] -> absorbed query [T, H, R]; v_b: [T, H, R] -> [T, H, dv]
+        if cfg.split_kv_b:  # per-head Linear ops over the raw tensors (groups = H)
+            self.k_b = Linear.load(g, f"{p}_k_b", R, dn, device, groups=H)  # [H, R, dn]
+            self.v_b = Linear.load(g, f"{p}_v_b", dv, R, device, groups=H)  # [H, dv, R]
         else:  # older files: kv_b [H*(dn+dv), R], per head dn rows of K then dv of V
             kv_b = load_weight(g, f"{p}_kv_b.weight", (H * (dn + dv), R), device)
             kv_b = kv_b.view(H, dn + dv, R)
-            k_b = kv_b[:, :dn].transpose(1, 2).contiguous()  # [H, R, dn]
-            v_b = kv_b[:, dn:].contiguous()  # [H, dv, R]
-        self.k_b = HeadLinear(k_b)  # q_nope [T, H, dn] -> absorbed query [T, H, R]
-        self.v_b = HeadLinear(v_b)  # latent output [T, H, R] -> [T, H, dv]
+            self.k_b = HeadLinear(kv_b[:, :dn].transpose(1, 2).contiguous())  # [H, R, dn]
+            self.v_b = HeadLinear(kv_b[:, dn:].contiguous())  # [H, dv, R]
         self.o = Linear.load(g, f"{p}_output", D, H * dv, device)
 
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]

@@ -1,7 +1,7 @@
 """Routers and the routed-experts op.
 
-`Experts` is the one interface the routed experts go through; the C++ fused MoE op
-replaces its body in the CPU-kernel issue.
+`Experts` is the one interface the routed experts go through: on the CPU it runs the C++
+fused MoE op over the GGUF expert tensors read in place.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..gguf import GGUFError, GGUFFile
-from .linear import Linear, load_weight
+from .. import _cpu, pool
+from ..gguf import GGUFError, GGUFFile, dequantize
+from .linear import Linear, _tensor, as_numpy, raw_bytes
 
 
 def route(
@@ -59,10 +60,22 @@ def route(
 
 
 class Experts:
-    """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F], all on the CPU."""
+    """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F].
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
-        self.gate, self.up, self.down = gate, up, down
+    On the CPU (always, for routed experts) the op is numoe's fused C++ MoE op
+    (``numoe._cpu.MoE``) over the GGUF tensors read in place: no float copy. A float path
+    (tensors given, e.g. on another device) is kept as the reference."""
+
+    def __init__(
+        self,
+        gate: torch.Tensor | None = None,
+        up: torch.Tensor | None = None,
+        down: torch.Tensor | None = None,
+        op: _cpu.MoE | None = None,
+    ):
+        if (op is None) == (gate is None):
+            raise ValueError("Experts needs float tensors or a CPU op")
+        self.gate, self.up, self.down, self.op = gate, up, down, op
 
     @classmethod
     def load(
@@ -78,24 +91,48 @@ class Experts:
         shapes = {"gate": (n_ff, n_embd), "up": (n_ff, n_embd), "down": (n_embd, n_ff)}
         merged = f"blk.{blk}.ffn_gate_exps.weight"
         if g.has(merged) or not g.has(f"blk.{blk}.ffn_gate.0.weight"):
-            w = {
-                p: load_weight(g, f"blk.{blk}.ffn_{p}_exps.weight", (n_expert, *s), device)
+            ts = {
+                p: [_tensor(g, f"blk.{blk}.ffn_{p}_exps.weight", (n_expert, *s))]
                 for p, s in shapes.items()
             }
         else:  # older Mixtral files: one tensor per expert
-            w = {
-                p: torch.stack(
-                    [
-                        load_weight(g, f"blk.{blk}.ffn_{p}.{e}.weight", s, device)
-                        for e in range(n_expert)
-                    ]
-                )
+            ts = {
+                p: [_tensor(g, f"blk.{blk}.ffn_{p}.{e}.weight", s) for e in range(n_expert)]
                 for p, s in shapes.items()
             }
-        return cls(w["gate"], w["up"], w["down"])
+        if torch.device(device).type != "cpu":
+            w = {
+                p: torch.cat([dequantize(t).reshape(-1, *shapes[p]) for t in v]).to(device)
+                for p, v in ts.items()
+            }
+            return cls(w["gate"], w["up"], w["down"])
+        types = {}
+        for p, v in ts.items():
+            kinds = {t.qtype for t in v}
+            if len(kinds) != 1:
+                names = ", ".join(sorted(f"{t.name}: {t.qtype.name}" for t in v))
+                raise GGUFError(f"blk.{blk}: per-expert {p} tensors differ in type ({names})")
+            types[p] = int(v[0].qtype)
+        pool.ensure()
+        op = _cpu.MoE(
+            [raw_bytes(t) for t in ts["gate"]],
+            [raw_bytes(t) for t in ts["up"]],
+            [raw_bytes(t) for t in ts["down"]],
+            types["gate"],
+            types["up"],
+            types["down"],
+            n_expert,
+            n_ff,
+            n_embd,
+        )
+        return cls(op=op)
 
     def __call__(self, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [T, D], ids [T, k], w [T, k] -> sum_j w[t, j] * expert_{ids[t, j]}(x[t]), [T, D]."""
+        if self.op is not None:
+            ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+            out = self.op.forward(as_numpy(x), ids_np, as_numpy(w))  # [T, D]
+            return torch.from_numpy(out).to(x.device)
         dev = x.device
         x = x.to(self.gate.device).float()
         ids, w = ids.to(x.device), w.to(x.device).float()

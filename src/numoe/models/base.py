@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf import GGUFFile
-from ..layers.linear import Linear, load_weight
+from ..layers.linear import Embedding, Linear, load_weight
 from ..layers.norms import rms_norm
 from ..placement import Placement
 
@@ -32,12 +32,12 @@ class DecoderModel:
         self.cfg, self.placement = cfg, placement
         dev = placement.dense
         V, D = cfg.n_vocab, cfg.n_embd
-        self.tok_embd = load_weight(g, "token_embd.weight", (V, D), dev)  # [V, D]
+        self.tok_embd = Embedding.load(g, "token_embd.weight", V, D, dev)  # [V, D]
         self.output_norm = load_weight(g, "output_norm.weight", (D,), dev)
         if g.has("output.weight"):
             self.output = Linear.load(g, "output", V, D, dev)
         else:  # tied embeddings
-            self.output = Linear(self.tok_embd)
+            self.output = self.tok_embd.as_linear()
         self.blocks: list = []
 
     def new_cache(self, n_ctx: int):
@@ -47,7 +47,7 @@ class DecoderModel:
     def forward(self, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
         dev = self.placement.dense
         tokens = tokens.to(dev)
-        x = self.tok_embd[tokens]  # [T, D]
+        x = self.tok_embd(tokens)  # [T, D]
         cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
         for blk in self.blocks:
             x = blk(x, cache, pos, cos, sin)
