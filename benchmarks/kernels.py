@@ -1,0 +1,145 @@
+"""Linear / MoE op speed at T = 1 (decode): GB/s of weight bytes read, beside a STREAM-style
+read bandwidth measured in the same run, for 1..all threads of numoe's pool.
+
+    python benchmarks/kernels.py [--threads 1 2] [--reps 7] [--mib 512] [--types Q4_K Q8_0]
+
+Shapes: a 4096 x 4096 matrix, and expert-shaped 768 x 2048 matrices (Qwen3-30B-A3B gate/up),
+one Linear op each, called one after another. Each case cycles through enough copies of
+its weights (--mib in total) that they come from DRAM, not L3. The MoE row is the fused
+MoE op at T = 1 on a Qwen3-30B-A3B-shaped layer (top-8, D 2048, F 768; 32 experts, each
+call routed to 8 not used by the previous calls; gate/up in the type, down Q6_K for the
+K-types as in Q4_K_M, else the same type), bytes = the 8 experts' gate+up+down. Read bandwidth: every pool thread sums its share of a 1 GiB array
+(numoe._cpu.read_bandwidth_bytes), and numpy's sum over the same array for reference.
+Figures are medians of --reps passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+
+from numoe import _cpu
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
+K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
+HALF_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.Q8_0: (0,), Q.Q4_0: (0,)}
+
+
+def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:
+    """Random raw blocks with finite, small scales (values do not matter for speed)."""
+    info = _cpu.quant_type_info(int(qtype))
+    nb = n_elems // info["block_size"]
+    if qtype in (Q.F32, Q.F16, Q.BF16):
+        x = rng.standard_normal(n_elems, dtype=np.float32)
+        if qtype == Q.F32:
+            return x.view(np.uint8)
+        if qtype == Q.F16:
+            return x.astype(np.float16).view(np.uint8)
+        return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    raw = rng.integers(0, 256, (nb, info["type_size"]), dtype=np.uint8)
+    for off in HALF_FIELDS[qtype]:
+        raw[:, off : off + 2] = np.full(nb, 0.01, np.float16).view(np.uint8).reshape(-1, 2)
+    return raw.reshape(-1)
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def linear_case(qtype: Q, rows: int, cols: int, total_bytes: int, rng):
+    """(fn running every copy once, weight bytes per pass)."""
+    one = random_bytes(qtype, rows * cols, rng)
+    n = max(1, total_bytes // one.nbytes)
+    ops = [_cpu.Linear(one.copy(), int(qtype), rows, cols) for _ in range(n)]
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+
+    def run():
+        for op in ops:
+            op.forward(x)
+
+    return run, n * one.nbytes
+
+
+def moe_case(qtype: Q, rng, E=32, k=8, D=2048, Fd=768):
+    """One MoE layer of E experts; successive calls route to disjoint sets of k experts, so
+    a pass reads every expert once (E * 3 matrices: more than L3)."""
+    down_t = Q.Q6_K if qtype in K_TYPES else qtype
+    g = random_bytes(qtype, E * Fd * D, rng)
+    u = random_bytes(qtype, E * Fd * D, rng)
+    d = random_bytes(down_t, E * D * Fd, rng)
+    op = _cpu.MoE([g], [u], [d], int(qtype), int(qtype), int(down_t), E, Fd, D)
+    x = rng.standard_normal((1, D), dtype=np.float32)
+    perm = rng.permutation(E).astype(np.int64)
+    ids = [perm[i : i + k][None].copy() for i in range(0, E, k)]
+    w = np.full((1, k), 1.0 / k, np.float32)
+
+    def run():
+        for i in ids:
+            op.forward(x, i, w)
+
+    return run, len(ids) * k * op.expert_nbytes
+
+
+def read_bandwidth(threads: list[int], plans: dict, reps: int) -> None:
+    big = np.full(1 << 30, 1, np.uint8)  # written: resident
+    row = []
+    for n in threads:
+        _cpu.set_threads(plans[n])
+        t = median_time(lambda: _cpu.read_bandwidth_bytes(big), reps)
+        row.append(big.nbytes / t / 1e9)
+    print(f"{'read bandwidth (pool)':<28}" + "".join(f"{v:>10.1f}" for v in row))
+    t = median_time(lambda: big.view(np.uint64).sum(), reps)
+    print(f"{'read bandwidth (numpy, 1)':<28}{big.nbytes / t / 1e9:>10.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cpus = sorted(_cpu.sched_getaffinity())
+    ap.add_argument("--threads", type=int, nargs="+", default=list(range(1, len(cpus) + 1)))
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--mib", type=int, default=512, help="weight bytes cycled per case")
+    ap.add_argument("--types", nargs="+", default=TYPES)
+    ap.add_argument("--no-moe", action="store_true")
+    args = ap.parse_args()
+    from numoe.topology import Topology, thread_plan
+
+    topo = Topology.read()
+    rng = np.random.default_rng(0)
+    total = args.mib << 20
+    print(f"numoe kernels, T = 1; ISA {_cpu.isa()}; CPUs {cpus}; medians of {args.reps}")
+    plans = {n: thread_plan(topo, n) for n in args.threads}
+    cols = [f"{n} thr" for n in args.threads]
+    print(f"{'case':<28}" + "".join(f"{c:>10}" for c in cols) + "   (GB/s)")
+
+    read_bandwidth(args.threads, plans, args.reps)
+
+    for name in args.types:
+        qtype = Q[name]
+        cases = [
+            (f"{name} 4096x4096", linear_case(qtype, 4096, 4096, total, rng)),
+            (f"{name} 768x2048 (expert)", linear_case(qtype, 768, 2048, total, rng)),
+        ]
+        if not args.no_moe:
+            down = "Q6_K" if qtype in K_TYPES else name
+            cases.append((f"{name}/{down} MoE 8 of 32", moe_case(qtype, rng)))
+        for label, (fn, nbytes) in cases:
+            row = []
+            for n in args.threads:
+                _cpu.set_threads(plans[n])
+                row.append(nbytes / median_time(fn, args.reps) / 1e9)
+            print(f"{label:<28}" + "".join(f"{v:>10.1f}" for v in row), flush=True)
+        del cases
+
+
+if __name__ == "__main__":
+    main()
