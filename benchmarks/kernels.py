@@ -1,7 +1,9 @@
 """Linear / MoE op speed at T = 1 (decode): GB/s of weight bytes read, beside a STREAM-style
-read bandwidth measured in the same run, for 1..all threads of numoe's pool.
+read bandwidth measured in the same run, for 1..all threads of numoe's pool; with --tokens,
+also prefill (T > 1) tables.
 
     python benchmarks/kernels.py [--threads 1 2] [--reps 7] [--mib 512] [--types Q4_K Q8_0]
+                                 [--tokens 1 64 512] [--no-moe] [--no-read]
 
 Shapes: a 4096 x 4096 matrix, and expert-shaped 768 x 2048 matrices (Qwen3-30B-A3B gate/up),
 one Linear op each, called one after another. Each case cycles through enough copies of
@@ -11,6 +13,13 @@ call routed to 8 not used by the previous calls; gate/up in the type, down Q6_K 
 K-types as in Q4_K_M, else the same type), bytes = the 8 experts' gate+up+down. Read bandwidth: every pool thread sums its share of a 1 GiB array
 (numoe._cpu.read_bandwidth_bytes), and numpy's sum over the same array for reference.
 Figures are medians of --reps passes.
+
+Prefill (--tokens T, T > 1): the same shapes and MoE layer called with T tokens (one copy of
+the weights: T tokens make it compute-bound, and a copy's weights are re-read from cache T
+times per call anyway). Each cell is tokens/s and, in brackets, the effective weight
+bandwidth weight bytes x T / s (what T = 1 would need to match it). The MoE op routes the T
+tokens over all 32 experts (top-8, uniform at random). T = 1 in --tokens prints the decode
+table above.
 """
 
 from __future__ import annotations
@@ -90,6 +99,52 @@ def moe_case(qtype: Q, rng, E=32, k=8, D=2048, Fd=768):
     return run, len(ids) * k * op.expert_nbytes
 
 
+def linear_prefill_case(qtype: Q, rows: int, cols: int, T: int, rng):
+    """(fn running one call with T tokens, weight bytes)."""
+    one = random_bytes(qtype, rows * cols, rng)
+    op = _cpu.Linear(one, int(qtype), rows, cols)
+    x = rng.standard_normal((T, cols), dtype=np.float32)
+    return (lambda: op.forward(x)), one.nbytes
+
+
+def moe_prefill_case(qtype: Q, T: int, rng, E=32, k=8, D=2048, Fd=768):
+    """(fn running one MoE call with T tokens routed over E experts, weight bytes of the
+    experts the call uses)."""
+    down_t = Q.Q6_K if qtype in K_TYPES else qtype
+    g = random_bytes(qtype, E * Fd * D, rng)
+    u = random_bytes(qtype, E * Fd * D, rng)
+    d = random_bytes(down_t, E * D * Fd, rng)
+    op = _cpu.MoE([g], [u], [d], int(qtype), int(qtype), int(down_t), E, Fd, D)
+    x = rng.standard_normal((T, D), dtype=np.float32)
+    ids = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int64)
+    w = np.full((T, k), 1.0 / k, np.float32)
+    used = len(np.unique(ids))
+    return (lambda: op.forward(x, ids, w)), used * op.expert_nbytes
+
+
+def prefill_table(args, plans: dict, T: int, rng) -> None:
+    cols = [f"{n} thr" for n in args.threads]
+    print(f"\nprefill, T = {T}: tokens/s (weight GB/s x T)")
+    print(f"{'case':<28}" + "".join(f"{c:>20}" for c in cols))
+    for name in args.types:
+        qtype = Q[name]
+        cases = [
+            (f"{name} 4096x4096", linear_prefill_case(qtype, 4096, 4096, T, rng)),
+            (f"{name} 768x2048 (expert)", linear_prefill_case(qtype, 768, 2048, T, rng)),
+        ]
+        if not args.no_moe:
+            down = "Q6_K" if qtype in K_TYPES else name
+            cases.append((f"{name}/{down} MoE 8 of 32", moe_prefill_case(qtype, T, rng)))
+        for label, (fn, nbytes) in cases:
+            cells = []
+            for n in args.threads:
+                _cpu.set_threads(plans[n])
+                t = median_time(fn, args.reps)
+                cells.append(f"{T / t:>9.0f} ({nbytes * T / t / 1e9:>6.1f})")
+            print(f"{label:<28}" + "".join(f"{c:>20}" for c in cells), flush=True)
+        del cases
+
+
 def read_bandwidth(threads: list[int], plans: dict, reps: int) -> None:
     big = np.full(1 << 30, 1, np.uint8)  # written: resident
     row = []
@@ -110,18 +165,35 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=512, help="weight bytes cycled per case")
     ap.add_argument("--types", nargs="+", default=TYPES)
     ap.add_argument("--no-moe", action="store_true")
+    ap.add_argument("--no-read", action="store_true", help="skip the read-bandwidth rows")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="T values: 1 = the decode table, T > 1 = a prefill table each",
+    )
     args = ap.parse_args()
     from numoe.topology import Topology, thread_plan
 
     topo = Topology.read()
     rng = np.random.default_rng(0)
     total = args.mib << 20
-    print(f"numoe kernels, T = 1; ISA {_cpu.isa()}; CPUs {cpus}; medians of {args.reps}")
+    print(f"numoe kernels; ISA {_cpu.isa()}; CPUs {cpus}; medians of {args.reps}")
     plans = {n: thread_plan(topo, n) for n in args.threads}
-    cols = [f"{n} thr" for n in args.threads]
-    print(f"{'case':<28}" + "".join(f"{c:>10}" for c in cols) + "   (GB/s)")
+    if 1 in args.tokens:
+        decode_table(args, plans, total, rng)
+    for T in args.tokens:
+        if T > 1:
+            prefill_table(args, plans, T, rng)
 
-    read_bandwidth(args.threads, plans, args.reps)
+
+def decode_table(args, plans: dict, total: int, rng) -> None:
+    cols = [f"{n} thr" for n in args.threads]
+    print("\ndecode, T = 1")
+    print(f"{'case':<28}" + "".join(f"{c:>10}" for c in cols) + "   (GB/s)")
+    if not args.no_read:
+        read_bandwidth(args.threads, plans, args.reps)
 
     for name in args.types:
         qtype = Q[name]
