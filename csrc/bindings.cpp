@@ -446,6 +446,44 @@ NB_MODULE(_cpu, m) {
       "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a,
       "Dot product of one weight row (n elements of `type_id`, raw bytes) with an activation "
       "from quantize_activation.");
+  m.attr("VEC_DOT_N_MAX") = numoe::quant::kMaxActs;
+  m.def(
+      "vec_dot_n",
+      [](int type, const Bytes &w, const Bytes &act, int64_t n, const std::vector<int64_t> &rows) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
+        if (n > INT_MAX) throw std::invalid_argument("n is too large");
+        const int n_act = static_cast<int>(rows.size());
+        if (rows.empty() || rows.size() > static_cast<size_t>(numoe::quant::kMaxActs))
+          throw std::invalid_argument("rows: need 1.." + std::to_string(numoe::quant::kMaxActs) +
+                                      " activation rows, got " + std::to_string(rows.size()));
+        need_bytes(w.size(), quant_bytes(t, n), "weight row", t, n);
+        const size_t arow = quant_bytes(a, n);
+        const void *ptrs[numoe::quant::kMaxActs];
+        for (int j = 0; j < n_act; ++j) {
+          if (rows[j] < 0 || (rows[j] + 1) * arow > act.size())
+            throw std::invalid_argument("activation row " + std::to_string(rows[j]) +
+                                        " is not in the " + std::to_string(act.size()) +
+                                        " bytes of act (" + std::to_string(arow) + " per row)");
+          ptrs[j] = act.data() + static_cast<size_t>(rows[j]) * arow;
+        }
+        const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
+        const numoe::quant::vec_dot_n_fn fn = numoe::quant::get_vec_dot_n(type);
+        float *out;
+        auto arr = new_array<float>(static_cast<size_t>(n_act), &out);
+        {
+          nb::gil_scoped_release release;
+          if (fn != nullptr)
+            fn(static_cast<int>(n), w.data(), ptrs, n_act, out);
+          else
+            for (int j = 0; j < n_act; ++j) out[j] = f(static_cast<int>(n), w.data(), ptrs[j]);
+        }
+        return arr;
+      },
+      "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a, "rows"_a,
+      "The multi-activation dot (vec_dot_n) of one weight row against activation rows `rows` "
+      "(1..VEC_DOT_N_MAX indices, repeats allowed) of `act`, consecutive activations from "
+      "quantize_activation of n elements each: float32 [len(rows)], each equal to vec_dot's.");
   m.def(
       "vec_dot_rows",
       [](int type, const Bytes &w, const Bytes &act, int64_t n, int64_t n_rows) {

@@ -66,22 +66,32 @@ void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_row
     parallel_for(n_tasks, body);
 }
 
-void gemm_rows(quant::vec_dot_fn dot, int n, const uint8_t *w, size_t w_row_bytes, int64_t r0,
-               int64_t r1, const uint8_t *act, size_t act_stride, const int32_t *tok, int64_t n_tok,
-               float *y, int64_t y_stride) {
-  const int64_t tb = std::max<int64_t>(1, static_cast<int64_t>(kActBlockBytes / act_stride));
-  for (int64_t i0 = 0; i0 < n_tok; i0 += tb) {
-    const int64_t i1 = std::min(n_tok, i0 + tb);
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t *wr = w + static_cast<size_t>(r) * w_row_bytes;
-      float *yr = y + r;
-      if (tok == nullptr) {
-        for (int64_t i = i0; i < i1; ++i)
-          yr[i * y_stride] = dot(n, wr, act + static_cast<size_t>(i) * act_stride);
-      } else {
-        for (int64_t i = i0; i < i1; ++i)
-          yr[i * y_stride] = dot(n, wr, act + static_cast<size_t>(tok[i]) * act_stride);
+void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const uint8_t *w,
+               size_t w_row_bytes, int64_t r0, int64_t r1, const uint8_t *act, size_t act_stride,
+               const int32_t *tok, int64_t n_tok, float *y, int64_t y_stride) {
+  auto act_row = [&](int64_t i) {
+    return act + static_cast<size_t>(tok != nullptr ? tok[i] : i) * act_stride;
+  };
+  if (dot_n == nullptr || n_tok == 1) {
+    // Per token: a block of tokens stays in L2 while the weight rows pass over it.
+    const int64_t tb = std::max<int64_t>(1, static_cast<int64_t>(kActBlockBytes / act_stride));
+    for (int64_t i0 = 0; i0 < n_tok; i0 += tb) {
+      const int64_t i1 = std::min(n_tok, i0 + tb);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t *wr = w + static_cast<size_t>(r) * w_row_bytes;
+        for (int64_t i = i0; i < i1; ++i) y[i * y_stride + r] = dot(n, wr, act_row(i));
       }
+    }
+    return;
+  }
+  const void *a[quant::kMaxActs];
+  float out[quant::kMaxActs];
+  for (int64_t i0 = 0; i0 < n_tok; i0 += quant::kMaxActs) {
+    const int na = static_cast<int>(std::min<int64_t>(quant::kMaxActs, n_tok - i0));
+    for (int j = 0; j < na; ++j) a[j] = act_row(i0 + j);
+    for (int64_t r = r0; r < r1; ++r) {
+      dot_n(n, w + static_cast<size_t>(r) * w_row_bytes, a, na, out);
+      for (int j = 0; j < na; ++j) y[(i0 + j) * y_stride + r] = out[j];
     }
   }
 }
@@ -106,22 +116,37 @@ void LinearOp::forward(const float *x, int64_t T, float *y) const {
   quantize_rows(act_type_, x, in, n_act, in, act, act_row_bytes_);
 
   const quant::vec_dot_fn dot = quant::get_vec_dot(type_);
+  const quant::vec_dot_n_fn dot_n = quant::get_vec_dot_n(type_);
   const int threads = pool_threads();
   // Rows per task: enough tasks to balance (~8 per thread), each at least a few rows so a
   // task amortises its claim, at most 64 so a block of weight rows stays in L2.
   const int64_t total_rows = out * G;
   int64_t rb = ceil_div(total_rows, static_cast<int64_t>(threads) * 8);
   rb = std::clamp<int64_t>(rb, 4, 64);
-  if (T > 1) rb = std::clamp<int64_t>(ceil_div(total_rows, threads * 4), 4, 64);
+  int64_t tb = T;  // tokens per task
+  if (T > 1) {
+    // Prefill: ~4 row blocks per thread; when the rows give fewer tasks than that, the
+    // tokens are split too (in whole groups of kMaxActs; each split re-reads its rows).
+    rb = std::clamp<int64_t>(ceil_div(total_rows, threads * 4), 4, 64);
+    const int64_t row_tasks = ceil_div(out, rb) * G, want = static_cast<int64_t>(threads) * 4;
+    if (row_tasks < want && T > quant::kMaxActs) {
+      const int64_t splits = std::min(ceil_div(want, row_tasks), ceil_div(T, quant::kMaxActs));
+      tb = ceil_div(ceil_div(T, splits), quant::kMaxActs) * quant::kMaxActs;
+    }
+  }
   const int64_t blocks_per_group = ceil_div(out, rb);
-  const int64_t n_tasks = blocks_per_group * G;
+  const int64_t tok_blocks = ceil_div(T, tb);
+  const int64_t n_tasks = blocks_per_group * G * tok_blocks;
   const int64_t y_stride = G * out;
   auto body = [&](int64_t task, int) {
-    const int64_t g = task / blocks_per_group, b = task % blocks_per_group;
+    const int64_t tk = task % tok_blocks, rt = task / tok_blocks;
+    const int64_t g = rt / blocks_per_group, b = rt % blocks_per_group;
     const int64_t r0 = b * rb, r1 = std::min(out, r0 + rb);
-    gemm_rows(dot, static_cast<int>(in), w_ + static_cast<size_t>(g * out) * row_bytes_, row_bytes_,
-              r0, r1, act + static_cast<size_t>(g) * act_row_bytes_,
-              static_cast<size_t>(G) * act_row_bytes_, nullptr, T, y + g * out, y_stride);
+    const int64_t t0 = tk * tb, nt = std::min(T, t0 + tb) - t0;
+    const size_t act_stride = static_cast<size_t>(G) * act_row_bytes_;
+    gemm_rows(dot, dot_n, static_cast<int>(in), w_ + static_cast<size_t>(g * out) * row_bytes_,
+              row_bytes_, r0, r1, act + static_cast<size_t>(g) * act_row_bytes_ + t0 * act_stride,
+              act_stride, nullptr, nt, y + g * out + t0 * y_stride, y_stride);
   };
   parallel_for(n_tasks, body);
 }

@@ -2,10 +2,11 @@
 // registry type, read in place (a pointer into the file's memory map).
 //
 // Per call the T activation rows are quantized once to the weight's activation type; then
-// tasks over blocks of output rows run on the pool. Inside a task each weight row is read
-// once and used for a block of tokens while it is in L1 (a blocked GEMM for T > 1; T = 1
-// streams the weights once). Every output element is one vec_dot, so the result does not
-// depend on the thread count or the task split.
+// tasks over blocks of output rows (and for many tokens and few rows, blocks of tokens) run
+// on the pool. Inside a task a group of up to kMaxActs tokens stays in L1 while the task's
+// weight rows pass over it (from L2), each row unpacked once per group (vec_dot_n); T = 1
+// streams the weights once. Every output element equals one vec_dot, so the result does not
+// depend on T, the thread count or the task split.
 //
 // `groups` batches G independent matrices stored back to back (W [G, out, in], e.g. the
 // per-head absorbed MLA projections): x [T, G*in] -> y [T, G*out], group g using
@@ -59,10 +60,12 @@ class LinearOp {
 
 // out[t, r] = dot(W row r, act row t) for rows [r0, r1), tokens [0, n_tok): a blocked
 // kernel shared by the linear and MoE ops. act rows at act + tok[i]*act_stride (tok may be
-// null: identity), y element (i, r) at y + i*y_stride + r.
-void gemm_rows(quant::vec_dot_fn dot, int n, const uint8_t *w, size_t w_row_bytes, int64_t r0,
-               int64_t r1, const uint8_t *act, size_t act_stride, const int32_t *tok, int64_t n_tok,
-               float *y, int64_t y_stride);
+// null: identity), y element (i, r) at y + i*y_stride + r. dot_n (may be null) is the
+// vec_dot_n paired with dot: groups of up to kMaxActs tokens (in L1) pass over the rows (in
+// L2), each weight row unpacked once per group. Every output is the same as dot's.
+void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const uint8_t *w,
+               size_t w_row_bytes, int64_t r0, int64_t r1, const uint8_t *act, size_t act_stride,
+               const int32_t *tok, int64_t n_tok, float *y, int64_t y_stride);
 
 // Read `bytes` bytes at p with every pool thread (a STREAM-style read); returns a checksum
 // so the reads cannot be optimised away.

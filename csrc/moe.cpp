@@ -116,37 +116,32 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
   {
     const quant::vec_dot_fn dg = quant::get_vec_dot(gate_type_);
     const quant::vec_dot_fn du = quant::get_vec_dot(up_type_);
+    const quant::vec_dot_n_fn dgn = quant::get_vec_dot_n(gate_type_);
+    const quant::vec_dot_n_fn dun = quant::get_vec_dot_n(up_type_);
     const size_t gb = row_bytes_of(gate_type_, D_), ub = row_bytes_of(up_type_, D_);
     const int64_t rb = rows_per_task(F_, n_active, threads);
     const int64_t nb = ceil_div(F_, rb);
-    // Per task: gate values go to a small buffer, then up values combine with them.
+    // Per task: gate and up values of a block of tokens go to small buffers, then combine.
     parallel_for(n_active * nb, [&](int64_t task, int) {
       const int64_t e = active[task / nb];
-      const int64_t r0 = (task % nb) * rb, r1 = std::min(F_, r0 + rb);
+      const int64_t r0 = (task % nb) * rb, nr = std::min(F_, r0 + rb) - r0;
       const int64_t n_tok = count[e];
       const int32_t *tok = pair_tok.data() + offset[e];
       float *he = h + offset[e] * F_;
       // Token blocks: gate then up for the same (rows, tokens) block while x rows are hot.
       constexpr int64_t kTok = 32;
-      float g[64 * kTok];
+      float g[64 * kTok], u[64 * kTok];  // [token][row - r0]
+      const uint8_t *ge = gate_[e] + static_cast<size_t>(r0) * gb;
+      const uint8_t *ue = up_[e] + static_cast<size_t>(r0) * ub;
       for (int64_t i0 = 0; i0 < n_tok; i0 += kTok) {
-        const int64_t i1 = std::min(n_tok, i0 + kTok), nt = i1 - i0;
-        // g[(r - r0) * kTok + i] = gate
-        for (int64_t r = r0; r < r1; ++r) {
-          const uint8_t *wr = gate_[e] + static_cast<size_t>(r) * gb;
-          for (int64_t i = 0; i < nt; ++i)
-            g[(r - r0) * kTok + i] =
-                dg(static_cast<int>(D_), wr, xg + static_cast<size_t>(tok[i0 + i]) * xg_bytes);
-        }
-        for (int64_t r = r0; r < r1; ++r) {
-          const uint8_t *wr = up_[e] + static_cast<size_t>(r) * ub;
-          for (int64_t i = 0; i < nt; ++i) {
-            const float u =
-                du(static_cast<int>(D_), wr, xu + static_cast<size_t>(tok[i0 + i]) * xu_bytes);
-            const float a = g[(r - r0) * kTok + i];
-            he[(i0 + i) * F_ + r] = a / (1.0f + std::exp(-a)) * u;
+        const int64_t nt = std::min(n_tok - i0, kTok);
+        gemm_rows(dg, dgn, static_cast<int>(D_), ge, gb, 0, nr, xg, xg_bytes, tok + i0, nt, g, 64);
+        gemm_rows(du, dun, static_cast<int>(D_), ue, ub, 0, nr, xu, xu_bytes, tok + i0, nt, u, 64);
+        for (int64_t i = 0; i < nt; ++i)
+          for (int64_t r = 0; r < nr; ++r) {
+            const float a = g[i * 64 + r];
+            he[(i0 + i) * F_ + r0 + r] = a / (1.0f + std::exp(-a)) * u[i * 64 + r];
           }
-        }
       }
     });
   }
@@ -161,13 +156,14 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
   float *y = reinterpret_cast<float *>(scratch(5, sizeof(float) * n_pairs * D_));
   {
     const quant::vec_dot_fn dd = quant::get_vec_dot(down_type_);
+    const quant::vec_dot_n_fn ddn = quant::get_vec_dot_n(down_type_);
     const size_t db = row_bytes_of(down_type_, F_);
     const int64_t rb = rows_per_task(D_, n_active, threads);
     const int64_t nb = ceil_div(D_, rb);
     parallel_for(n_active * nb, [&](int64_t task, int) {
       const int64_t e = active[task / nb];
       const int64_t r0 = (task % nb) * rb, r1 = std::min(D_, r0 + rb);
-      gemm_rows(dd, static_cast<int>(F_), down_[e], db, r0, r1,
+      gemm_rows(dd, ddn, static_cast<int>(F_), down_[e], db, r0, r1,
                 hq + static_cast<size_t>(offset[e]) * hq_bytes, hq_bytes, nullptr, count[e],
                 y + offset[e] * D_, D_);
     });

@@ -157,6 +157,27 @@ def test_linear_same_for_any_thread_count(qtype):
         np.testing.assert_array_equal(o, outs[0])
 
 
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_linear_any_T_equals_row_by_row(qtype):
+    """Prefill (token groups through vec_dot_n, token-split tasks) gives every token's row
+    bit for bit as a T = 1 call, on every ISA and thread count."""
+    rng = np.random.default_rng([int(qtype), 9])
+    n_out, n_in = 37, 1280  # 5 K-quant super-blocks: the 4-block step and a tail
+    raw, _ = encode(qtype, n_out, n_in, rng)
+    x = rng.standard_normal((129, n_in)).astype(np.float32)
+    op = _cpu.Linear(raw.reshape(-1), int(qtype), n_out, n_in)
+    for isa in _cpu.isa_available():
+        prev = _cpu.set_isa(isa)
+        try:
+            one = np.concatenate([op.forward(x[t : t + 1]) for t in range(len(x))])
+            for cpus in (CPUS, [CPUS[0]]):
+                _cpu.set_threads(cpus)
+                for T in (1, 3, 5, 64, 129):
+                    np.testing.assert_array_equal(op.forward(x[:T]), one[:T], err_msg=f"{isa} {T}")
+        finally:
+            _cpu.set_isa(prev)
+
+
 def test_linear_groups_are_per_head_matmuls():
     rng = np.random.default_rng(2)
     G, n_out, n_in = 5, 24, 64
@@ -297,6 +318,28 @@ def test_moe_matches_torch(types, T):
     np.testing.assert_array_equal(op.forward(x, ids.astype(np.int32), w), y)
     _cpu.set_threads([CPUS[0]])
     np.testing.assert_array_equal(op.forward(x, ids, w), y)
+
+
+@pytest.mark.parametrize("types", MOE_TYPES, ids=lambda t: "-".join(q.name for q in t))
+def test_moe_any_T_equals_token_by_token(types):
+    """Tokens gathered per expert (vec_dot_n over token lists) give each token's output bit
+    for bit as a call with that token alone, on every ISA."""
+    rng = np.random.default_rng([5, *map(int, types)])
+    E, Fd, D, k, T = 8, 256, 512, 3, 45
+    raws, _ = make_experts(types, E, Fd, D, rng)
+    op = _cpu.MoE(*([r.reshape(-1)] for r in raws), *map(int, types), E, Fd, D)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    ids, w = skewed_routing(T, E, k, rng)
+    for isa in _cpu.isa_available():
+        prev = _cpu.set_isa(isa)
+        try:
+            y = op.forward(x, ids, w)
+            for t in range(T):
+                np.testing.assert_array_equal(
+                    y[t], op.forward(x[t : t + 1], ids[t : t + 1], w[t : t + 1])[0], err_msg=isa
+                )
+        finally:
+            _cpu.set_isa(prev)
 
 
 def test_moe_per_expert_tensors_equal_merged():

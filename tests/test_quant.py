@@ -273,6 +273,90 @@ def test_vec_dot_k_quants_extreme_values():
             assert abs(got - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, got, ref)
 
 
+# ---- vec_dot_n (prefill: one weight row against several activations) ----
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_vec_dot_n_equals_vec_dot(qtype, isa):
+    """Bit for bit vec_dot of the same ISA for every activation, for every count 1..max,
+    repeated and gathered rows, and row lengths with every tail (K-quants: 1, 4k+1..4k+3
+    super-blocks; Q8_0/Q4_0: odd block counts around the 2/4/8-block steps)."""
+    _cpu.set_isa(isa)
+    rng = np.random.default_rng([int(qtype), len(isa)])
+    m = _cpu.VEC_DOT_N_MAX
+    if qtype in K_TYPES:
+        lengths = [256, 256 * 5, 256 * 6, 256 * 7, 256 * 16]
+    elif qtype in FLOAT_TYPES:
+        lengths = [1, 37, 1000 + 37]
+    else:
+        lengths = [32, 32 * 3, 32 * 13, 32 * 45]
+    for n in lengths:
+        raw, _ = weights(qtype, 3, n, rng)
+        n_acts = m + 3
+        x = rng.standard_normal((n_acts, n)).astype(np.float32)
+        x[1] *= 1e-3
+        x[2] = 0.0  # all-zero activation (zero scales)
+        acts = np.stack([_cpu.quantize_activation(int(qtype), x[t]) for t in range(n_acts)])
+        for r in range(3):
+            one = np.array([_cpu.vec_dot(int(qtype), raw[r], acts[t], n) for t in range(n_acts)])
+            for k in range(1, m + 1):
+                rows = list(range(k)) if k % 2 else list(rng.integers(0, n_acts, k))
+                got = _cpu.vec_dot_n(int(qtype), raw[r], acts.ravel(), n, rows)
+                assert got.dtype == np.float32 and got.shape == (k,)
+                np.testing.assert_array_equal(got, one[rows], err_msg=f"n={n} rows={rows}")
+    assert np.array_equal(
+        kernels.vec_dot_n(qtype, raw[0], acts[: m - 1], n),
+        [kernels.vec_dot(qtype, raw[0], acts[t], n) for t in range(m - 1)],
+    )
+
+
+def test_vec_dot_n_k_quants_extreme_values():
+    """All-max quants against the largest activations: no int16/int32 saturation."""
+    n = 256 * 5
+    m = _cpu.VEC_DOT_N_MAX
+    x = np.full((m, n), 3.0, np.float32)
+    x[:, ::2] = -3.0
+    x[1::2] *= -1
+    for qtype in K_TYPES:
+        raw = np.full((n // 256, TYPE_SIZE[qtype]), 0xFF, np.uint8)
+        for off in HALF_FIELDS[qtype]:
+            raw[:, off : off + 2] = np.array([0.5], np.float16).view(np.uint8)
+        if qtype == T.Q6_K:
+            raw[:, 192:208] = np.array([-128, 127] * 8, np.int8).view(np.uint8)
+        raw = raw.ravel()
+        acts = np.concatenate([_cpu.quantize_activation(int(qtype), r) for r in x])
+        w64 = gguf_dequantize(raw, qtype).astype(np.float64).ravel()
+        for isa in ISAS:
+            _cpu.set_isa(isa)
+            got = _cpu.vec_dot_n(int(qtype), raw, acts, n, list(range(m)))
+            for t in range(m):
+                ref = w64 @ act_dequant(qtype, acts.reshape(m, -1)[t], n)
+                assert abs(got[t] - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, t)
+
+
+def test_vec_dot_n_bad_arguments():
+    n = 512
+    raw = np.zeros(144 * 2, np.uint8)
+    acts = np.concatenate([_cpu.quantize_activation(int(T.Q4_K), np.ones(n, np.float32))] * 3)
+    assert _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [2, 0, 2]).shape == (3,)
+    with pytest.raises(ValueError, match="activation rows"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [])
+    with pytest.raises(ValueError, match="activation rows"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [0] * (_cpu.VEC_DOT_N_MAX + 1))
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match=f"activation row {bad}"):
+            _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [0, bad])
+    with pytest.raises(ValueError, match="activation row 2"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts[:-1], n, [2])  # last row one byte short
+    with pytest.raises(ValueError, match="weight row"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw[:-1], acts, n, [0])
+    with pytest.raises(ValueError, match="multiple"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts, 500, [0])
+    with pytest.raises(ValueError, match="activation type"):
+        _cpu.vec_dot_n(int(T.Q8_K), raw, acts, 256, [0])
+
+
 # ---- registry and bounds ----
 
 

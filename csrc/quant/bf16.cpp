@@ -81,6 +81,7 @@ const TypeInfo &info_bf16() {
 #endif
       false,
       {nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr},
   };
   return t;
 }

@@ -77,6 +77,7 @@ const TypeInfo &info_f16() {
 #endif
       false,
       {nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr},
   };
   return t;
 }

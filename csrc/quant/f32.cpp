@@ -73,6 +73,7 @@ const TypeInfo &info_f32() {
 #endif
       false,
       {copy_f32, nullptr, nullptr},  // as an activation type: a copy
+      {nullptr, nullptr, nullptr},
   };
   return t;
 }

@@ -150,6 +150,7 @@ const TypeInfo &info_q4_0() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+      {vec_dot_n_loop<vec_dot_q4_0_scalar>, nullptr, nullptr},
   };
   return t;
 }

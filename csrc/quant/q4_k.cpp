@@ -174,6 +174,7 @@ const TypeInfo &info_q4_K() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+      {vec_dot_n_loop<vec_dot_q4_K_scalar>, nullptr, nullptr},
   };
   return t;
 }

@@ -181,6 +181,7 @@ const TypeInfo &info_q5_K() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+      {vec_dot_n_loop<vec_dot_q5_K_scalar>, nullptr, nullptr},
   };
   return t;
 }

@@ -205,6 +205,7 @@ const TypeInfo &info_q6_K() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+      {vec_dot_n_loop<vec_dot_q6_K_scalar>, nullptr, nullptr},
   };
   return t;
 }

@@ -146,6 +146,7 @@ const TypeInfo &info_q8_0() {
       true,
       {quantize_q8_0_scalar, nullptr, nullptr},
 #endif
+      {vec_dot_n_loop<vec_dot_q8_0_scalar>, nullptr, nullptr},
   };
   return t;
 }

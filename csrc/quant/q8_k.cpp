@@ -101,6 +101,7 @@ const TypeInfo &info_q8_K() {
 #else
       {quantize_q8_K_scalar, nullptr, nullptr},
 #endif
+      {nullptr, nullptr, nullptr},
   };
   return t;
 }

@@ -10,6 +10,12 @@
 //   bound by weight bandwidth, the bf16->f32 widening is a shift, and rounding the activation
 //   to bf16 for vdpbf16ps would cost accuracy for no bandwidth gain.
 //
+// Prefill: vec_dot_n is one weight row against up to kMaxActs activation rows, each weight
+// block loaded and unpacked once for all of them (nibble masks, shifts and scale decoding are
+// most of a vec_dot's work). Its results equal the same level's vec_dot bit for bit (same
+// integer sums, same float operations in the same order per activation), so an op's output
+// does not depend on how its tokens are grouped.
+//
 // Floating-point order: the integer formats sum each block's products exactly in integers
 // and then combine per-block floats; the K-quant bodies combine super-blocks in the same
 // scalar order on every ISA, so all ISAs give bit-identical results. Q8_0/Q4_0 and the float
@@ -99,6 +105,10 @@ enum Type : int {
 using dequantize_fn = void (*)(const void *src, float *dst, int64_t n);
 using vec_dot_fn = float (*)(int n, const void *w_row, const void *act_row);
 using quantize_fn = void (*)(const float *src, void *dst, int64_t n);
+// out[j] = vec_dot(n, w_row, act[j]) for j < n_act, 1 <= n_act <= kMaxActs.
+using vec_dot_n_fn = void (*)(int n, const void *w_row, const void *const *act, int n_act,
+                              float *out);
+constexpr int kMaxActs = 8;
 
 // Kernels per ISA level (index = Isa); nullptr = use the next lower level.
 struct TypeInfo {
@@ -111,6 +121,9 @@ struct TypeInfo {
   vec_dot_fn vec_dot[kIsaCount];
   bool avx512_vec_dot_needs_vnni;
   quantize_fn quantize[kIsaCount];  // activation types: float -> this type
+  // Multi-activation vec_dot per level, paired with vec_dot of the same level (not a lower
+  // level's: those may round differently); nullptr = loop over vec_dot.
+  vec_dot_n_fn vec_dot_n[kIsaCount];
 };
 
 // Registry: throws std::invalid_argument naming the type for ids without kernels.
@@ -119,9 +132,19 @@ const char *type_name(int type);  // also for unknown ids ("type 7")
 // Kernels for the current ISA (current_isa()).
 vec_dot_fn get_vec_dot(int type);
 quantize_fn get_quantize(int act_type);
+// The vec_dot_n that pairs with get_vec_dot(type) (same level); nullptr when that level has
+// none (call get_vec_dot per activation).
+vec_dot_n_fn get_vec_dot_n(int type);
 // For a given level, ignoring current_isa() (tests/benchmarks).
 vec_dot_fn get_vec_dot(int type, Isa level);
+vec_dot_n_fn get_vec_dot_n(int type, Isa level);
 quantize_fn get_quantize(int act_type, Isa level);
+
+// vec_dot_n as a loop over a vec_dot: the scalar reference bodies.
+template <vec_dot_fn F>
+void vec_dot_n_loop(int n, const void *w_row, const void *const *act, int n_act, float *out) {
+  for (int j = 0; j < n_act; ++j) out[j] = F(n, w_row, act[j]);
+}
 
 // Per-format tables, one in each format's source file.
 const TypeInfo &info_f32();

@@ -44,14 +44,21 @@ const char *ggml_name(int type) {
   return nullptr;
 }
 
+// The level whose kernel runs for `level`: the highest at or below it that has one.
 template <typename Fn>
-Fn pick(const Fn (&fns)[kIsaCount], Isa level, bool avx512_needs_vnni) {
+int pick_level(const Fn (&fns)[kIsaCount], Isa level, bool avx512_needs_vnni) {
   int l = static_cast<int>(level);
   if (l == static_cast<int>(Isa::avx512) && avx512_needs_vnni && !cpu_features().avx512_vnni)
     l = static_cast<int>(Isa::avx2);
   for (; l >= 0; --l)
-    if (fns[l] != nullptr) return fns[l];
-  return nullptr;
+    if (fns[l] != nullptr) return l;
+  return -1;
+}
+
+template <typename Fn>
+Fn pick(const Fn (&fns)[kIsaCount], Isa level, bool avx512_needs_vnni) {
+  const int l = pick_level(fns, level, avx512_needs_vnni);
+  return l < 0 ? nullptr : fns[l];
 }
 
 }  // namespace
@@ -77,6 +84,12 @@ vec_dot_fn get_vec_dot(int type, Isa level) {
   return f;
 }
 
+vec_dot_n_fn get_vec_dot_n(int type, Isa level) {
+  get_vec_dot(type, level);  // same checks
+  const TypeInfo &t = type_info(type);
+  return t.vec_dot_n[pick_level(t.vec_dot, level, t.avx512_vec_dot_needs_vnni)];
+}
+
 quantize_fn get_quantize(int act_type, Isa level) {
   const TypeInfo &t = type_info(act_type);
   quantize_fn f = pick(t.quantize, level, false);
@@ -85,6 +98,7 @@ quantize_fn get_quantize(int act_type, Isa level) {
 }
 
 vec_dot_fn get_vec_dot(int type) { return get_vec_dot(type, current_isa()); }
+vec_dot_n_fn get_vec_dot_n(int type) { return get_vec_dot_n(type, current_isa()); }
 quantize_fn get_quantize(int act_type) { return get_quantize(act_type, current_isa()); }
 
 }  // namespace numoe::quant

@@ -78,6 +78,17 @@ def vec_dot(qtype: int, w_row: np.ndarray, act: np.ndarray, n: int) -> float:
     return _cpu.vec_dot(int(qtype), _bytes(w_row), _bytes(act), n)
 
 
+def vec_dot_n(qtype: int, w_row: np.ndarray, acts: np.ndarray, n: int, rows=None) -> np.ndarray:
+    """One weight row . several activations at once (the prefill kernel): `acts` holds
+    activations from quantize_activation back to back ([k, act_bytes] or flat); `rows` picks
+    which (default: all, at most VEC_DOT_N_MAX). Equal to vec_dot per activation."""
+    acts = _bytes(acts)
+    if rows is None:
+        t = quant_type(quant_type(qtype).act_type)
+        rows = range(acts.size // t.row_bytes(n))
+    return _cpu.vec_dot_n(int(qtype), _bytes(w_row), acts, n, [int(r) for r in rows])
+
+
 def gemv_reference(qtype: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """y = W x for raw weights `w` [rows, row_bytes] and float32 x [n]: single-threaded, for
     tests and benchmarks (the threaded linear op lives elsewhere)."""
