@@ -9,10 +9,10 @@ import pytest
 import torch
 import transformers as tf
 from hf_oracle import check_against_hf, numoe_model, randomize
-from numoe.gguf import GGUFError, open_gguf
-from numoe.gguf_write import write_gguf
 
 from numoe.convert import deepseek2 as conv
+from numoe.gguf import GGUFError, open_gguf
+from numoe.gguf_write import write_gguf
 from numoe.models import deepseek2 as ds2
 from numoe.synth import synth
 from numoe.tokenizer import synth_vocab_metadata

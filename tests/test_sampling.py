@@ -26,9 +26,7 @@ def test_greedy_is_argmax(temp):
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         x = torch.randn(1000, generator=g)
-        assert Sampler(SamplingParams(temperature=temp)).sample(x, []) == int(
-            x.argmax()
-        )
+        assert Sampler(SamplingParams(temperature=temp)).sample(x, []) == int(x.argmax())
 
 
 def test_top_k_1_is_greedy():
@@ -44,9 +42,7 @@ def test_same_seed_same_sequence_different_seed_differs():
     p = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
     a, b = _draws(p, x, 100), _draws(p, x, 100)
     assert a == b
-    c = _draws(
-        SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99), x, 100
-    )
+    c = _draws(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99), x, 100)
     assert a != c
     assert len(set(a)) > 5  # it really samples
 
@@ -77,22 +73,16 @@ def test_min_p_hand_case():
     x = _logits([0.5, 0.3, 0.12, 0.08])
     p = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.3, seed=0)
     assert set(_draws(p, x, 300)) == {0, 1}
-    p = SamplingParams(
-        temperature=1.0, top_k=0, top_p=1.0, min_p=0.2, seed=0
-    )  # thr 0.1
+    p = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.2, seed=0)  # thr 0.1
     assert set(_draws(p, x, 300)) == {0, 1, 2}
 
 
 def test_sampling_frequencies_follow_temperature():
     x = _logits([0.6, 0.4])
-    d = _draws(
-        SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5), x, 2000
-    )
+    d = _draws(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5), x, 2000)
     assert abs(d.count(0) / 2000 - 0.6) < 0.05
     # temperature 0.5 squares the odds: 0.36/(0.36+0.16) = 0.692
-    d = _draws(
-        SamplingParams(temperature=0.5, top_k=0, top_p=1.0, min_p=0.0, seed=5), x, 2000
-    )
+    d = _draws(SamplingParams(temperature=0.5, top_k=0, top_p=1.0, min_p=0.0, seed=5), x, 2000)
     assert abs(d.count(0) / 2000 - 0.36 / 0.52) < 0.05
 
 
@@ -112,21 +102,15 @@ def test_repeat_last_n_window():
     x = torch.tensor([2.0, 1.5])
     hist = [0] + [1] * 5  # token 0 is 6 tokens back
     assert (
-        Sampler(
-            SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=3)
-        ).sample(x, hist)
+        Sampler(SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=3)).sample(x, hist)
         == 0
     )  # 0 outside the window; 1 penalised
     assert (
-        Sampler(
-            SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=-1)
-        ).sample(x, [0])
+        Sampler(SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=-1)).sample(x, [0])
         == 1
     )  # whole history: 0 penalised to 1.0 < 1.5
     assert (
-        Sampler(
-            SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=0)
-        ).sample(x, [0])
+        Sampler(SamplingParams(temperature=0, repeat_penalty=2.0, repeat_last_n=0)).sample(x, [0])
         == 0
     )  # disabled
 

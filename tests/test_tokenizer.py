@@ -167,15 +167,11 @@ class PyBPE:
 
     def __init__(self, meta, pattern):
         self.ids = {t: i for i, t in enumerate(meta["tokenizer.ggml.tokens"])}
-        self.ranks = {
-            tuple(m.split(" ")): r for r, m in enumerate(meta["tokenizer.ggml.merges"])
-        }
+        self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(meta["tokenizer.ggml.merges"])}
         self.b2u = _bytes_to_unicode()
         self.pattern = regex.compile(pattern)
         types = meta["tokenizer.ggml.token_type"]
-        self.specials = [
-            t for t, ty in zip(meta["tokenizer.ggml.tokens"], types) if ty == 3
-        ]
+        self.specials = [t for t, ty in zip(meta["tokenizer.ggml.tokens"], types) if ty == 3]
 
     def _bpe(self, word):
         parts = list(word)
@@ -192,9 +188,7 @@ class PyBPE:
     def encode(self, text, special=False):
         segments = [text]
         if special:
-            alt = "|".join(
-                regex.escape(s) for s in sorted(self.specials, key=len, reverse=True)
-            )
+            alt = "|".join(regex.escape(s) for s in sorted(self.specials, key=len, reverse=True))
             segments = regex.split(f"({alt})", text)
         out = []
         for k, seg in enumerate(segments):
@@ -214,9 +208,7 @@ def hf_oracle(meta, pattern=QWEN2_RE):
     merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
     hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges))
     if pattern is None:
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(
-            add_prefix_space=False, use_regex=True
-        )
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
         hf.pre_tokenizer = pre_tokenizers.Sequence(
             [
@@ -252,9 +244,7 @@ def llama(llama_meta):
 # ---- synthetic vocabularies ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "kind,n", [("gpt2", 300), ("gpt2", 1024), ("llama", 600), ("llama", 2000)]
-)
+@pytest.mark.parametrize("kind,n", [("gpt2", 300), ("gpt2", 1024), ("llama", 600), ("llama", 2000)])
 def test_synth_vocab_shape(kind, n):
     meta = synth_vocab_metadata(n, kind=kind)
     toks = meta["tokenizer.ggml.tokens"]
@@ -275,9 +265,7 @@ def test_synth_vocab_details(gpt2_meta, llama_meta):
     assert {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|extra_0|>"} <= set(toks)
     assert gpt2_meta["tokenizer.chat_template"] == CHATML_TEMPLATE
     lt = llama_meta["tokenizer.ggml.tokens"]
-    assert (
-        lt[:3] == ["<unk>", "<s>", "</s>"] and lt[3] == "<0x00>" and lt[258] == "<0xFF>"
-    )
+    assert lt[:3] == ["<unk>", "<s>", "</s>"] and lt[3] == "<0x00>" and lt[258] == "<0xFF>"
     assert llama_meta["tokenizer.ggml.add_bos_token"] is True
     assert llama_meta["tokenizer.chat_template"] == MISTRAL_TEMPLATE
 
@@ -381,9 +369,7 @@ def test_gpt2_pre_gpt2_matches_bytelevel_oracle(gpt2_meta, text):
     meta = {**gpt2_meta, "tokenizer.ggml.pre": "gpt-2"}
     ids = Tokenizer.from_metadata(meta).encode(text)
     assert ids == PyBPE(meta, GPT2_RE).encode(text)
-    assert (
-        ids == hf_oracle(meta, pattern=None).encode(text, add_special_tokens=False).ids
-    )
+    assert ids == hf_oracle(meta, pattern=None).encode(text, add_special_tokens=False).ids
 
 
 def test_unknown_pre_warns_and_falls_back(gpt2_meta, caplog):
@@ -497,13 +483,7 @@ def _spm_meta():
         toks.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
         types.append(
-            2
-            if sp.is_unknown(i)
-            else 3
-            if sp.is_control(i)
-            else 6
-            if sp.is_byte(i)
-            else 1
+            2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
         )
     meta = {
         "tokenizer.ggml.model": "llama",
@@ -549,22 +529,16 @@ def _hf_render(template, bos, eos, messages, **kw):
 
 
 def test_chat_template_qwen3_matches_transformers(gpt2_meta):
-    tok = Tokenizer.from_metadata(
-        {**gpt2_meta, "tokenizer.chat_template": QWEN3_TEMPLATE}
-    )
+    tok = Tokenizer.from_metadata({**gpt2_meta, "tokenizer.chat_template": QWEN3_TEMPLATE})
     msgs = CHAT + [
         {
             "role": "assistant",
             "content": "<think>\nhmm\n</think>\n\nLet me check.",
-            "tool_calls": [
-                {"function": {"name": "météo", "arguments": {"ville": "Zürich"}}}
-            ],
+            "tool_calls": [{"function": {"name": "météo", "arguments": {"ville": "Zürich"}}}],
         },
         {"role": "tool", "content": '{"temp": "20°C"}'},
     ]
-    tools = [
-        {"type": "function", "function": {"name": "météo", "description": "Wetter ☀"}}
-    ]
+    tools = [{"type": "function", "function": {"name": "météo", "description": "Wetter ☀"}}]
     for kw in ({}, {"enable_thinking": False}, {"tools": tools}):
         ours = tok.apply_chat_template(msgs, add_generation_prompt=True, **kw)
         theirs = _hf_render(QWEN3_TEMPLATE, "<|endoftext|>", "<|im_end|>", msgs, **kw)
@@ -579,9 +553,7 @@ def test_chat_template_mistral_matches_transformers(llama):
         ours = llama.apply_chat_template(msgs, chat_template=template)
         assert ours == _hf_render(template, "<s>", "</s>", msgs)
         assert ours.startswith("<s>[INST] Hi there!")
-    ours = llama.apply_chat_template(
-        CHAT
-    )  # the synthetic vocab's template folds the system
+    ours = llama.apply_chat_template(CHAT)  # the synthetic vocab's template folds the system
     assert ours == _hf_render(MISTRAL_TEMPLATE, "<s>", "</s>", CHAT)
     with pytest.raises(jinja2.TemplateError, match="alternate"):
         llama.apply_chat_template(CHAT, chat_template=MISTRAL_V01_TEMPLATE)

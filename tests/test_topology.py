@@ -342,9 +342,7 @@ def test_no_node_directory(tmp_path):
     """Kernels without NUMA (or containers hiding it): one synthetic node 0 with every CPU.
     AMD-style SMT numbering: CPUs 0-1 are the cores, 2-3 their siblings."""
     cpus = {0: (0, 0, "0,2"), 1: (0, 1, "1,3"), 2: (0, 0, "0,2"), 3: (0, 1, "1,3")}
-    topo = Topology.read(
-        make_sysfs(tmp_path, cpus, nodes=None), allowed_cpus=[0, 1, 2, 3]
-    )
+    topo = Topology.read(make_sysfs(tmp_path, cpus, nodes=None), allowed_cpus=[0, 1, 2, 3])
     assert len(topo.nodes) == 1
     node = topo.nodes[0]
     assert (node.id, node.cpus, node.synthetic) == (0, (0, 1, 2, 3), True)
@@ -379,9 +377,7 @@ def test_no_node_directory_present_only_core_cpus_list(tmp_path):
 def test_no_sibling_files_group_by_package_and_core(tmp_path):
     """Without thread_siblings_list/core_cpus_list, (package, die, core_id) groups threads."""
     cpus = {0: (0, 0, ""), 1: (0, 1, ""), 2: (1, 0, ""), 3: (0, 0, ""), 4: (0, 1, "")}
-    root = make_sysfs(
-        tmp_path, cpus, {0: ("0-4", GiB_kB, "10")}, online=None, siblings_file="none"
-    )
+    root = make_sysfs(tmp_path, cpus, {0: ("0-4", GiB_kB, "10")}, online=None, siblings_file="none")
     topo = Topology.read(root, allowed_cpus=list(range(5)))
     assert [n.cpus for n in topo.nodes] == [(0, 1, 2, 3, 4)]  # cpuN directories found
     assert [c.siblings for c in topo.cpus] == [(0, 3), (1, 4), (2,), (0, 3), (1, 4)]
@@ -531,11 +527,7 @@ def test_real_sys():
 
 
 def test_import_numoe_is_light():
-    code = (
-        "import sys, numoe; assert 'torch' not in sys.modules; print(numoe.__version__)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
+    code = "import sys, numoe; assert 'torch' not in sys.modules; print(numoe.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
