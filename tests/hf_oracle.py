@@ -82,3 +82,38 @@ def check_against_hf(hf_model, tmp_path, qtype="F32", n_gen=32, atol=LOGIT_ATOL,
     got = list(sess.generate(prompt, n_gen, Sampler(SamplingParams(temperature=0))))
     assert got == want, f"greedy tokens differ:\n numoe {got}\n hf    {want}"
     return cfg
+
+
+def dequantized_copy(hf_model, path):
+    """A copy of `hf_model` whose weights are those stored in the GGUF file at `path`
+    (dequantized by the `gguf` package), so that transformers computes with exactly the
+    weights numoe reads: the remaining difference is numoe's activation quantization.
+
+    The HF -> GGUF layout map comes from running the project's converter on tensors of
+    element indices (float64, exact), so reshapes, splits, transposes and permutations all
+    invert without a second hand-written mapping."""
+    import copy
+    import importlib
+
+    import gguf
+
+    from numoe.convert import CONVERTERS
+
+    conv = importlib.import_module(f"numoe.convert.{CONVERTERS[hf_model.config.model_type]}")
+    reader = gguf.GGUFReader(path)
+    stored = {}
+    for t in reader.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type)
+        stored[t.name] = np.asarray(a, dtype=np.float64).reshape(-1)
+    cfg = conv.config_from_hf(hf_model.config)
+    out = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        for name, p in out.state_dict().items():
+            idx = torch.arange(p.numel(), dtype=torch.float64).view(p.shape)
+            flat = p.view(-1)
+            for gname, a in conv.convert_tensor(name, idx, cfg):
+                if a.dtype != torch.float64 or gname not in stored:
+                    continue
+                pos = a.reshape(-1).long()
+                flat[pos] = torch.from_numpy(stored[gname]).to(p.dtype)
+    return out
