@@ -50,17 +50,13 @@ class SamplingParams:
 
         num("temperature")
         if integer("top_k") < -1:
-            raise ValueError(
-                f"sampling: top_k must be >= 0 (0 or -1 = off), got {self.top_k}"
-            )
+            raise ValueError(f"sampling: top_k must be >= 0 (0 or -1 = off), got {self.top_k}")
         if not 0.0 <= num("top_p") <= 1.0:
             raise ValueError(f"sampling: top_p must be in [0, 1], got {self.top_p}")
         if not 0.0 <= num("min_p") <= 1.0:
             raise ValueError(f"sampling: min_p must be in [0, 1], got {self.min_p}")
         if not (num("repeat_penalty") > 0.0 and math.isfinite(self.repeat_penalty)):
-            raise ValueError(
-                f"sampling: repeat_penalty must be > 0, got {self.repeat_penalty}"
-            )
+            raise ValueError(f"sampling: repeat_penalty must be > 0, got {self.repeat_penalty}")
         if integer("repeat_last_n") < -1:
             raise ValueError(
                 f"sampling: repeat_last_n must be >= 0 (-1 = all), got {self.repeat_last_n}"
@@ -83,17 +79,13 @@ class Sampler:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
 
-    def apply_penalty(
-        self, logits: torch.Tensor, history: Sequence[int]
-    ) -> torch.Tensor:
+    def apply_penalty(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
         """llama.cpp's repetition penalty over the last ``repeat_last_n`` tokens: positive
         logits are divided by the penalty, negative ones multiplied (each token once)."""
         p = self.params
         if p.repeat_penalty == 1.0 or p.repeat_last_n == 0 or len(history) == 0:
             return logits
-        recent = (
-            list(history) if p.repeat_last_n < 0 else list(history)[-p.repeat_last_n :]
-        )
+        recent = list(history) if p.repeat_last_n < 0 else list(history)[-p.repeat_last_n :]
         n = logits.shape[0]
         ids = sorted({int(t) for t in recent if 0 <= int(t) < n})
         if not ids:
@@ -116,10 +108,7 @@ class Sampler:
             probs = torch.softmax(vals, dim=0)
             cum = torch.cumsum(probs, dim=0)
             # keep the smallest prefix whose probability reaches top_p (at least one token)
-            keep = (
-                int(torch.searchsorted(cum, torch.tensor([p.top_p]), right=False)[0])
-                + 1
-            )
+            keep = int(torch.searchsorted(cum, torch.tensor([p.top_p]), right=False)[0]) + 1
             keep = max(1, min(keep, vals.shape[0]))
             vals, ids = vals[:keep], ids[:keep]
         if p.min_p > 0.0 and vals.shape[0] > 1:

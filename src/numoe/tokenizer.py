@@ -309,9 +309,7 @@ class Tokenizer:
             raise _bad(K_MODEL, "is missing")
         kind = _as_str(meta[K_MODEL])
         if kind not in ("gpt2", "llama"):
-            raise _bad(
-                K_MODEL, f"= {kind!r} is not supported (supported: 'gpt2', 'llama')"
-            )
+            raise _bad(K_MODEL, f"= {kind!r} is not supported (supported: 'gpt2', 'llama')")
         raw_tokens = meta.get(K_TOKENS)
         if raw_tokens is None:
             raise _bad(K_TOKENS, "is missing")
@@ -405,9 +403,7 @@ class Tokenizer:
             a, b = m[:sep], m[sep + 1 :]
             for part in (a, b, a + b):
                 if part not in vocab:
-                    raise _bad(
-                        K_MERGES, f"entry {k} {m!r} references unknown token {part!r}"
-                    )
+                    raise _bad(K_MERGES, f"entry {k} {m!r} references unknown token {part!r}")
             merges.append((a, b))
 
         pre = _as_str(meta.get(K_PRE, "default"))
@@ -423,16 +419,10 @@ class Tokenizer:
         model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
         hf = HFTokenizer(model)
         if regexes is None:
-            hf.pre_tokenizer = pre_tokenizers.ByteLevel(
-                add_prefix_space=False, use_regex=True
-            )
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         else:
-            steps = [
-                pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes
-            ]
-            steps.append(
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-            )
+            steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+            steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
             hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
         hf.decoder = decoders.ByteLevel()
         return hf
@@ -461,9 +451,7 @@ class Tokenizer:
         merges = _sp_merges(vocab, score_of, pieces)
         for b in range(256):
             if f"<0x{b:02X}>" not in vocab:
-                log.warning(
-                    "tokenizer: llama vocab lacks byte tokens; no byte fallback"
-                )
+                log.warning("tokenizer: llama vocab lacks byte tokens; no byte fallback")
                 break
         unk = next((t for i, t in enumerate(tokens) if types[i] == TT_UNKNOWN), None)
         if unk is None and "<unk>" in vocab:
@@ -527,18 +515,14 @@ class Tokenizer:
     def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
         """The bytes a token stands for (control tokens: their text, or b'' if skipped)."""
         if not 0 <= token_id < len(self._bytes):
-            raise ValueError(
-                f"token id {token_id} is outside the vocab (n_vocab={self.n_vocab})"
-            )
+            raise ValueError(f"token id {token_id} is outside the vocab (n_vocab={self.n_vocab})")
         if skip_special and self.token_types[token_id] == TT_CONTROL:
             return b""
         return self._bytes[token_id]
 
     # ---- encode / decode ----------------------------------------------------------------
 
-    def encode(
-        self, text: str, add_bos: bool | None = None, special: bool = False
-    ) -> list[int]:
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         """Token ids of ``text``.
 
         add_bos: None = the metadata's ``add_bos_token`` (llama default True, gpt2 False).
@@ -628,9 +612,7 @@ class IncrementalDecoder:
         self._started = False
 
     def push(self, token_id: int) -> str:
-        return self._post(
-            self._dec.decode(self.tok.token_bytes(int(token_id), self.skip_special))
-        )
+        return self._post(self._dec.decode(self.tok.token_bytes(int(token_id), self.skip_special)))
 
     def flush(self) -> str:
         """Emit what is left (an incomplete UTF-8 tail becomes U+FFFD) and reset."""
@@ -711,9 +693,7 @@ def _train_llama_pieces() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from tokenizers import models, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="always"
-    )
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.BpeTrainer(vocab_size=100 + _SYNTH_MERGES, show_progress=False)
     # newlines are left out so that they exercise the byte fallback, as in real SPM vocabs
     hf.train_from_iterator([_SYNTH_TEXT.replace("\n", " ")], trainer)
@@ -813,6 +793,4 @@ def synth_vocab_metadata(
             "tokenizer.ggml.add_space_prefix": True,
             "tokenizer.chat_template": chat_template or MISTRAL_TEMPLATE,
         }
-    raise ValueError(
-        f"synth_vocab_metadata: unknown kind {kind!r} (expected 'gpt2' or 'llama')"
-    )
+    raise ValueError(f"synth_vocab_metadata: unknown kind {kind!r} (expected 'gpt2' or 'llama')")

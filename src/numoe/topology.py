@@ -31,9 +31,7 @@ class Cpu:
     package: int
     die: int
     core: int  # sysfs core_id (unique only within a package/die)
-    siblings: tuple[
-        int, ...
-    ]  # hardware threads of the same physical core, incl. this one
+    siblings: tuple[int, ...]  # hardware threads of the same physical core, incl. this one
     primary: bool  # lowest CPU of its sibling group
     allowed: bool  # the process may run here
 
@@ -46,18 +44,14 @@ class Topology:
     smt: bool  # some core has more than one online thread
 
     @classmethod
-    def read(
-        cls, root: str = "/sys", allowed_cpus: list[int] | None = None
-    ) -> Topology:
+    def read(cls, root: str = "/sys", allowed_cpus: list[int] | None = None) -> Topology:
         """Read sysfs under ``root``; ``allowed_cpus`` overrides the process affinity.
 
         Raises ValueError naming the file when sysfs content is malformed.
         """
         from . import _cpu
 
-        d = _cpu.read_topology(
-            str(root), None if allowed_cpus is None else list(allowed_cpus)
-        )
+        d = _cpu.read_topology(str(root), None if allowed_cpus is None else list(allowed_cpus))
         live = os.path.realpath(str(root)) == "/sys"
         return cls.from_dict(d, live=live)
 
@@ -198,8 +192,6 @@ def thread_plan(topology: Topology, n_threads: int | None = None) -> list[list[i
     if extra > 0:
         smt = topology.smt_threads_by_node()
         spare = [smt.get(n, []) for n in nodes]
-        for n, s, k in zip(
-            nodes, spare, _round_robin([len(s) for s in spare], extra), strict=True
-        ):
+        for n, s, k in zip(nodes, spare, _round_robin([len(s) for s in spare], extra), strict=True):
             plan[n] = plan[n] + s[:k]
     return [plan[n] for n in nodes if plan[n]]
