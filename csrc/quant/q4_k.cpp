@@ -103,33 +103,95 @@ NUMOE_TARGET_AVX2 float vec_dot_q4_K_avx2(int n, const void *w, const void *act)
   return s;
 }
 
+// N activations at once: each super-block's nibbles and scale words are unpacked once, then
+// every activation's exact isum / msum is formed as in the single body, reduced across
+// activations (lane j = activation j) and combined per lane in the scalar order, so each
+// lane equals the single body's (and the scalar) result bit for bit.
+template <int N>
+NUMOE_TARGET_AVX2 void q4_K_n_avx2(int n, const void *w, const void *const *act, float *out) {
+  const block_q4_K *x = static_cast<const block_q4_K *>(w);
+  const block_q8_K *y[8];
+  simd::act_ptrs(act, N, y);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m128i pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    const __m128i sm = simd::k4_scales_mins(x[i].scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pairs));  // m[g / 2]
+    __m256i acc[8], ms[8];
+    for (int j = 0; j < 8; ++j) acc[j] = ms[j] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qs + 32 * c));
+      const __m256i lo = _mm256_and_si256(bits, m4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+      const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c)));
+      const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c + 1)));
+      for (int j = 0; j < N; ++j) {
+        const int8_t *a = y[j][i].qs + 64 * c;
+        const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)a));
+        const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 32)));
+        acc[j] = _mm256_add_epi32(
+            acc[j], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+        simd::opaque(acc[j]);
+      }
+    }
+    for (int j = 0; j < N; ++j)
+      ms[j] = _mm256_madd_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16);
+    const __m256 dy = simd::q8_K_d8(y, i);
+    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
+    const __m256 dmin = _mm256_set1_ps(simd::fp16(x[i].dmin));
+    s = _mm256_add_ps(
+        s, _mm256_sub_ps(
+               _mm256_mul_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(acc))),
+               _mm256_mul_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(ms)))));
+  }
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s);
+  for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
 // 64 elements per step: one 512-bit load of qs gives two 32-byte chunks; regroup the nibbles
-// so each register holds two consecutive sub-blocks, matching a contiguous 64-byte q8 load.
-NUMOE_TARGET_AVX512VNNI inline void q4_K_block_avx512(const block_q4_K &x, const block_q8_K &y,
-                                                      __m256i &isum, __m128i &msum) {
-  const __m128i sm = simd::k4_scales_mins(x.scales);
-  msum = simd::k4_min_terms(sm, y.bsums);
-  const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+// so each register q[k] holds two consecutive sub-blocks (2k, 2k+1), matching a contiguous
+// 64-byte q8 load, with their int16 scales in sc[k].
+NUMOE_TARGET_AVX512VNNI inline void q4_K_unpack_avx512(const block_q4_K &x, __m128i sm,
+                                                       __m512i q[4], __m512i sc[4]) {
+  const __m512i s16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
   for (int c = 0; c < 2; ++c) {
     const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
     const __m512i lo = _mm512_and_si512(bits, m4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
-    const __m512i qa = _mm512_shuffle_i64x2(lo, hi, 0x44);  // sub-blocks 4c, 4c+1
-    const __m512i qb = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
-    // int16 scales: 16 lanes of sub-block 2p, then 16 of 2p+1
-    const __m512i ia =
-        simd::concat(_mm256_set1_epi16(word_idx(4 * c)), _mm256_set1_epi16(word_idx(4 * c + 1)));
-    const __m512i ib = simd::concat(_mm256_set1_epi16(word_idx(4 * c + 2)),
-                                    _mm256_set1_epi16(word_idx(4 * c + 3)));
-    acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(qa, _mm512_loadu_si512(y.qs + 128 * c)),
-                               _mm512_shuffle_epi8(sc, ia));
-    acc1 =
-        _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(qb, _mm512_loadu_si512(y.qs + 128 * c + 64)),
-                            _mm512_shuffle_epi8(sc, ib));
+    q[2 * c] = _mm512_shuffle_i64x2(lo, hi, 0x44);      // sub-blocks 4c, 4c+1
+    q[2 * c + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
+    // int16 scales: 16 lanes of sub-block 2k, then 16 of 2k+1
+    for (int h = 0; h < 2; ++h)
+      sc[2 * c + h] =
+          _mm512_shuffle_epi8(s16, simd::concat(_mm256_set1_epi16(word_idx(4 * c + 2 * h)),
+                                                _mm256_set1_epi16(word_idx(4 * c + 2 * h + 1))));
   }
-  const __m512i acc = _mm512_add_epi32(acc0, acc1);
+}
+
+// sum_j sc[j] * (q . a over sub-block j) as 16 int32 lanes.
+NUMOE_TARGET_AVX512VNNI inline __m512i q4_K_isum_avx512(const __m512i q[4], const __m512i sc[4],
+                                                        const int8_t *a) {
+  __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[0], _mm512_loadu_si512(a)), sc[0]);
+  __m512i acc1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[1], _mm512_loadu_si512(a + 64)), sc[1]);
+  acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(q[2], _mm512_loadu_si512(a + 128)), sc[2]);
+  acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(q[3], _mm512_loadu_si512(a + 192)), sc[3]);
+  return _mm512_add_epi32(acc0, acc1);
+}
+
+NUMOE_TARGET_AVX512VNNI inline void q4_K_block_avx512(const block_q4_K &x, const block_q8_K &y,
+                                                      __m256i &isum, __m128i &msum) {
+  const __m128i sm = simd::k4_scales_mins(x.scales);
+  msum = simd::k4_min_terms(sm, y.bsums);
+  __m512i q[4], sc[4];
+  q4_K_unpack_avx512(x, sm, q, sc);
+  const __m512i acc = q4_K_isum_avx512(q, sc, y.qs);
   isum = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
 }
 
@@ -155,6 +217,57 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q4_K_avx512(int n, const void *w, const vo
   }
   return s;
 }
+
+template <int N>
+NUMOE_TARGET_AVX512VNNI void q4_K_n_avx512(int n, const void *w, const void *const *act,
+                                           float *out) {
+  const block_q4_K *x = static_cast<const block_q4_K *>(w);
+  const block_q8_K *y[8];
+  simd::act_ptrs(act, N, y);
+  const __m128i pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    const __m128i sm = simd::k4_scales_mins(x[i].scales);
+    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pairs));  // m[g / 2]
+    __m512i q[4], sc[4], is[8];
+    __m256i ms[8];
+    q4_K_unpack_avx512(x[i], sm, q, sc);
+    for (int j = 0; j < 8; ++j) {
+      is[j] = j < N ? q4_K_isum_avx512(q, sc, y[j][i].qs) : _mm512_setzero_si512();
+      ms[j] = j < N ? _mm256_madd_epi16(
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16)
+                    : _mm256_setzero_si256();
+    }
+    const __m256 dy = simd::q8_K_d8(y, i);
+    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
+    const __m256 dmin = _mm256_set1_ps(simd::fp16(x[i].dmin));
+    s = _mm256_add_ps(
+        s, _mm256_sub_ps(
+               _mm256_mul_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(is))),
+               _mm256_mul_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(ms)))));
+  }
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s);
+  for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
+void vec_dot_n_q4_K_avx2(int n, const void *w, const void *const *act, int n_act, float *out) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q4_K_avx2>,
+                                               q4_K_n_avx2<2>, q4_K_n_avx2<3>,
+                                               q4_K_n_avx2<4>, q4_K_n_avx2<5>,
+                                               q4_K_n_avx2<6>, q4_K_n_avx2<7>,
+                                               q4_K_n_avx2<8>};
+  simd::run_n(bodies, 8, n, w, act, n_act, out);
+}
+
+void vec_dot_n_q4_K_avx512(int n, const void *w, const void *const *act, int n_act, float *out) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q4_K_avx512>,
+                                               q4_K_n_avx512<2>, q4_K_n_avx512<3>,
+                                               q4_K_n_avx512<4>, q4_K_n_avx512<5>,
+                                               q4_K_n_avx512<6>, q4_K_n_avx512<7>,
+                                               q4_K_n_avx512<8>};
+  simd::run_n(bodies, 8, n, w, act, n_act, out);
+}
 #endif
 
 }  // namespace
@@ -174,7 +287,11 @@ const TypeInfo &info_q4_K() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_q4_K_scalar>, vec_dot_n_q4_K_avx2, vec_dot_n_q4_K_avx512},
+#else
       {vec_dot_n_loop<vec_dot_q4_K_scalar>, nullptr, nullptr},
+#endif
   };
   return t;
 }

@@ -2,6 +2,8 @@
 // flags). Included only where NUMOE_X86 is defined.
 #pragma once
 
+#include <algorithm>
+
 #include "quant.hpp"
 
 #ifdef NUMOE_X86
@@ -111,6 +113,72 @@ NUMOE_TARGET_AVX2 inline float k4_combine4(float s, const uint8_t *x, size_t str
   s += tf[2];
   s += tf[3];
   return s;
+}
+
+// ---- multi-activation bodies (vec_dot_n) ----
+// A format's vec_dot_n runs the activations in chunks of at most m through bodies[k], the
+// body for k activations (bodies[1] may simply be the level's vec_dot, see one<>).
+using body_n_fn = void (*)(int n, const void *w, const void *const *act, float *out);
+
+inline void run_n(const body_n_fn *bodies, int m, int n, const void *w, const void *const *act,
+                  int n_act, float *out) {
+  for (int j = 0; j < n_act; j += m) bodies[std::min(m, n_act - j)](n, w, act + j, out + j);
+}
+
+template <vec_dot_fn F>
+void one(int n, const void *w, const void *const *act, float *out) {
+  out[0] = F(n, w, act[0]);
+}
+
+// An empty asm the compiler cannot see through: keeps a running sum a running sum (GCC
+// otherwise re-associates the adds of a multi-activation body into trees of live products,
+// which spill).
+template <typename V>
+inline void opaque(V &v) {
+  asm("" : "+x"(v));
+}
+
+// Lane j = sum of the int32 lanes of v[j] (transpose-reduce).
+NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(const __m256i v[4]) {
+  return hsum4_i32(v[0], v[1], v[2], v[3]);
+}
+NUMOE_TARGET_AVX2 inline __m256i hsum8_i32(const __m256i v[8]) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // a: 128-bit lane h holds half h of v[0..3]; b the same for v[4..7]
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                          _mm256_permute2x128_si256(a, b, 0x31));
+}
+NUMOE_TARGET_AVX512 inline __m256i hsum8_i32(const __m512i v[8]) {
+  __m512i t[4], u[2];
+  for (int k = 0; k < 4; ++k)  // per 128-bit lane: [v2k.a v2k+1.a v2k.b v2k+1.b]
+    t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+                            _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+  for (int k = 0; k < 2; ++k)  // per 128-bit lane: [v4k v4k+1 v4k+2 v4k+3]
+    u[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
+                            _mm512_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+  // 128-bit lanes [u0.0+u0.1, u0.2+u0.3, u1.0+u1.1, u1.2+u1.3], then fold the pairs
+  const __m512i w = _mm512_add_epi32(_mm512_shuffle_i64x2(u[0], u[1], 0x88),
+                                     _mm512_shuffle_i64x2(u[0], u[1], 0xDD));
+  const __m512i f = _mm512_add_epi32(w, _mm512_shuffle_i64x2(w, w, 0xB1));
+  return _mm512_castsi512_si256(_mm512_shuffle_i64x2(f, f, 0x08));
+}
+
+// Lane j: the scale of block i of Q8_K activation y[j] (plain loads: gathers are slow on
+// CPUs with the GDS microcode mitigation).
+NUMOE_TARGET_AVX2 inline __m128 q8_K_d4(const block_q8_K *const *y, int i) {
+  return _mm_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d);
+}
+NUMOE_TARGET_AVX2 inline __m256 q8_K_d8(const block_q8_K *const *y, int i) {
+  return _mm256_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d, y[4][i].d, y[5][i].d, y[6][i].d,
+                        y[7][i].d);
+}
+
+// The activation pointers of a body for N activations, padded to M with act[0] (the extra
+// lanes compute garbage that is never stored).
+template <typename B, int M>
+inline void act_ptrs(const void *const *act, int N, const B *(&y)[M]) {
+  for (int j = 0; j < M; ++j) y[j] = static_cast<const B *>(act[j < N ? j : 0]);
 }
 
 }  // namespace numoe::quant::simd
