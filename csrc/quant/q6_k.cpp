@@ -79,40 +79,58 @@ NUMOE_TARGET_AVX2 inline float q6_K_combine4(float s, const block_q6_K *x, const
 
 constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
 
+// Values k = 0..3 of a half (elements 32k..32k+31) as unsigned 6-bit bytes, from its 64 ql
+// bytes (l0, l1) and 32 qh bytes (hb).
+NUMOE_TARGET_AVX2 inline __m256i q6_K_values_avx2(__m256i l0, __m256i l1, __m256i hb, int k) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  switch (k) {
+    case 0:
+      return _mm256_or_si256(_mm256_and_si256(l0, m4),
+                             _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+    case 1:
+      return _mm256_or_si256(_mm256_and_si256(l1, m4),
+                             _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+    case 2:
+      return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_and_si256(hb, m30));
+    default:
+      return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+  }
+}
+
+// int16 scales of groups 2k (low 128-bit lane) and 2k+1 (high lane) of a half, from sc (the
+// half's 8 int16 scales in both lanes).
+NUMOE_TARGET_AVX2 inline __m256i q6_K_scale_words_avx2(__m256i sc, int k) {
+  return _mm256_shuffle_epi8(
+      sc, _mm256_setr_m128i(_mm_set1_epi16(word_idx(2 * k)), _mm_set1_epi16(word_idx(2 * k + 1))));
+}
+
+// The half's 8 int16 scales in both 128-bit lanes.
+NUMOE_TARGET_AVX2 inline __m256i q6_K_half_scales_avx2(const block_q6_K &x, int h) {
+  return _mm256_broadcastsi128_si256(
+      _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(x.scales + 8 * h))));
+}
+
 // isum of one super-block as 8 int32 lanes (offset term included), exact.
 NUMOE_TARGET_AVX2 inline __m256i q6_K_block_avx2(const block_q6_K &x, const block_q8_K &y) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
-  const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales));
   __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
   for (int h = 0; h < 2; ++h) {
-    // int16 scales of groups 8h..8h+7 in both 128-bit lanes
-    const __m256i sc =
-        _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
-    const uint8_t *ql = x.ql + 64 * h, *qh = x.qh + 32 * h;
-    const int8_t *a = y.qs + 128 * h;
+    const __m256i sc = q6_K_half_scales_avx2(x, h);
+    const uint8_t *ql = x.ql + 64 * h;
     const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql));
     const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql + 32));
-    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(qh));
-    __m256i q[4];
-    q[0] =
-        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                           _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x0C)), 2));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                           _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
-    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), _mm256_set1_epi8(0x30)));
+    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh + 32 * h));
+    const int8_t *a = y.qs + 128 * h;
     for (int k = 0; k < 4; ++k) {
-      // groups 2k (low 128-bit lane) and 2k+1 (high lane) of this half
-      const __m256i scv = _mm256_shuffle_epi8(
-          sc,
-          _mm256_setr_m128i(_mm_set1_epi16(word_idx(2 * k)), _mm_set1_epi16(word_idx(2 * k + 1))));
-      const __m256i p = _mm256_maddubs_epi16(
-          q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + 32 * k)));
+      const __m256i p =
+          _mm256_madd_epi16(_mm256_maddubs_epi16(q6_K_values_avx2(l0, l1, hb, k),
+                                                 _mm256_loadu_si256((const __m256i *)(a + 32 * k))),
+                            q6_K_scale_words_avx2(sc, k));
       if (k & 1)
-        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p, scv));
+        acc1 = _mm256_add_epi32(acc1, p);
       else
-        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p, scv));
+        acc0 = _mm256_add_epi32(acc0, p);
     }
   }
   return _mm256_sub_epi32(_mm256_add_epi32(acc0, acc1), offset_term(x.scales, y.bsums));
@@ -137,34 +155,49 @@ NUMOE_TARGET_AVX2 float vec_dot_q6_K_avx2(int n, const void *w, const void *act)
 
 // 64 elements per register: the low nibbles of ql[0..63] are elements 0..63 of a half and the
 // high nibbles 64..127, so the high bits come from [qh | qh >> 2] (and >> 4 for the upper).
-NUMOE_TARGET_AVX512VNNI inline __m256i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
+// q[2h] / q[2h+1]: elements 0..63 / 64..127 of half h; sc[.]: their int16 scale words (128-bit
+// lane k of q[2h] holds group k of the half, of q[2h+1] group 4 + k).
+NUMOE_TARGET_AVX512VNNI inline void q6_K_unpack_avx512(const block_q6_K &x, __m512i q[4],
+                                                       __m512i sc[4]) {
   const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
   const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales));
-  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  const __m512i ilo = _mm512_inserti64x4(
+      _mm512_castsi256_si512(
+          _mm256_setr_m128i(_mm_set1_epi16(word_idx(0)), _mm_set1_epi16(word_idx(1)))),
+      _mm256_setr_m128i(_mm_set1_epi16(word_idx(2)), _mm_set1_epi16(word_idx(3))), 1);
+  const __m512i ihi = _mm512_add_epi8(ilo, _mm512_set1_epi8(8));
   for (int h = 0; h < 2; ++h) {
     // int16 scales of groups 8h..8h+7 in every 128-bit lane
-    const __m512i sc =
+    const __m512i s16 =
         _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
     const __m512i l = _mm512_loadu_si512(x.ql + 64 * h);
     const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh + 32 * h));
     const __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
-    const __m512i lo =
+    q[2 * h] =
         _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
-    const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                       _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
-    const int8_t *a = y.qs + 128 * h;
-    // 128-bit lane k of lo holds group k of the half (0..3), of hi group 4 + k
-    const __m512i ilo = _mm512_inserti64x4(
-        _mm512_castsi256_si512(
-            _mm256_setr_m128i(_mm_set1_epi16(word_idx(0)), _mm_set1_epi16(word_idx(1)))),
-        _mm256_setr_m128i(_mm_set1_epi16(word_idx(2)), _mm_set1_epi16(word_idx(3))), 1);
-    const __m512i ihi = _mm512_add_epi8(ilo, _mm512_set1_epi8(8));
-    acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(lo, _mm512_loadu_si512(a)),
-                               _mm512_shuffle_epi8(sc, ilo));
-    acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(hi, _mm512_loadu_si512(a + 64)),
-                               _mm512_shuffle_epi8(sc, ihi));
+    q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                   _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
+    sc[2 * h] = _mm512_shuffle_epi8(s16, ilo);
+    sc[2 * h + 1] = _mm512_shuffle_epi8(s16, ihi);
   }
-  const __m512i acc = _mm512_add_epi32(acc0, acc1);
+}
+
+// sum_g sc[g] * (q . a over group g) with the unsigned q, as 16 int32 lanes.
+NUMOE_TARGET_AVX512VNNI inline __m512i q6_K_isum_avx512(const __m512i q[4], const __m512i sc[4],
+                                                        const int8_t *a) {
+  __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[0], _mm512_loadu_si512(a)), sc[0]);
+  __m512i acc1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[1], _mm512_loadu_si512(a + 64)), sc[1]);
+  acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(q[2], _mm512_loadu_si512(a + 128)), sc[2]);
+  acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(q[3], _mm512_loadu_si512(a + 192)), sc[3]);
+  return _mm512_add_epi32(acc0, acc1);
+}
+
+NUMOE_TARGET_AVX512VNNI inline __m256i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
+  __m512i q[4], sc[4];
+  q6_K_unpack_avx512(x, q, sc);
+  const __m512i acc = q6_K_isum_avx512(q, sc, y.qs);
   return _mm256_sub_epi32(
       _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)),
       offset_term(x.scales, y.bsums));
@@ -186,6 +219,98 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const vo
          static_cast<float>(simd::hsum_i32(q6_K_block_avx512(x[i], y[i])));
   return s;
 }
+
+// N activations at once (as Q4_K's): values and scale words unpacked once per super-block,
+// each activation's exact isum (the offset term as one madd of its bsums by -32 * scales)
+// reduced across activations and combined per lane as the scalar s += d * dy * isum.
+template <int N>
+NUMOE_TARGET_AVX2 void q6_K_n_avx2(int n, const void *w, const void *const *act, float *out) {
+  const block_q6_K *x = static_cast<const block_q6_K *>(w);
+  const block_q8_K *y[8];
+  simd::act_ptrs(act, N, y);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    __m256i acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i sc = q6_K_half_scales_avx2(x[i], h);
+      const uint8_t *ql = x[i].ql + 64 * h;
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(ql + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[i].qh + 32 * h));
+      for (int k = 0; k < 4; ++k) {
+        const __m256i q = q6_K_values_avx2(l0, l1, hb, k);
+        const __m256i scv = q6_K_scale_words_avx2(sc, k);
+        for (int j = 0; j < N; ++j) {
+          const int8_t *a = y[j][i].qs + 128 * h + 32 * k;
+          acc[j] = _mm256_add_epi32(
+              acc[j], _mm256_madd_epi16(
+                          _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a)), scv));
+          simd::opaque(acc[j]);
+        }
+      }
+    }
+    const __m256i neg = _mm256_mullo_epi16(
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales))),
+        _mm256_set1_epi16(-32));
+    for (int j = 0; j < N; ++j)
+      acc[j] = _mm256_add_epi32(
+          acc[j], _mm256_madd_epi16(
+                      _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), neg));
+    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
+    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
+                                       _mm256_cvtepi32_ps(simd::hsum8_i32(acc))));
+  }
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s);
+  for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
+template <int N>
+NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const void *const *act,
+                                           float *out) {
+  const block_q6_K *x = static_cast<const block_q6_K *>(w);
+  const block_q8_K *y[8];
+  simd::act_ptrs(act, N, y);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    __m512i q[4], sc[4], is[8];
+    q6_K_unpack_avx512(x[i], q, sc);
+    const __m256i neg = _mm256_mullo_epi16(
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales))),
+        _mm256_set1_epi16(-32));
+    for (int j = 0; j < 8; ++j)
+      is[j] = j < N ? _mm512_dpwssd_epi32(q6_K_isum_avx512(q, sc, y[j][i].qs),
+                                          _mm512_zextsi256_si512(_mm256_loadu_si256(
+                                              reinterpret_cast<const __m256i *>(y[j][i].bsums))),
+                                          _mm512_zextsi256_si512(neg))
+                    : _mm512_setzero_si512();
+    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
+    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
+                                       _mm256_cvtepi32_ps(simd::hsum8_i32(is))));
+  }
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s);
+  for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
+void vec_dot_n_q6_K_avx2(int n, const void *w, const void *const *act, int n_act, float *out) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q6_K_avx2>,
+                                               q6_K_n_avx2<2>, q6_K_n_avx2<3>,
+                                               q6_K_n_avx2<4>, q6_K_n_avx2<5>,
+                                               q6_K_n_avx2<6>, q6_K_n_avx2<7>,
+                                               q6_K_n_avx2<8>};
+  simd::run_n(bodies, 8, n, w, act, n_act, out);
+}
+
+void vec_dot_n_q6_K_avx512(int n, const void *w, const void *const *act, int n_act, float *out) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q6_K_avx512>,
+                                               q6_K_n_avx512<2>, q6_K_n_avx512<3>,
+                                               q6_K_n_avx512<4>, q6_K_n_avx512<5>,
+                                               q6_K_n_avx512<6>, q6_K_n_avx512<7>,
+                                               q6_K_n_avx512<8>};
+  simd::run_n(bodies, 8, n, w, act, n_act, out);
+}
 #endif
 
 }  // namespace
@@ -205,7 +330,11 @@ const TypeInfo &info_q6_K() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_q6_K_scalar>, vec_dot_n_q6_K_avx2, vec_dot_n_q6_K_avx512},
+#else
       {vec_dot_n_loop<vec_dot_q6_K_scalar>, nullptr, nullptr},
+#endif
   };
   return t;
 }
