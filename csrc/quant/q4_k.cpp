@@ -113,12 +113,11 @@ NUMOE_TARGET_AVX2 void q4_K_n_avx2(int n, const void *w, const void *const *act,
   const block_q8_K *y[8];
   simd::act_ptrs(act, N, y);
   const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m128i pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     const __m128i sm = simd::k4_scales_mins(x[i].scales);
     const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pairs));  // m[g / 2]
+    const __m256i m16 = simd::k4_min_pairs(sm);
     __m256i acc[8], ms[8];
     for (int j = 0; j < 8; ++j) acc[j] = ms[j] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
@@ -139,17 +138,10 @@ NUMOE_TARGET_AVX2 void q4_K_n_avx2(int n, const void *w, const void *const *act,
     for (int j = 0; j < N; ++j)
       ms[j] = _mm256_madd_epi16(
           _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16);
-    const __m256 dy = simd::q8_K_d8(y, i);
-    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
-    const __m256 dmin = _mm256_set1_ps(simd::fp16(x[i].dmin));
-    s = _mm256_add_ps(
-        s, _mm256_sub_ps(
-               _mm256_mul_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(acc))),
-               _mm256_mul_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(ms)))));
+    s = simd::k4_combine8(s, x[i].d, x[i].dmin, simd::q8_K_d8(y, i), simd::hsum8_i32(acc),
+                          simd::hsum8_i32(ms));
   }
-  alignas(32) float r[8];
-  _mm256_store_ps(r, s);
-  for (int j = 0; j < N; ++j) out[j] = r[j];
+  simd::store_n(s, N, out);
 }
 
 // 64 elements per step: one 512-bit load of qs gives two 32-byte chunks; regroup the nibbles
@@ -224,11 +216,10 @@ NUMOE_TARGET_AVX512VNNI void q4_K_n_avx512(int n, const void *w, const void *con
   const block_q4_K *x = static_cast<const block_q4_K *>(w);
   const block_q8_K *y[8];
   simd::act_ptrs(act, N, y);
-  const __m128i pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     const __m128i sm = simd::k4_scales_mins(x[i].scales);
-    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pairs));  // m[g / 2]
+    const __m256i m16 = simd::k4_min_pairs(sm);
     __m512i q[4], sc[4], is[8];
     __m256i ms[8];
     q4_K_unpack_avx512(x[i], sm, q, sc);
@@ -238,17 +229,10 @@ NUMOE_TARGET_AVX512VNNI void q4_K_n_avx512(int n, const void *w, const void *con
                           _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16)
                     : _mm256_setzero_si256();
     }
-    const __m256 dy = simd::q8_K_d8(y, i);
-    const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
-    const __m256 dmin = _mm256_set1_ps(simd::fp16(x[i].dmin));
-    s = _mm256_add_ps(
-        s, _mm256_sub_ps(
-               _mm256_mul_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(is))),
-               _mm256_mul_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(simd::hsum8_i32(ms)))));
+    s = simd::k4_combine8(s, x[i].d, x[i].dmin, simd::q8_K_d8(y, i), simd::hsum8_i32(is),
+                          simd::hsum8_i32(ms));
   }
-  alignas(32) float r[8];
-  _mm256_store_ps(r, s);
-  for (int j = 0; j < N; ++j) out[j] = r[j];
+  simd::store_n(s, N, out);
 }
 
 void vec_dot_n_q4_K_avx2(int n, const void *w, const void *const *act, int n_act, float *out) {

@@ -261,9 +261,7 @@ NUMOE_TARGET_AVX2 void q6_K_n_avx2(int n, const void *w, const void *const *act,
     s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
                                        _mm256_cvtepi32_ps(simd::hsum8_i32(acc))));
   }
-  alignas(32) float r[8];
-  _mm256_store_ps(r, s);
-  for (int j = 0; j < N; ++j) out[j] = r[j];
+  simd::store_n(s, N, out);
 }
 
 template <int N>
@@ -289,9 +287,7 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const void *con
     s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
                                        _mm256_cvtepi32_ps(simd::hsum8_i32(is))));
   }
-  alignas(32) float r[8];
-  _mm256_store_ps(r, s);
-  for (int j = 0; j < N; ++j) out[j] = r[j];
+  simd::store_n(s, N, out);
 }
 
 void vec_dot_n_q6_K_avx2(int n, const void *w, const void *const *act, int n_act, float *out) {

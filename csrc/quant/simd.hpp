@@ -174,6 +174,30 @@ NUMOE_TARGET_AVX2 inline __m256 q8_K_d8(const block_q8_K *const *y, int i) {
                         y[7][i].d);
 }
 
+// The 8 mins of k4_scales_mins as 16 int16, each twice (m[g / 2]): sum_g m16[g] * bsums[g]
+// is the min term of a Q4_K / Q5_K super-block (one madd against the bsums).
+NUMOE_TARGET_AVX2 inline __m256i k4_min_pairs(__m128i sm) {
+  return _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+      sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+}
+
+// s += k4_block_sum(d, dmin, dy[j], isum[j], msum[j]) in lane j: the scalar combine of one
+// Q4_K / Q5_K super-block for 8 activations, bit-identical per lane (no FMA).
+NUMOE_TARGET_AVX2 inline __m256 k4_combine8(__m256 s, half d, half dmin, __m256 dy, __m256i isum,
+                                            __m256i msum) {
+  const __m256 vd = _mm256_set1_ps(fp16(d)), vm = _mm256_set1_ps(fp16(dmin));
+  return _mm256_add_ps(
+      s, _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(vd, dy), _mm256_cvtepi32_ps(isum)),
+                       _mm256_mul_ps(_mm256_mul_ps(vm, dy), _mm256_cvtepi32_ps(msum))));
+}
+
+// out[j] = lane j of s, j < N.
+NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s);
+  for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
 // The activation pointers of a body for N activations, padded to M with act[0] (the extra
 // lanes compute garbage that is never stored).
 template <typename B, int M>
