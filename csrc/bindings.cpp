@@ -449,19 +449,22 @@ NB_MODULE(_cpu, m) {
   m.attr("VEC_DOT_N_MAX") = numoe::quant::kMaxActs;
   m.def(
       "vec_dot_n",
-      [](int type, const Bytes &w, const Bytes &act, int64_t n, const std::vector<int64_t> &rows) {
+      [](int type, const Bytes &w, const Bytes &act, int64_t n, const std::vector<int64_t> &rows,
+         int64_t n_rows) {
         const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
         const numoe::quant::TypeInfo &a = act_info(t);
         if (n > INT_MAX) throw std::invalid_argument("n is too large");
+        if (n_rows < 1 || n_rows > INT_MAX) throw std::invalid_argument("n_rows must be >= 1");
         const int n_act = static_cast<int>(rows.size());
         if (rows.empty() || rows.size() > static_cast<size_t>(numoe::quant::kMaxActs))
           throw std::invalid_argument("rows: need 1.." + std::to_string(numoe::quant::kMaxActs) +
                                       " activation rows, got " + std::to_string(rows.size()));
-        need_bytes(w.size(), quant_bytes(t, n), "weight row", t, n);
+        const size_t wrow = quant_bytes(t, n);
+        need_bytes(w.size(), wrow * static_cast<size_t>(n_rows), "weights", t, n * n_rows);
         const size_t arow = quant_bytes(a, n);
         const void *ptrs[numoe::quant::kMaxActs];
         for (int j = 0; j < n_act; ++j) {
-          if (rows[j] < 0 || (rows[j] + 1) * arow > act.size())
+          if (rows[j] < 0 || static_cast<size_t>(rows[j] + 1) * arow > act.size())
             throw std::invalid_argument("activation row " + std::to_string(rows[j]) +
                                         " is not in the " + std::to_string(act.size()) +
                                         " bytes of act (" + std::to_string(arow) + " per row)");
@@ -470,20 +473,24 @@ NB_MODULE(_cpu, m) {
         const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
         const numoe::quant::vec_dot_n_fn fn = numoe::quant::get_vec_dot_n(type);
         float *out;
-        auto arr = new_array<float>(static_cast<size_t>(n_act), &out);
+        auto arr = new_floats2(static_cast<size_t>(n_act), static_cast<size_t>(n_rows), &out);
         {
           nb::gil_scoped_release release;
           if (fn != nullptr)
-            fn(static_cast<int>(n), w.data(), ptrs, n_act, out);
+            fn(static_cast<int>(n), w.data(), wrow, static_cast<int>(n_rows), ptrs, n_act, out,
+               static_cast<size_t>(n_rows));
           else
-            for (int j = 0; j < n_act; ++j) out[j] = f(static_cast<int>(n), w.data(), ptrs[j]);
+            for (int j = 0; j < n_act; ++j)
+              for (int64_t r = 0; r < n_rows; ++r)
+                out[j * n_rows + r] = f(static_cast<int>(n), w.data() + r * wrow, ptrs[j]);
         }
         return arr;
       },
-      "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a, "rows"_a,
-      "The multi-activation dot (vec_dot_n) of one weight row against activation rows `rows` "
-      "(1..VEC_DOT_N_MAX indices, repeats allowed) of `act`, consecutive activations from "
-      "quantize_activation of n elements each: float32 [len(rows)], each equal to vec_dot's.");
+      "type_id"_a, "w"_a.noconvert(), "act"_a.noconvert(), "n"_a, "rows"_a, "n_rows"_a = 1,
+      "The prefill tile (vec_dot_n): n_rows consecutive weight rows of n elements in `w` "
+      "against activation rows `rows` (1..VEC_DOT_N_MAX indices, repeats allowed) of `act` "
+      "(activations from quantize_activation back to back): float32 [len(rows), n_rows], each "
+      "equal to vec_dot's.");
   m.def(
       "vec_dot_rows",
       [](int type, const Bytes &w, const Bytes &act, int64_t n, int64_t n_rows) {

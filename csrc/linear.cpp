@@ -85,14 +85,11 @@ void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const ui
     return;
   }
   const void *a[quant::kMaxActs];
-  float out[quant::kMaxActs];
   for (int64_t i0 = 0; i0 < n_tok; i0 += quant::kMaxActs) {
     const int na = static_cast<int>(std::min<int64_t>(quant::kMaxActs, n_tok - i0));
     for (int j = 0; j < na; ++j) a[j] = act_row(i0 + j);
-    for (int64_t r = r0; r < r1; ++r) {
-      dot_n(n, w + static_cast<size_t>(r) * w_row_bytes, a, na, out);
-      for (int j = 0; j < na; ++j) y[(i0 + j) * y_stride + r] = out[j];
-    }
+    dot_n(n, w + static_cast<size_t>(r0) * w_row_bytes, w_row_bytes, static_cast<int>(r1 - r0), a,
+          na, y + i0 * y_stride + r0, static_cast<size_t>(y_stride));
   }
 }
 

@@ -279,8 +279,8 @@ def test_vec_dot_k_quants_extreme_values():
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_vec_dot_n_equals_vec_dot(qtype, isa):
-    """Bit for bit vec_dot of the same ISA for every activation, for every count 1..max,
-    repeated and gathered rows, and row lengths with every tail (K-quants: 1, 4k+1..4k+3
+    """Bit for bit vec_dot of the same ISA for every weight row and activation, for every
+    count 1..max, repeated and gathered rows, and row lengths with every tail (K-quants: 1, 4k+1..4k+3
     super-blocks; Q8_0/Q4_0: odd block counts around the 2/4/8-block steps)."""
     _cpu.set_isa(isa)
     rng = np.random.default_rng([int(qtype), len(isa)])
@@ -298,13 +298,19 @@ def test_vec_dot_n_equals_vec_dot(qtype, isa):
         x[1] *= 1e-3
         x[2] = 0.0  # all-zero activation (zero scales)
         acts = np.stack([_cpu.quantize_activation(int(qtype), x[t]) for t in range(n_acts)])
-        for r in range(3):
-            one = np.array([_cpu.vec_dot(int(qtype), raw[r], acts[t], n) for t in range(n_acts)])
-            for k in range(1, m + 1):
-                rows = list(range(k)) if k % 2 else list(rng.integers(0, n_acts, k))
-                got = _cpu.vec_dot_n(int(qtype), raw[r], acts.ravel(), n, rows)
-                assert got.dtype == np.float32 and got.shape == (k,)
-                np.testing.assert_array_equal(got, one[rows], err_msg=f"n={n} rows={rows}")
+        one = np.array(
+            [
+                [_cpu.vec_dot(int(qtype), raw[r], acts[t], n) for r in range(3)]
+                for t in range(n_acts)
+            ]
+        )
+        for k in range(1, m + 1):
+            rows = list(range(k)) if k % 2 else list(rng.integers(0, n_acts, k))
+            got = _cpu.vec_dot_n(int(qtype), raw.ravel(), acts.ravel(), n, rows, 3)
+            assert got.dtype == np.float32 and got.shape == (k, 3)
+            np.testing.assert_array_equal(got, one[rows], err_msg=f"n={n} rows={rows}")
+            got = _cpu.vec_dot_n(int(qtype), raw[1], acts.ravel(), n, rows)  # one weight row
+            np.testing.assert_array_equal(got[:, 0], one[rows, 1])
     assert np.array_equal(
         kernels.vec_dot_n(qtype, raw[0], acts[: m - 1], n),
         [kernels.vec_dot(qtype, raw[0], acts[t], n) for t in range(m - 1)],
@@ -329,7 +335,7 @@ def test_vec_dot_n_k_quants_extreme_values():
         w64 = gguf_dequantize(raw, qtype).astype(np.float64).ravel()
         for isa in ISAS:
             _cpu.set_isa(isa)
-            got = _cpu.vec_dot_n(int(qtype), raw, acts, n, list(range(m)))
+            got = _cpu.vec_dot_n(int(qtype), raw, acts, n, list(range(m)))[:, 0]
             for t in range(m):
                 ref = w64 @ act_dequant(qtype, acts.reshape(m, -1)[t], n)
                 assert abs(got[t] - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, t)
@@ -339,7 +345,7 @@ def test_vec_dot_n_bad_arguments():
     n = 512
     raw = np.zeros(144 * 2, np.uint8)
     acts = np.concatenate([_cpu.quantize_activation(int(T.Q4_K), np.ones(n, np.float32))] * 3)
-    assert _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [2, 0, 2]).shape == (3,)
+    assert _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [2, 0, 2]).shape == (3, 1)
     with pytest.raises(ValueError, match="activation rows"):
         _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [])
     with pytest.raises(ValueError, match="activation rows"):
@@ -349,8 +355,12 @@ def test_vec_dot_n_bad_arguments():
             _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [0, bad])
     with pytest.raises(ValueError, match="activation row 2"):
         _cpu.vec_dot_n(int(T.Q4_K), raw, acts[:-1], n, [2])  # last row one byte short
-    with pytest.raises(ValueError, match="weight row"):
+    with pytest.raises(ValueError, match="weights"):
         _cpu.vec_dot_n(int(T.Q4_K), raw[:-1], acts, n, [0])
+    with pytest.raises(ValueError, match="weights"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [0], 2)
+    with pytest.raises(ValueError, match="n_rows"):
+        _cpu.vec_dot_n(int(T.Q4_K), raw, acts, n, [0], 0)
     with pytest.raises(ValueError, match="multiple"):
         _cpu.vec_dot_n(int(T.Q4_K), raw, acts, 500, [0])
     with pytest.raises(ValueError, match="activation type"):

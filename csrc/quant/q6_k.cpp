@@ -290,22 +290,16 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const void *con
   simd::store_n(s, N, out);
 }
 
-void vec_dot_n_q6_K_avx2(int n, const void *w, const void *const *act, int n_act, float *out) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q6_K_avx2>,
-                                               q6_K_n_avx2<2>, q6_K_n_avx2<3>,
-                                               q6_K_n_avx2<4>, q6_K_n_avx2<5>,
-                                               q6_K_n_avx2<6>, q6_K_n_avx2<7>,
-                                               q6_K_n_avx2<8>};
-  simd::run_n(bodies, 8, n, w, act, n_act, out);
+void vec_dot_n_q6_K_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
+                         int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = NUMOE_ROW_BODIES(vec_dot_q6_K_avx2, q6_K_n_avx2);
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
 }
 
-void vec_dot_n_q6_K_avx512(int n, const void *w, const void *const *act, int n_act, float *out) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q6_K_avx512>,
-                                               q6_K_n_avx512<2>, q6_K_n_avx512<3>,
-                                               q6_K_n_avx512<4>, q6_K_n_avx512<5>,
-                                               q6_K_n_avx512<6>, q6_K_n_avx512<7>,
-                                               q6_K_n_avx512<8>};
-  simd::run_n(bodies, 8, n, w, act, n_act, out);
+void vec_dot_n_q6_K_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                           const void *const *act, int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = NUMOE_ROW_BODIES(vec_dot_q6_K_avx512, q6_K_n_avx512);
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
 }
 #endif
 

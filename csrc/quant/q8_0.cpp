@@ -1,6 +1,7 @@
 // Q8_0: blocks of 32 int8 with one fp16 scale. Used both as a weight format and as the
 // activation format for Q8_0 / Q4_0 weights (quantize_row_q8_0).
 #include <cmath>
+#include <vector>
 
 #include "quant.hpp"
 #include "simd.hpp"
@@ -125,6 +126,112 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q8_0_avx512(int n, const void *w, const vo
   }
   return s;
 }
+
+// N activations at once, each lane of each activation's accumulators fed exactly as in the
+// single bodies (same int32 products, the same dx * dy products, the same FMAs in the same
+// order, the same final reduction), so every result equals the single body's bit for bit.
+// Per call, the activation scales are converted once for all rows (simd::q8_0_scales); per
+// weight block, its absolute bytes and dx * dy for all the activations are formed once.
+
+// Block i of every activation into acc[j] (as vec_dot_q8_0_avx2's acc0 / acc1); dx * dy of
+// activation j is broadcast from memory (a load, no shuffle).
+template <int N>
+NUMOE_TARGET_AVX2 inline void q8_0_step_avx2(const block_q8_0 &x, const block_q8_0 *const *y, int i,
+                                             const float *dy, __m256 *acc) {
+  const __m256i xv = load32(x.qs);
+  const __m256i ax = _mm256_sign_epi8(xv, xv);
+  alignas(32) float dd[8];
+  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(simd::fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
+  for (int j = 0; j < N; ++j) {
+    const __m256i p = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv)), _mm256_set1_epi16(1));
+    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
+  }
+}
+
+template <int N>
+NUMOE_TARGET_AVX2 void q8_0_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
+                                   const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  simd::act_ptrs(act, N, y);
+  const int nb = n / QK8_0;
+  const float *dy = simd::q8_0_scales(y, nb);
+  for (int r = 0; r < n_rows; ++r) {
+    const block_q8_0 *x =
+        reinterpret_cast<const block_q8_0 *>(static_cast<const char *>(w) + r * w_stride);
+    __m256 acc0[N], acc1[N];
+    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      q8_0_step_avx2<N>(x[i], y, i, dy, acc0);
+      q8_0_step_avx2<N>(x[i + 1], y, i + 1, dy, acc1);
+    }
+    if (i < nb) q8_0_step_avx2<N>(x[i], y, i, dy, acc0);
+    for (int j = 0; j < N; ++j)
+      out[j * out_stride + r] = simd::hsum(_mm256_add_ps(acc0[j], acc1[j]));
+  }
+}
+
+template <int N>
+NUMOE_TARGET_AVX512VNNI void q8_0_n_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                                           const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  simd::act_ptrs(act, N, y);
+  const int nb = n / QK8_0;
+  const float *dy = simd::q8_0_scales(y, nb);
+  for (int r = 0; r < n_rows; ++r) {
+    const block_q8_0 *x =
+        reinterpret_cast<const block_q8_0 *>(static_cast<const char *>(w) + r * w_stride);
+    __m512 acc[N];
+    for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      const __m512i xv = simd::concat(load32(x[i].qs), load32(x[i + 1].qs));
+      const __mmask64 neg = _mm512_movepi8_mask(xv);
+      const __m512i ax = _mm512_abs_epi8(xv);
+      // lanes 0..7: dx * dy of block i for activations 0..7; lanes 8..15: block i + 1
+      const __m512 dd = _mm512_mul_ps(
+          simd::concat(_mm256_set1_ps(simd::fp16(x[i].d)), _mm256_set1_ps(simd::fp16(x[i + 1].d))),
+          _mm512_load_ps(dy + 8 * i));
+      for (int j = 0; j < N; ++j) {
+        const __m512i yv = simd::concat(load32(y[j][i].qs), load32(y[j][i + 1].qs));
+        const __m512i p = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(), ax, _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv));
+        const __m512i idx = _mm512_setr_epi32(j, j, j, j, j, j, j, j, 8 + j, 8 + j, 8 + j, 8 + j,
+                                              8 + j, 8 + j, 8 + j, 8 + j);
+        acc[j] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, dd), _mm512_cvtepi32_ps(p), acc[j]);
+      }
+    }
+    for (int j = 0; j < N; ++j) {
+      float s = _mm512_reduce_add_ps(acc[j]);
+      if (i < nb) {
+        const __m256i p = simd::dot_i8_vnni(load32(x[i].qs), load32(y[j][i].qs));
+        s += simd::hsum(_mm256_cvtepi32_ps(p)) * (simd::fp16(x[i].d) * simd::fp16(y[j][i].d));
+      }
+      out[j * out_stride + r] = s;
+    }
+  }
+}
+
+void vec_dot_n_q8_0_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
+                         int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q8_0_avx2>,
+                                               q8_0_n_avx2<2>, q8_0_n_avx2<3>,
+                                               q8_0_n_avx2<4>, q8_0_n_avx2<5>,
+                                               q8_0_n_avx2<6>, q8_0_n_avx2<7>,
+                                               q8_0_n_avx2<8>};
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
+}
+
+void vec_dot_n_q8_0_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                           const void *const *act, int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q8_0_avx512>,
+                                               q8_0_n_avx512<2>, q8_0_n_avx512<3>,
+                                               q8_0_n_avx512<4>, q8_0_n_avx512<5>,
+                                               q8_0_n_avx512<6>, q8_0_n_avx512<7>,
+                                               q8_0_n_avx512<8>};
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
+}
 #endif
 
 }  // namespace
@@ -146,7 +253,11 @@ const TypeInfo &info_q8_0() {
       true,
       {quantize_q8_0_scalar, nullptr, nullptr},
 #endif
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_q8_0_scalar>, vec_dot_n_q8_0_avx2, vec_dot_n_q8_0_avx512},
+#else
       {vec_dot_n_loop<vec_dot_q8_0_scalar>, nullptr, nullptr},
+#endif
   };
   return t;
 }

@@ -10,11 +10,12 @@
 //   bound by weight bandwidth, the bf16->f32 widening is a shift, and rounding the activation
 //   to bf16 for vdpbf16ps would cost accuracy for no bandwidth gain.
 //
-// Prefill: vec_dot_n is one weight row against up to kMaxActs activation rows, each weight
-// block loaded and unpacked once for all of them (nibble masks, shifts and scale decoding are
-// most of a vec_dot's work). Its results equal the same level's vec_dot bit for bit (same
-// integer sums, same float operations in the same order per activation), so an op's output
-// does not depend on how its tokens are grouped.
+// Prefill: vec_dot_n is a tile of weight rows against up to kMaxActs activation rows, each
+// weight block loaded and unpacked once for all the activations (nibble masks, shifts and
+// scale decoding are most of a vec_dot's work) and per-activation set-up done once for all
+// the rows. Its results equal the same level's vec_dot bit for bit (same integer sums, same
+// float operations in the same order per activation), so an op's output does not depend on
+// how its tokens are grouped.
 //
 // Floating-point order: the integer formats sum each block's products exactly in integers
 // and then combine per-block floats; the K-quant bodies combine super-blocks in the same
@@ -105,9 +106,10 @@ enum Type : int {
 using dequantize_fn = void (*)(const void *src, float *dst, int64_t n);
 using vec_dot_fn = float (*)(int n, const void *w_row, const void *act_row);
 using quantize_fn = void (*)(const float *src, void *dst, int64_t n);
-// out[j] = vec_dot(n, w_row, act[j]) for j < n_act, 1 <= n_act <= kMaxActs.
-using vec_dot_n_fn = void (*)(int n, const void *w_row, const void *const *act, int n_act,
-                              float *out);
+// out[j * out_stride + r] = vec_dot(n, w + r * w_stride, act[j]) for r < n_rows and
+// j < n_act, 1 <= n_act <= kMaxActs.
+using vec_dot_n_fn = void (*)(int n, const void *w, size_t w_stride, int n_rows,
+                              const void *const *act, int n_act, float *out, size_t out_stride);
 constexpr int kMaxActs = 8;
 
 // Kernels per ISA level (index = Isa); nullptr = use the next lower level.
@@ -142,8 +144,11 @@ quantize_fn get_quantize(int act_type, Isa level);
 
 // vec_dot_n as a loop over a vec_dot: the scalar reference bodies.
 template <vec_dot_fn F>
-void vec_dot_n_loop(int n, const void *w_row, const void *const *act, int n_act, float *out) {
-  for (int j = 0; j < n_act; ++j) out[j] = F(n, w_row, act[j]);
+void vec_dot_n_loop(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
+                    int n_act, float *out, size_t out_stride) {
+  for (int r = 0; r < n_rows; ++r)
+    for (int j = 0; j < n_act; ++j)
+      out[j * out_stride + r] = F(n, static_cast<const char *>(w) + r * w_stride, act[j]);
 }
 
 // Per-format tables, one in each format's source file.

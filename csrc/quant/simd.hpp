@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <vector>
 
 #include "quant.hpp"
 
@@ -117,18 +118,49 @@ NUMOE_TARGET_AVX2 inline float k4_combine4(float s, const uint8_t *x, size_t str
 
 // ---- multi-activation bodies (vec_dot_n) ----
 // A format's vec_dot_n runs the activations in chunks of at most m through bodies[k], the
-// body for k activations (bodies[1] may simply be the level's vec_dot, see one<>).
-using body_n_fn = void (*)(int n, const void *w, const void *const *act, float *out);
+// body for k activations; a body takes all the rows.
+using body_n_fn = void (*)(int n, const void *w, size_t w_stride, int n_rows,
+                           const void *const *act, float *out, size_t out_stride);
 
-inline void run_n(const body_n_fn *bodies, int m, int n, const void *w, const void *const *act,
-                  int n_act, float *out) {
-  for (int j = 0; j < n_act; j += m) bodies[std::min(m, n_act - j)](n, w, act + j, out + j);
+inline void run_n(const body_n_fn *bodies, int m, int n, const void *w, size_t w_stride, int n_rows,
+                  const void *const *act, int n_act, float *out, size_t out_stride) {
+  for (int j = 0; j < n_act; j += m)
+    bodies[std::min(m, n_act - j)](n, w, w_stride, n_rows, act + j, out + j * out_stride,
+                                   out_stride);
 }
 
+// The body for one activation: the level's vec_dot per row.
 template <vec_dot_fn F>
-void one(int n, const void *w, const void *const *act, float *out) {
-  out[0] = F(n, w, act[0]);
+void one(int n, const void *w, size_t w_stride, int n_rows, const void *const *act, float *out,
+         size_t) {
+  for (int r = 0; r < n_rows; ++r)
+    out[r] = F(n, static_cast<const char *>(w) + r * w_stride, act[0]);
 }
+
+// A body over rows from a one-row body Row (out[j] = activation j's result).
+using row_n_fn = void (*)(int n, const void *w, const void *const *act, float *out);
+template <row_n_fn Row, int N>
+void rows(int n, const void *w, size_t w_stride, int n_rows, const void *const *act, float *out,
+          size_t out_stride) {
+  float o[N];
+  for (int r = 0; r < n_rows; ++r) {
+    Row(n, static_cast<const char *>(w) + r * w_stride, act, o);
+    for (int j = 0; j < N; ++j) out[j * out_stride + r] = o[j];
+  }
+}
+
+// The bodies table (index = activation count) of a format with a one-row body template F<N>
+// for 2..8 activations and the level's vec_dot `single` for one.
+#define NUMOE_ROW_BODIES(single, F) \
+  {nullptr,                         \
+   simd::one<single>,               \
+   simd::rows<F<2>, 2>,             \
+   simd::rows<F<3>, 3>,             \
+   simd::rows<F<4>, 4>,             \
+   simd::rows<F<5>, 5>,             \
+   simd::rows<F<6>, 6>,             \
+   simd::rows<F<7>, 7>,             \
+   simd::rows<F<8>, 8>}
 
 // An empty asm the compiler cannot see through: keeps a running sum a running sum (GCC
 // otherwise re-associates the adds of a multi-activation body into trees of live products,
@@ -196,6 +228,25 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
   alignas(32) float r[8];
   _mm256_store_ps(r, s);
   for (int j = 0; j < N; ++j) out[j] = r[j];
+}
+
+// Lane j: the scale of block i of Q8_0 activation y[j].
+NUMOE_TARGET_AVX2 inline __m256 q8_0_d8(const block_q8_0 *const *y, int i) {
+  return _mm256_cvtph_ps(
+      _mm_setr_epi16(static_cast<int16_t>(y[0][i].d), static_cast<int16_t>(y[1][i].d),
+                     static_cast<int16_t>(y[2][i].d), static_cast<int16_t>(y[3][i].d),
+                     static_cast<int16_t>(y[4][i].d), static_cast<int16_t>(y[5][i].d),
+                     static_cast<int16_t>(y[6][i].d), static_cast<int16_t>(y[7][i].d)));
+}
+
+// dy[8 * i + j] = the scale of block i of Q8_0 activation y[j] as float, i < nb: converted
+// once per tile for all its rows (per thread, reused).
+NUMOE_TARGET_AVX2 inline const float *q8_0_scales(const block_q8_0 *const *y, int nb) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(nb) * 8 + 16) buf.resize(static_cast<size_t>(nb) * 8 + 16);
+  float *d = buf.data() + ((0 - reinterpret_cast<uintptr_t>(buf.data())) & 63) / sizeof(float);
+  for (int i = 0; i < nb; ++i) _mm256_store_ps(d + 8 * i, q8_0_d8(y, i));
+  return d;
 }
 
 // The activation pointers of a body for N activations, padded to M with act[0] (the extra

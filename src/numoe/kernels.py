@@ -86,7 +86,7 @@ def vec_dot_n(qtype: int, w_row: np.ndarray, acts: np.ndarray, n: int, rows=None
     if rows is None:
         t = quant_type(quant_type(qtype).act_type)
         rows = range(acts.size // t.row_bytes(n))
-    return _cpu.vec_dot_n(int(qtype), _bytes(w_row), acts, n, [int(r) for r in rows])
+    return _cpu.vec_dot_n(int(qtype), _bytes(w_row), acts, n, [int(r) for r in rows])[:, 0]
 
 
 def gemv_reference(qtype: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
