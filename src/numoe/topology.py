@@ -3,9 +3,11 @@
 The C++ extension reads sysfs (``numoe._cpu.read_topology``); this module wraps the result
 in dataclasses and decides which CPUs numoe's threads use. Defaults follow the design:
 physical cores only (never SMT siblings), only CPUs the process may use
-(``sched_getaffinity``), split evenly across the NUMA nodes that have such cores.
+(``sched_getaffinity``), split across the NUMA nodes in proportion to their cores.
 
-Tests point ``root`` at fixture trees and pass ``allowed_cpus`` to simulate containers.
+Tests point ``root`` at fixture trees and pass ``allowed_cpus`` / ``allowed_mems`` to
+simulate containers, ``taskset`` and ``numactl``. The thread plan itself (logical nodes,
+``--numa-nodes``, SMT) lives in ``numoe.numa``; :func:`thread_plan` is its short form.
 """
 
 from __future__ import annotations
@@ -42,10 +44,22 @@ class Topology:
     cpus: tuple[Cpu, ...]  # online CPUs, sorted by id
     allowed_cpus: tuple[int, ...]  # sorted; affinity (or override) & online CPUs
     smt: bool  # some core has more than one online thread
+    # Nodes whose memory the process may use (Mems_allowed_list: cpuset, numactl -m), & the
+    # nodes of this tree; sorted. Every node when not known (a tree that is not the live /sys).
+    allowed_mems: tuple[int, ...] = ()
+    live: bool = False  # read from this machine's /sys (not a fixture or a captured copy)
 
     @classmethod
-    def read(cls, root: str = "/sys", allowed_cpus: list[int] | None = None) -> Topology:
-        """Read sysfs under ``root``; ``allowed_cpus`` overrides the process affinity.
+    def read(
+        cls,
+        root: str = "/sys",
+        allowed_cpus: list[int] | None = None,
+        allowed_mems: list[int] | None = None,
+        status_path: str = "/proc/self/status",
+    ) -> Topology:
+        """Read sysfs under ``root``; ``allowed_cpus`` overrides the process affinity and
+        ``allowed_mems`` the memory nodes (else ``Mems_allowed_list`` of ``status_path``
+        for the live /sys, every node for any other tree).
 
         Raises ValueError naming the file when sysfs content is malformed.
         """
@@ -53,10 +67,14 @@ class Topology:
 
         d = _cpu.read_topology(str(root), None if allowed_cpus is None else list(allowed_cpus))
         live = os.path.realpath(str(root)) == "/sys"
-        return cls.from_dict(d, live=live)
+        if allowed_mems is None and live:
+            allowed_mems = read_mems_allowed(status_path)
+        return cls.from_dict(d, live=live, allowed_mems=allowed_mems)
 
     @classmethod
-    def from_dict(cls, d: dict, live: bool = False) -> Topology:
+    def from_dict(
+        cls, d: dict, live: bool = False, allowed_mems: list[int] | None = None
+    ) -> Topology:
         nodes = []
         for n in d["nodes"]:
             mem_total, mem_free = n["mem_total"], n["mem_free"]
@@ -86,12 +104,38 @@ class Topology:
             )
             for c in d["cpus"]
         )
+        ids = {n.id for n in nodes}
+        mems = sorted(ids if allowed_mems is None else ids & {int(m) for m in allowed_mems})
         return cls(
             nodes=tuple(nodes),
             cpus=cpus,
             allowed_cpus=tuple(d["allowed_cpus"]),
             smt=d["smt"],
+            allowed_mems=tuple(mems),
+            live=live,
         )
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(f"node {node_id} does not exist")
+
+    @property
+    def online_cpus(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.cpus)
+
+    def packages(self, node_id: int) -> tuple[int, ...]:
+        """Packages (sockets) the node's CPUs sit in; () for a memory-only node."""
+        return tuple(sorted({c.package for c in self.cpus if c.node == node_id}))
+
+    def distance(self, a: int, b: int) -> int | None:
+        """sysfs distance from node a to node b (the line lists the nodes in id order)."""
+        ids = [n.id for n in self.nodes]
+        d = self.node(a).distances
+        if len(d) != len(ids) or b not in ids:
+            return None
+        return d[ids.index(b)]
 
     def cpu(self, cpu_id: int) -> Cpu:
         for c in self.cpus:
@@ -146,6 +190,20 @@ class Topology:
         return out
 
 
+def read_mems_allowed(status_path: str = "/proc/self/status") -> list[int] | None:
+    """Memory nodes this process may allocate on (``Mems_allowed_list``); None if unknown."""
+    from . import _cpu
+
+    try:
+        with open(status_path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Mems_allowed_list:"):
+                    return _cpu.parse_cpulist(line.split(":", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
 def _system_memory() -> tuple[int, int]:
     try:
         page = os.sysconf("SC_PAGE_SIZE")
@@ -154,44 +212,11 @@ def _system_memory() -> tuple[int, int]:
         return 0, 0
 
 
-def _round_robin(capacity: list[int], n: int) -> list[int]:
-    """Deal n items one at a time over bins in order, skipping full bins."""
-    take = [0] * len(capacity)
-    while n > 0:
-        progressed = False
-        for i, cap in enumerate(capacity):
-            if n > 0 and take[i] < cap:
-                take[i] += 1
-                n -= 1
-                progressed = True
-        if not progressed:
-            break
-    return take
-
-
 def thread_plan(topology: Topology, n_threads: int | None = None) -> list[list[int]]:
-    """CPUs for n_threads worker threads, one list per NUMA node (node order).
+    """CPUs for n_threads worker threads, one list per NUMA node (node order): the CPU
+    groups of ``numoe.numa.plan_threads(topology, n_threads)``, which documents the rules
+    (physical cores of every node the process may use, split in proportion to the nodes'
+    cores; SMT siblings only beyond the physical cores)."""
+    from .numa import plan_threads
 
-    Physical cores the process may use, split as evenly as their count allows across the
-    nodes that have such cores; the first nodes get the remainder, and within a node the
-    lowest CPUs are used. Nodes that get no thread are left out. ``n_threads=None`` uses
-    every allowed physical core. Asking for more threads than physical cores adds SMT
-    siblings (again node by node); never more than the allowed CPUs.
-    """
-    if n_threads is None:
-        n_threads = topology.default_threads()
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    cores = topology.cores_by_node(allowed_only=True)
-    if not cores:
-        raise ValueError("no allowed CPU is online")
-    nodes = list(cores)
-    take = _round_robin([len(cores[n]) for n in nodes], n_threads)
-    plan = {n: cores[n][:k] for n, k in zip(nodes, take, strict=True)}
-    extra = n_threads - sum(take)
-    if extra > 0:
-        smt = topology.smt_threads_by_node()
-        spare = [smt.get(n, []) for n in nodes]
-        for n, s, k in zip(nodes, spare, _round_robin([len(s) for s in spare], extra), strict=True):
-            plan[n] = plan[n] + s[:k]
-    return [plan[n] for n in nodes if plan[n]]
+    return plan_threads(topology, n_threads).groups
