@@ -178,10 +178,9 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q5_K_avx512(int n, const void *w, const vo
 
 // N activations at once, as Q4_K's multi bodies with the fifth bit OR-ed in.
 template <int N>
-NUMOE_TARGET_AVX2 void q5_K_n_avx2(int n, const void *w, const void *const *act, float *out) {
+NUMOE_TARGET_AVX2 void q5_K_n_avx2(int n, const void *w, const block_q8_K *const *y,
+                                   const float *dy, float *out) {
   const block_q5_K *x = static_cast<const block_q5_K *>(w);
-  const block_q8_K *y[8];
-  simd::act_ptrs(act, N, y);
   const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
@@ -212,18 +211,16 @@ NUMOE_TARGET_AVX2 void q5_K_n_avx2(int n, const void *w, const void *const *act,
     for (int j = 0; j < N; ++j)
       ms[j] = _mm256_madd_epi16(
           _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16);
-    s = simd::k4_combine8(s, x[i].d, x[i].dmin, simd::q8_K_d8(y, i), simd::hsum8_i32(acc),
+    s = simd::k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), simd::hsum8_i32(acc),
                           simd::hsum8_i32(ms));
   }
   simd::store_n(s, N, out);
 }
 
 template <int N>
-NUMOE_TARGET_AVX512VNNI void q5_K_n_avx512(int n, const void *w, const void *const *act,
-                                           float *out) {
+NUMOE_TARGET_AVX512VNNI void q5_K_n_avx512(int n, const void *w, const block_q8_K *const *y,
+                                           const float *dy, float *out) {
   const block_q5_K *x = static_cast<const block_q5_K *>(w);
-  const block_q8_K *y[8];
-  simd::act_ptrs(act, N, y);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     const __m128i sm = simd::k4_scales_mins(x[i].scales);
@@ -237,7 +234,7 @@ NUMOE_TARGET_AVX512VNNI void q5_K_n_avx512(int n, const void *w, const void *con
                           _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16)
                     : _mm256_setzero_si256();
     }
-    s = simd::k4_combine8(s, x[i].d, x[i].dmin, simd::q8_K_d8(y, i), simd::hsum8_i32(is),
+    s = simd::k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), simd::hsum8_i32(is),
                           simd::hsum8_i32(ms));
   }
   simd::store_n(s, N, out);

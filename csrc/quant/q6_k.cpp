@@ -224,10 +224,9 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const vo
 // each activation's exact isum (the offset term as one madd of its bsums by -32 * scales)
 // reduced across activations and combined per lane as the scalar s += d * dy * isum.
 template <int N>
-NUMOE_TARGET_AVX2 void q6_K_n_avx2(int n, const void *w, const void *const *act, float *out) {
+NUMOE_TARGET_AVX2 void q6_K_n_avx2(int n, const void *w, const block_q8_K *const *y,
+                                   const float *dy, float *out) {
   const block_q6_K *x = static_cast<const block_q6_K *>(w);
-  const block_q8_K *y[8];
-  simd::act_ptrs(act, N, y);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     __m256i acc[8];
@@ -258,18 +257,16 @@ NUMOE_TARGET_AVX2 void q6_K_n_avx2(int n, const void *w, const void *const *act,
           acc[j], _mm256_madd_epi16(
                       _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), neg));
     const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
-    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
+    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, _mm256_load_ps(dy + 8 * i)),
                                        _mm256_cvtepi32_ps(simd::hsum8_i32(acc))));
   }
   simd::store_n(s, N, out);
 }
 
 template <int N>
-NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const void *const *act,
-                                           float *out) {
+NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const block_q8_K *const *y,
+                                           const float *dy, float *out) {
   const block_q6_K *x = static_cast<const block_q6_K *>(w);
-  const block_q8_K *y[8];
-  simd::act_ptrs(act, N, y);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     __m512i q[4], sc[4], is[8];
@@ -284,7 +281,7 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const void *con
                                           _mm512_zextsi256_si512(neg))
                     : _mm512_setzero_si512();
     const __m256 d = _mm256_set1_ps(simd::fp16(x[i].d));
-    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, simd::q8_K_d8(y, i)),
+    s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(d, _mm256_load_ps(dy + 8 * i)),
                                        _mm256_cvtepi32_ps(simd::hsum8_i32(is))));
   }
   simd::store_n(s, N, out);

@@ -129,24 +129,27 @@ inline void run_n(const body_n_fn *bodies, int m, int n, const void *w, size_t w
                                    out_stride);
 }
 
+// The activation pointers of a body for N activations, padded to M with act[0] (the extra
+// lanes compute garbage that is never stored).
+template <typename B, int M>
+inline void act_ptrs(const void *const *act, int N, const B *(&y)[M]) {
+  for (int j = 0; j < M; ++j) y[j] = static_cast<const B *>(act[j < N ? j : 0]);
+}
+
+// A per-thread buffer of at least n floats, 64-byte aligned (grows, never shrinks): the
+// per-tile tables of activation scales.
+inline float *tile_buffer(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n + 16) buf.resize(n + 16);
+  return buf.data() + ((0 - reinterpret_cast<uintptr_t>(buf.data())) & 63) / sizeof(float);
+}
+
 // The body for one activation: the level's vec_dot per row.
 template <vec_dot_fn F>
 void one(int n, const void *w, size_t w_stride, int n_rows, const void *const *act, float *out,
          size_t) {
   for (int r = 0; r < n_rows; ++r)
     out[r] = F(n, static_cast<const char *>(w) + r * w_stride, act[0]);
-}
-
-// A body over rows from a one-row body Row (out[j] = activation j's result).
-using row_n_fn = void (*)(int n, const void *w, const void *const *act, float *out);
-template <row_n_fn Row, int N>
-void rows(int n, const void *w, size_t w_stride, int n_rows, const void *const *act, float *out,
-          size_t out_stride) {
-  float o[N];
-  for (int r = 0; r < n_rows; ++r) {
-    Row(n, static_cast<const char *>(w) + r * w_stride, act, o);
-    for (int j = 0; j < N; ++j) out[j * out_stride + r] = o[j];
-  }
 }
 
 // The bodies table (index = activation count) of a format with a one-row body template F<N>
@@ -198,9 +201,6 @@ NUMOE_TARGET_AVX512 inline __m256i hsum8_i32(const __m512i v[8]) {
 
 // Lane j: the scale of block i of Q8_K activation y[j] (plain loads: gathers are slow on
 // CPUs with the GDS microcode mitigation).
-NUMOE_TARGET_AVX2 inline __m128 q8_K_d4(const block_q8_K *const *y, int i) {
-  return _mm_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d);
-}
 NUMOE_TARGET_AVX2 inline __m256 q8_K_d8(const block_q8_K *const *y, int i) {
   return _mm256_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d, y[4][i].d, y[5][i].d, y[6][i].d,
                         y[7][i].d);
@@ -230,6 +230,31 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
   for (int j = 0; j < N; ++j) out[j] = r[j];
 }
 
+// dy[8 * i + j] = the scale of block i of Q8_K activation y[j], i < nb: gathered once per
+// tile for all its rows (per thread, reused).
+NUMOE_TARGET_AVX2 inline const float *q8_K_scales(const block_q8_K *const *y, int nb) {
+  float *d = tile_buffer(static_cast<size_t>(nb) * 8);
+  for (int i = 0; i < nb; ++i) _mm256_store_ps(d + 8 * i, q8_K_d8(y, i));
+  return d;
+}
+
+// A tile body for N Q8_K activations from a one-row body Row (out[j] = activation j's
+// result), the activations' block scales gathered once for all the rows.
+using q8_K_row_fn = void (*)(int n, const void *w, const block_q8_K *const *y, const float *dy,
+                             float *out);
+template <q8_K_row_fn Row, int N>
+void rows(int n, const void *w, size_t w_stride, int n_rows, const void *const *act, float *out,
+          size_t out_stride) {
+  const block_q8_K *y[8];
+  act_ptrs(act, N, y);
+  const float *dy = q8_K_scales(y, n / QK_K);
+  float o[8];
+  for (int r = 0; r < n_rows; ++r) {
+    Row(n, static_cast<const char *>(w) + r * w_stride, y, dy, o);
+    for (int j = 0; j < N; ++j) out[j * out_stride + r] = o[j];
+  }
+}
+
 // Lane j: the scale of block i of Q8_0 activation y[j].
 NUMOE_TARGET_AVX2 inline __m256 q8_0_d8(const block_q8_0 *const *y, int i) {
   return _mm256_cvtph_ps(
@@ -242,18 +267,9 @@ NUMOE_TARGET_AVX2 inline __m256 q8_0_d8(const block_q8_0 *const *y, int i) {
 // dy[8 * i + j] = the scale of block i of Q8_0 activation y[j] as float, i < nb: converted
 // once per tile for all its rows (per thread, reused).
 NUMOE_TARGET_AVX2 inline const float *q8_0_scales(const block_q8_0 *const *y, int nb) {
-  static thread_local std::vector<float> buf;
-  if (buf.size() < static_cast<size_t>(nb) * 8 + 16) buf.resize(static_cast<size_t>(nb) * 8 + 16);
-  float *d = buf.data() + ((0 - reinterpret_cast<uintptr_t>(buf.data())) & 63) / sizeof(float);
+  float *d = tile_buffer(static_cast<size_t>(nb) * 8);
   for (int i = 0; i < nb; ++i) _mm256_store_ps(d + 8 * i, q8_0_d8(y, i));
   return d;
-}
-
-// The activation pointers of a body for N activations, padded to M with act[0] (the extra
-// lanes compute garbage that is never stored).
-template <typename B, int M>
-inline void act_ptrs(const void *const *act, int N, const B *(&y)[M]) {
-  for (int j = 0; j < M; ++j) y[j] = static_cast<const B *>(act[j < N ? j : 0]);
 }
 
 }  // namespace numoe::quant::simd
