@@ -23,6 +23,15 @@ def set_threads(n: int | None = None, topology: Topology | None = None) -> int:
     return _cpu.num_threads()
 
 
+def set_plan(plan) -> int:
+    """Size the pool from a ``numoe.numa.ThreadPlan`` (one CPU group per logical node:
+    ``--numa-nodes``, ``--smt``); returns the thread count."""
+    global _configured
+    _cpu.set_threads(plan.groups)
+    _configured = True
+    return _cpu.num_threads()
+
+
 def ensure() -> None:
     """Size the pool with the default plan unless someone already did."""
     if not _configured:

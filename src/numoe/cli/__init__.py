@@ -1,4 +1,4 @@
-"""`numoe` command line: run | chat | synth | quantize.
+"""`numoe` command line: run | chat | synth | quantize | doctor.
 
 Flags follow llama.cpp's names (-m, -p, -n, -t, -c, --temp, --top-k ...); KTransformers'
 names are accepted as aliases (--gguf-path, --cpu-infer).
@@ -13,7 +13,7 @@ from .. import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import chat, quantize, run, synth
+    from . import chat, doctor, quantize, run, synth
 
     p = argparse.ArgumentParser(
         prog="numoe",
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"numoe {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in (run, chat, synth, quantize):
+    for mod in (run, chat, synth, quantize, doctor):
         mod.add_parser(sub)
     return p
 
@@ -31,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ..cache import ContextFull
     from ..placement import DeviceError
+    from .common import FlagError
 
     try:
         return args.func(args) or 0
+    except FlagError as e:
+        # a flag this machine cannot honour: exit status 2, as argparse's flag errors
+        print(f"numoe: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, DeviceError, ContextFull, OSError) as e:
         # GGUFError, bad flags and bad files: one line naming the problem, no traceback
         print(f"numoe: error: {e}", file=sys.stderr)

@@ -18,6 +18,48 @@ def positive_int(s: str) -> int:
     return v
 
 
+class FlagError(ValueError):
+    """A flag value this machine cannot honour (e.g. --numa-nodes 5 on a one-node machine):
+    one line, exit status 2, as argparse's own flag errors."""
+
+
+def numa_nodes_arg(s: str) -> str:
+    """--numa-nodes syntax ('0,1', '0-3', '0,0'); kept as text for messages."""
+    from ..numa import parse_numa_nodes
+
+    try:
+        parse_numa_nodes(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def add_thread_args(g) -> None:
+    """-t/--threads/--cpu-infer, --numa-nodes, --smt, --numa: the thread plan and policy."""
+    from ..numa import POLICIES
+
+    g.add_argument(
+        "-t", "--threads", "--cpu-infer", dest="threads", type=positive_int, default=None,
+        help="CPU threads, split over the NUMA nodes in proportion to their cores "
+        "(default: the physical cores this process may use)",
+    )  # fmt: skip
+    g.add_argument(
+        "--numa-nodes", type=numa_nodes_arg, default=None, metavar="LIST",
+        help="NUMA nodes to run on, e.g. 0,1 or 0-3 (default: every node this process may "
+        "use); a node listed twice (0,0) becomes two logical nodes splitting its cores",
+    )  # fmt: skip
+    g.add_argument(
+        "--smt", action="store_true",
+        help="use SMT siblings too (default: one thread per physical core)",
+    )  # fmt: skip
+    g.add_argument(
+        "--numa", choices=POLICIES, default="auto",
+        help="routed-expert weights: shard = split across the nodes (one copy), replicate = "
+        "a copy per node, off = straight from the memory map; auto = shard on more than "
+        "one node, else off",
+    )  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and devices")
     g.add_argument(
@@ -29,10 +71,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="device for attention, dense layers, shared experts and the output head: "
         "cpu, cuda or cuda:N; routed experts always run on the CPU",
     )  # fmt: skip
-    g.add_argument(
-        "-t", "--threads", "--cpu-infer", dest="threads", type=positive_int, default=None,
-        help="CPU threads (default: the physical cores this process may use)",
-    )  # fmt: skip
+    add_thread_args(g)
     g.add_argument("-c", "--ctx-size", type=positive_int, default=4096, help="context tokens")
     g.add_argument(
         "-b", "--batch-size", type=positive_int, default=512, help="prefill chunk, in tokens"
@@ -84,15 +123,38 @@ def default_model_path() -> Path:
     return path
 
 
-def set_threads(n: int | None) -> int:
-    """numoe's pool (pinned, from topology.thread_plan) and torch's intra-op threads: the
-    CPU threads numoe uses (physical cores by default)."""
+def plan_from_args(args, topology=None):
+    """(ThreadPlan, NumaPolicy) from -t, --numa-nodes, --smt, --numa; FlagError for a node
+    list this machine cannot honour."""
+    from ..numa import PlanError, parse_numa_nodes, plan_threads, resolve_policy
+    from ..topology import Topology
+
+    topo = topology if topology is not None else Topology.read()
+    nodes = parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None
+    try:
+        plan = plan_threads(topo, args.threads, nodes, args.smt)
+    except PlanError as e:
+        raise FlagError(f"--numa-nodes {args.numa_nodes}: {e}") from None
+    return plan, resolve_policy(args.numa, plan)
+
+
+def set_threads(args) -> int:
+    """numoe's pool (pinned, from the thread plan) and torch's intra-op threads, from the
+    thread flags; records the plan and NUMA policy (numoe.numa.active) and says in one line
+    when the policy is not carried out yet. Returns the thread count."""
     import torch
 
-    from .. import pool
+    from .. import numa, pool
 
-    n = pool.set_threads(n)
+    plan, policy = plan_from_args(args)
+    n = pool.set_plan(plan)
     torch.set_num_threads(n)
+    numa.set_active(plan, policy)
+    if policy.name != "off":
+        numa.fallback_notice()
+    notice = policy.pending_notice()
+    if notice:
+        print(notice, file=sys.stderr)
     return n
 
 
@@ -104,7 +166,7 @@ def load_from_args(args):
     from ..tokenizer import Tokenizer
 
     placement = Placement.parse(args.device)
-    threads = set_threads(args.threads)
+    threads = set_threads(args)
     path = Path(args.model) if args.model else None
     if path is None:
         path = default_model_path()

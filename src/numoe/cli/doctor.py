@@ -1,0 +1,187 @@
+"""`numoe doctor`: the machine as numoe sees it, the plan it would run, and advice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .common import HELP_FMT, FlagError, add_thread_args
+
+
+def _cpulist_arg(s: str) -> list[int]:
+    from .. import _cpu
+
+    try:
+        return _cpu.parse_cpulist(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="show the NUMA topology, the thread plan and policy numoe would use, and advice",
+        description="Print the CPU/NUMA topology (nodes, cores, SMT, memory, distances), what "
+        "this process may use, libnuma and NUMA balancing status, the thread plan and NUMA "
+        "policy numoe would choose with the given flags, the memory a model needs per node "
+        "under each policy, and advice.",
+        formatter_class=HELP_FMT,
+    )
+    p.add_argument(
+        "-m", "--model", "--gguf-path", dest="model", default=None,
+        help="GGUF file: show the memory per node it needs under each --numa policy",
+    )  # fmt: skip
+    p.add_argument(
+        "--sysfs", metavar="DIR", default=None,
+        help="read DIR as the /sys root: a topology captured on another machine "
+        "(numoe doctor --capture DIR there)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-cpus", type=_cpulist_arg, default=None, metavar="LIST",
+        help="CPUs the process may use, e.g. 0-7 (default: this process's affinity; with "
+        "--sysfs: every online CPU of the tree)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-mems", type=_cpulist_arg, default=None, metavar="LIST",
+        help="memory nodes the process may use (default: Mems_allowed_list; with --sysfs: "
+        "every node)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--capture", metavar="DIR", default=None,
+        help="copy the sysfs files numoe reads, and this process's NUMA facts, to DIR "
+        "(send it along for `numoe doctor --sysfs DIR` elsewhere), then report as usual",
+    )  # fmt: skip
+    add_thread_args(p.add_argument_group("thread plan (as for run and chat)"))
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from .. import doctor
+    from ..numa import PlanError, parse_numa_nodes
+
+    if args.sysfs and not (Path(args.sysfs) / "devices" / "system").is_dir():
+        raise FlagError(f"--sysfs {args.sysfs}: no devices/system directory under it")
+    if args.capture:
+        n = doctor.capture(args.capture)
+        print(f"numoe: wrote {n} files to {args.capture}", file=sys.stderr)
+    try:
+        report = doctor.diagnose(
+            sysfs=args.sysfs,
+            allowed_cpus=args.allowed_cpus,
+            allowed_mems=args.allowed_mems,
+            threads=args.threads,
+            numa_nodes=parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None,
+            smt=args.smt,
+            numa=args.numa,
+            model=args.model,
+        )
+    except PlanError as e:
+        raise FlagError(f"--numa-nodes {args.numa_nodes}: {e}") from None
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        sys.stdout.write(format_report(report))
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _distances(d: list[int]) -> str:
+    """The distance line; beyond 8 nodes as value x count ('10, 12 x11, 32 x12')."""
+    if len(d) <= 8:
+        return " ".join(map(str, d))
+    return ", ".join(f"{v} x{d.count(v)}" if d.count(v) > 1 else str(v) for v in sorted(set(d)))
+
+
+def format_report(r: dict) -> str:
+    from ..numa import format_ids
+
+    out: list[str] = []
+    w = out.append
+    nodes = r["nodes"]
+    where = "this machine" if r["live"] else "captured tree"
+    w(f"numoe {r['numoe']} doctor: {r['source']} ({where})")
+    n_cores = sum(len(n["cores"]) for n in nodes)
+    smt = "SMT" if r["smt"] else "no SMT"
+    total = sum(n["mem_total"] for n in nodes)
+    w(
+        f"machine: {len(r['packages'])} socket(s), {len(nodes)} NUMA node(s), "
+        f"{len(r['online_cpus'])} CPUs online = {n_cores} physical cores ({smt}), "
+        f"{_gib(total)} memory"
+    )
+    w("")
+    w(
+        f"  {'node':>4}  {'cpus':<16} {'cores':>5} {'socket':>6}  {'memory':>10} {'free':>10}  distances"
+    )
+    for n in nodes:
+        cpus = format_ids(n["cpus"]) or "-"
+        sock = ",".join(map(str, n["packages"])) or "-"
+        mem = _gib(n["mem_total"]) if n["mem_total"] else "none"
+        free = _gib(n["mem_free"]) if n["mem_total"] else "-"
+        dist = _distances(n["distances"])
+        w(
+            f"  {n['id']:>4}  {cpus:<16} {len(n['cores']):>5} {sock:>6}  {mem:>10} {free:>10}  {dist}"
+        )
+    w("")
+    online, allowed = r["online_cpus"], r["allowed_cpus"]
+    all_mems = [n["id"] for n in nodes]
+    cpus_note = "all online" if allowed == online else f"of {format_ids(online)} online"
+    mems_note = "all" if r["allowed_mems"] == all_mems else f"of {format_ids(all_mems)}"
+    w(
+        f"allowed:        CPUs {format_ids(allowed) or 'none'} ({cpus_note}); memory of "
+        f"nodes {format_ids(r['allowed_mems']) or 'none'} ({mems_note})"
+    )
+    lib = r["libnuma"]
+    w(f"libnuma:        {lib['text'] if lib else 'unknown (not this machine)'}")
+    bal = r["numa_balancing"]
+    bal_text = {None: "unknown", 0: "off"}.get(bal, f"on ({bal})")
+    w(f"NUMA balancing: {bal_text}")
+    # wrap between groups, never inside one
+    text = r["thread_plan"]["text"]
+    head, *groups = text.split(" [")
+    words = [head] + ["[" + g.replace(" ", "\0") for g in groups]
+    wrapped = textwrap.fill(
+        " ".join(words),
+        96,
+        subsequent_indent=" " * 16,
+        initial_indent=" " * 16,
+        break_long_words=False,
+    )
+    w("thread plan:" + wrapped[12:].replace("\0", " "))
+    pol = r["policy"]
+    pending = "" if pol["executed"] else "; not carried out yet: weights from the memory map"
+    w(f"NUMA policy:    {pol['name']} ({pol['reason']}{pending})")
+    m = r["model"]
+    if m:
+        w("")
+        w(
+            f"model: {m['path']} ({m['arch']}): routed experts {_gib(m['expert_bytes'])}, "
+            f"dense {_gib(m['dense_bytes'])}"
+        )
+        for name, need in m["policies"].items():
+            per = need["per_node"]
+            if per:
+                vals = sorted(set(per.values()))
+                each = _gib(vals[0]) if len(vals) == 1 else "/".join(_gib(v) for v in vals)
+                node_text = f"{each} on each of nodes {format_ids(per)}"
+            else:
+                node_text = "nothing node-bound"
+            mark = " <- chosen" if name == pol["name"] else ""
+            w(
+                f"  {name:<9} {node_text}; + {_gib(need['map'])} from the memory map; "
+                f"total {_gib(need['total'])}{mark}"
+            )
+        w("  (memory-map pages sit on the node of the thread that first read them)")
+    w("")
+    w("advice:")
+    for a in r["advice"]:
+        mark = "!" if a["level"] == "warn" else "-"
+        text = f"{mark} [{a['code']}] {a['text']}"
+        w(textwrap.fill(text, width=96, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(out) + "\n"
