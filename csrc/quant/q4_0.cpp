@@ -64,6 +64,55 @@ NUMOE_TARGET_AVX2 float vec_dot_q4_0_avx2(int n, const void *w, const void *act)
   return simd::hsum(_mm256_add_ps(acc0, acc1));
 }
 
+// N activations at once (as Q8_0's multi body): block i unpacked once, each activation's
+// lanes fed exactly as in vec_dot_q4_0_avx2 (bit-identical), dx * dy broadcast from memory.
+template <int N>
+NUMOE_TARGET_AVX2 inline void q4_0_step_avx2(const block_q4_0 &x, const block_q8_0 *const *y, int i,
+                                             const float *dy, __m256 *acc) {
+  const __m256i xv = unpack(x.qs);
+  const __m256i ax = _mm256_sign_epi8(xv, xv);
+  alignas(32) float dd[8];
+  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(simd::fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
+  for (int j = 0; j < N; ++j) {
+    const __m256i p = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv)), _mm256_set1_epi16(1));
+    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
+  }
+}
+
+template <int N>
+NUMOE_TARGET_AVX2 void q4_0_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
+                                   const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  simd::act_ptrs(act, N, y);
+  const int nb = n / QK4_0;
+  const float *dy = simd::q8_0_scales(y, nb);
+  for (int r = 0; r < n_rows; ++r) {
+    const block_q4_0 *x =
+        reinterpret_cast<const block_q4_0 *>(static_cast<const char *>(w) + r * w_stride);
+    __m256 acc0[N], acc1[N];
+    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      q4_0_step_avx2<N>(x[i], y, i, dy, acc0);
+      q4_0_step_avx2<N>(x[i + 1], y, i + 1, dy, acc1);
+    }
+    if (i < nb) q4_0_step_avx2<N>(x[i], y, i, dy, acc0);
+    for (int j = 0; j < N; ++j)
+      out[j * out_stride + r] = simd::hsum(_mm256_add_ps(acc0[j], acc1[j]));
+  }
+}
+
+void vec_dot_n_q4_0_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
+                         int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q4_0_avx2>,
+                                               q4_0_n_avx2<2>, q4_0_n_avx2<3>,
+                                               q4_0_n_avx2<4>, q4_0_n_avx2<5>,
+                                               q4_0_n_avx2<6>, q4_0_n_avx2<7>,
+                                               q4_0_n_avx2<8>};
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
+}
+
 // Four blocks per step. Every field of both block formats sits at an even byte offset
 // (strides 18 and 34), so word permutes (vpermw / vpermt2w, AVX512-BW) gather the four
 // blocks' nibbles, activation halves and fp16 scales straight from plain 64-byte loads:
@@ -76,29 +125,39 @@ NUMOE_TARGET_AVX512VNNI inline __mmask64 load_mask(int64_t bytes) {
   return bytes >= 64 ? ~0ULL : bytes <= 0 ? 0 : (1ULL << bytes) - 1;
 }
 
-NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t *xw,
-                                                       const int8_t *ya, int64_t wbytes,
-                                                       int64_t abytes) {
-  // word indices
+// The weight side of a step: q (128-bit lane k: the 16 qs bytes of block k) and dw (fp16
+// scale of block k in float lanes 4k..4k+3), from `wbytes` bytes at xw (masked loads).
+NUMOE_TARGET_AVX512VNNI inline void q4_0_weights_avx512(const uint8_t *xw, int64_t wbytes,
+                                                        __m512i &q, __m512 &dw) {
   const __m512i qidx =
       _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x000B000A, 0x000D000C,
                         0x000F000E, 0x00110010, 0x00140013, 0x00160015, 0x00180017, 0x001A0019,
                         0x001D001C, 0x001F001E, 0x00210020, 0x00230022);  // 9k + 1 + m
+  const __m512i didx = _mm512_setr_epi32(0, 0, 0x00090009, 0x00090009, 0x00120012, 0x00120012,
+                                         0x001B001B, 0x001B001B, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i w0 = _mm512_maskz_loadu_epi8(load_mask(wbytes), xw);
+  const __m512i w1 = _mm512_maskz_loadu_epi8(load_mask(wbytes - 64), xw + 64);
+  q = _mm512_permutex2var_epi16(w0, qidx, w1);
+  dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(didx, w0)));
+}
+
+NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t *xw,
+                                                       const int8_t *ya, int64_t wbytes,
+                                                       int64_t abytes) {
+  // word indices
   const __m512i aidx =
       _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x00130012, 0x00150014,
                         0x00170016, 0x00190018, 0x00240023, 0x00260025, 0x00280027, 0x002A0029,
                         0x00350034, 0x00370036, 0x00390038, 0x003B003A);  // 17k + 1 + m
-  const __m512i didx = _mm512_setr_epi32(0, 0, 0x00090009, 0x00090009, 0x00120012, 0x00120012,
-                                         0x001B001B, 0x001B001B, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i eidx = _mm512_setr_epi32(0, 0, 0x00110011, 0x00110011, 0x00220022, 0x00220022,
                                          0x00330033, 0x00330033, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i w0 = _mm512_maskz_loadu_epi8(load_mask(wbytes), xw);
-  const __m512i w1 = _mm512_maskz_loadu_epi8(load_mask(wbytes - 64), xw + 64);
+  __m512i q;
+  __m512 dw;
+  q4_0_weights_avx512(xw, wbytes, q, dw);
   const __m512i l0 = _mm512_maskz_loadu_epi8(load_mask(abytes), ya);
   const __m512i l1 = _mm512_maskz_loadu_epi8(load_mask(abytes - 64), ya + 64);
   const __m512i l2 = _mm512_maskz_loadu_epi8(load_mask(abytes - 16), ya + 16);
   const __m512i l3 = _mm512_maskz_loadu_epi8(load_mask(abytes - 80), ya + 80);
-  const __m512i q = _mm512_permutex2var_epi16(w0, qidx, w1);
   const __m512i alo = _mm512_permutex2var_epi16(l0, aidx, l1);
   const __m512i ahi = _mm512_permutex2var_epi16(l2, aidx, l3);
   const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
@@ -107,7 +166,6 @@ NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t
   const __m512i off =
       _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, alo), eight, ahi);
   // fp16 scales of block k in float lanes 4k..4k+3
-  const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(didx, w0)));
   const __m512 da =
       _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(l0, eidx, l1)));
   return _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, off)),
@@ -131,6 +189,109 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q4_0_avx512(int n, const void *w, const vo
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
+
+// N activations at once. Per step the weights are unpacked once into the layout of two
+// plain 32-byte activation loads per register (128-bit lanes: elements 0..15 and 16..31 of
+// block k, then of block k + 1), as signed q - 8; each activation's int32 lanes are then
+// folded to the single body's layout (lane (k, m) = the same 8 products, exact), and its
+// scales come from a per-tile table, so every lane gets the single body's FMA: bit-identical.
+struct q4_0_w512 {
+  __m512i ax[2];     // |q - 8|, blocks (0, 1) and (2, 3)
+  __mmask64 neg[2];  // q - 8 < 0
+  __m512 dw;         // dx of block k in lanes 4k..4k+3
+};
+
+NUMOE_TARGET_AVX512VNNI inline q4_0_w512 q4_0_unpack_avx512(const uint8_t *xw, int64_t wbytes) {
+  __m512i q;
+  q4_0_w512 u;
+  q4_0_weights_avx512(xw, wbytes, q, u.dw);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+  const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(q, m4), eight);
+  const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), eight);
+  for (int h = 0; h < 2; ++h) {  // [lo.2h, hi.2h, lo.2h+1, hi.2h+1]
+    const __m512i x =
+        _mm512_permutex2var_epi64(lo,
+                                  _mm512_setr_epi64(4 * h, 4 * h + 1, 8 + 4 * h, 9 + 4 * h,
+                                                    4 * h + 2, 4 * h + 3, 10 + 4 * h, 11 + 4 * h),
+                                  hi);
+    u.neg[h] = _mm512_movepi8_mask(x);
+    u.ax[h] = _mm512_abs_epi8(x);
+  }
+  return u;
+}
+
+// The 32 qs bytes of blocks b and b + 1 of one activation row (zeros for blocks >= k).
+NUMOE_TARGET_AVX512VNNI inline __m512i q4_0_act_pair(const block_q8_0 *y, int b, int k) {
+  const __m256i lo = b < k ? load32(y[b].qs) : _mm256_setzero_si256();
+  const __m256i hi = b + 1 < k ? load32(y[b + 1].qs) : _mm256_setzero_si256();
+  return simd::concat(lo, hi);
+}
+
+// One step (blocks i..i+k-1, k <= 4) of activation y (scales dy[i..]) into acc.
+NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_n_avx512(__m512 acc, const q4_0_w512 &u,
+                                                         const block_q8_0 *y, const float *dy,
+                                                         int k) {
+  __m512i e[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m512i a = q4_0_act_pair(y, 2 * h, k);
+    e[h] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.ax[h],
+                               _mm512_mask_sub_epi8(a, u.neg[h], _mm512_setzero_si512(), a));
+  }
+  // lanes (block, elements 0..15 | 16..31) -> block k: the sum of its two 128-bit lanes
+  const __m512i dot = _mm512_add_epi32(_mm512_shuffle_i32x4(e[0], e[1], 0x88),
+                                       _mm512_shuffle_i32x4(e[0], e[1], 0xDD));
+  const __m512 da = _mm512_permutexvar_ps(
+      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(dy));
+  return _mm512_fmadd_ps(_mm512_mul_ps(u.dw, da), _mm512_cvtepi32_ps(dot), acc);
+}
+
+template <int N>
+NUMOE_TARGET_AVX512VNNI void q4_0_n_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                                           const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  simd::act_ptrs(act, N, y);
+  const int nb = n / QK4_0;
+  // dy[j * ds + i]: scale of block i of activation j, zeros up to 16 past nb
+  const size_t ds = static_cast<size_t>(nb) + 16;
+  float *dy = simd::tile_buffer(ds * N);
+  for (int j = 0; j < N; ++j) {
+    for (int i = 0; i < nb; ++i) dy[j * ds + i] = simd::fp16(y[j][i].d);
+    for (size_t i = nb; i < ds; ++i) dy[j * ds + i] = 0.f;
+  }
+  const int64_t xs = sizeof(block_q4_0);
+  for (int r = 0; r < n_rows; ++r) {
+    const uint8_t *x = static_cast<const uint8_t *>(w) + r * w_stride;
+    __m512 acc0[N], acc1[N];
+    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 12 <= nb; i += 8) {  // as vec_dot_q4_0_avx512: unmasked steps, two accumulators
+      const q4_0_w512 u0 = q4_0_unpack_avx512(x + i * xs, 128);
+      const q4_0_w512 u1 = q4_0_unpack_avx512(x + (i + 4) * xs, 128);
+      for (int j = 0; j < N; ++j) {
+        acc0[j] = q4_0_step_n_avx512(acc0[j], u0, y[j] + i, dy + j * ds + i, 4);
+        acc1[j] = q4_0_step_n_avx512(acc1[j], u1, y[j] + i + 4, dy + j * ds + i + 4, 4);
+      }
+    }
+    for (; i < nb; i += 4) {
+      const int k = nb - i < 4 ? nb - i : 4;
+      const q4_0_w512 u = q4_0_unpack_avx512(x + i * xs, k * xs);
+      for (int j = 0; j < N; ++j)
+        acc0[j] = q4_0_step_n_avx512(acc0[j], u, y[j] + i, dy + j * ds + i, k);
+    }
+    for (int j = 0; j < N; ++j)
+      out[j * out_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]));
+  }
+}
+
+void vec_dot_n_q4_0_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                           const void *const *act, int n_act, float *out, size_t out_stride) {
+  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q4_0_avx512>,
+                                               q4_0_n_avx512<2>, q4_0_n_avx512<3>,
+                                               q4_0_n_avx512<4>, q4_0_n_avx512<5>,
+                                               q4_0_n_avx512<6>, q4_0_n_avx512<7>,
+                                               q4_0_n_avx512<8>};
+  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
+}
 #endif
 
 }  // namespace
@@ -150,7 +311,11 @@ const TypeInfo &info_q4_0() {
 #endif
       true,
       {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_q4_0_scalar>, vec_dot_n_q4_0_avx2, vec_dot_n_q4_0_avx512},
+#else
       {vec_dot_n_loop<vec_dot_q4_0_scalar>, nullptr, nullptr},
+#endif
   };
   return t;
 }
