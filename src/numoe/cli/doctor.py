@@ -89,7 +89,8 @@ def main(args) -> int:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes as GiB, or MiB below 1 GiB (small models)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 or n == 0 else f"{n / 2**20:.1f} MiB"
 
 
 def _distances(d: list[int]) -> str:
