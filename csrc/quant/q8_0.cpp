@@ -1,7 +1,6 @@
 // Q8_0: blocks of 32 int8 with one fp16 scale. Used both as a weight format and as the
 // activation format for Q8_0 / Q4_0 weights (quantize_row_q8_0).
 #include <cmath>
-#include <vector>
 
 #include "quant.hpp"
 #include "simd.hpp"
