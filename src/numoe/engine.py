@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import pool
 from .cache import ContextFull
 from .sampling import Sampler
 
@@ -67,6 +68,7 @@ class Session:
         self.tokens = self.tokens[:keep]
         t0 = time.perf_counter()
         logits = None
+        pool.torch_threads_for(len(tokens) - keep)
         for s in range(keep, len(tokens), self.chunk):
             part = tokens[s : s + self.chunk]
             logits = self.model.forward(torch.tensor(part, dtype=torch.long), self.cache, s)
@@ -78,6 +80,7 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; logits [V] for the next."""
         pos = len(self.tokens)
+        pool.torch_threads_for(1)
         logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos)
         self.tokens.append(token)
         return logits[-1]
