@@ -16,6 +16,7 @@ llama-cpp-python, lives in its own virtual environment and is optional:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from numoe.cli.common import set_threads
+from numoe.pool import set_threads
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
@@ -84,8 +85,15 @@ def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
     return path
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process now (file-backed pages of the weights included)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> dict:
     set_threads(threads)
+    rss0 = rss_bytes()
     g = open_gguf(path)
     cfg, model = load(g, Placement.parse("cpu"))
     gen = torch.Generator().manual_seed(0)
@@ -103,7 +111,18 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> di
         if r:
             tg.append(s.timings.gen_tps)
     bpt = bytes_per_token(g, cfg.n_expert_used, cfg.n_expert)
-    return {"pp": pp, "tg": tg, "bytes_per_token": bpt, "file_bytes": path.stat().st_size}
+    # every weight has been read by now (prefill touches all experts): RSS growth over the
+    # run vs the file size shows that no float copy of the weights was made
+    rss = rss_bytes() - rss0
+    del model, s, g
+    gc.collect()
+    return {
+        "pp": pp,
+        "tg": tg,
+        "bytes_per_token": bpt,
+        "file_bytes": path.stat().st_size,
+        "rss": rss,
+    }
 
 
 def bench_peer(peer: str, path: Path, threads: int, n_pp: int, n_tg: int, reps: int):
@@ -153,7 +172,11 @@ def main() -> None:
                 + (f"{p:.2f} | {o / p:.2f}x |" if p else "- | - |")
                 + (f" {gbps:.1f} | {100 * gbps / bw:.0f} % |" if gbps else " - | - |")
             )
-        print(f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB |  |  |  |  |  |  |")
+        print(
+            f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB; numoe RSS growth "
+            f"{ours['rss'] / 1e9:.2f} GB = {ours['rss'] / ours['file_bytes']:.2f}x the file "
+            "|  |  |  |  |  |  |"
+        )
     if a.clean and not a.model:
         for path in paths:
             path.unlink(missing_ok=True)
