@@ -71,7 +71,10 @@ class Session:
         pool.torch_threads_for(len(tokens) - keep)
         for s in range(keep, len(tokens), self.chunk):
             part = tokens[s : s + self.chunk]
-            logits = self.model.forward(torch.tensor(part, dtype=torch.long), self.cache, s)
+            last = s + self.chunk >= len(tokens)
+            logits = self.model.forward(
+                torch.tensor(part, dtype=torch.long), self.cache, s, n_logits=1 if last else 0
+            )  # [1, V] after the last chunk
             self.tokens += part
         self.timings.n_prompt += len(tokens) - keep
         self.timings.t_prompt += time.perf_counter() - t0
@@ -81,7 +84,7 @@ class Session:
         """Append one token; logits [V] for the next."""
         pos = len(self.tokens)
         pool.torch_threads_for(1)
-        logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos)
+        logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos, 1)
         self.tokens.append(token)
         return logits[-1]
 

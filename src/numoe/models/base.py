@@ -44,13 +44,22 @@ class DecoderModel:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cache, pos: int, n_logits: int | None = None
+    ) -> torch.Tensor | None:
+        """tokens [T] at positions pos.. -> logits [T, V] of every position, or of the last
+        n_logits only ([n_logits, V]; 0: none, returns None: a prefill chunk whose logits
+        nobody reads skips the output head, the biggest matrix of most models)."""
         dev = self.placement.dense
         tokens = tokens.to(dev)
         x = self.tok_embd(tokens)  # [T, D]
         cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
         for blk in self.blocks:
             x = blk(x, cache, pos, cos, sin)
+        if n_logits is not None:
+            if n_logits == 0:
+                return None
+            x = x[-n_logits:]  # [n_logits, D]
         x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 
