@@ -25,15 +25,15 @@ using namespace nb::literals;
 
 namespace {
 
-nb::list int_list(const std::vector<int>& v) {
+nb::list int_list(const std::vector<int> &v) {
   nb::list out;
   for (int x : v) out.append(x);
   return out;
 }
 
-nb::dict topology_dict(const numoe::Topology& t) {
+nb::dict topology_dict(const numoe::Topology &t) {
   nb::list nodes;
-  for (const auto& n : t.nodes) {
+  for (const auto &n : t.nodes) {
     nb::dict d;
     d["id"] = n.id;
     d["cpus"] = int_list(n.cpus);
@@ -44,7 +44,7 @@ nb::dict topology_dict(const numoe::Topology& t) {
     nodes.append(d);
   }
   nb::list cpus;
-  for (const auto& c : t.cpus) {
+  for (const auto &c : t.cpus) {
     nb::dict d;
     d["id"] = c.id;
     d["node"] = c.node;
@@ -72,14 +72,14 @@ using Bytes = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 using Floats = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 
 // Bytes of n elements of type t; n must be a non-negative multiple of the block size.
-size_t quant_bytes(const numoe::quant::TypeInfo& t, int64_t n) {
+size_t quant_bytes(const numoe::quant::TypeInfo &t, int64_t n) {
   if (n < 0 || n % t.block_size != 0)
     throw std::invalid_argument("n=" + std::to_string(n) + " is not a non-negative multiple of " +
                                 t.name + "'s block size " + std::to_string(t.block_size));
   return static_cast<size_t>(n / t.block_size) * static_cast<size_t>(t.type_size);
 }
 
-void need_bytes(size_t have, size_t want, const char* what, const numoe::quant::TypeInfo& t,
+void need_bytes(size_t have, size_t want, const char *what, const numoe::quant::TypeInfo &t,
                 int64_t n) {
   if (have < want)
     throw std::invalid_argument(std::string(what) + " has " + std::to_string(have) + " bytes; " +
@@ -87,16 +87,16 @@ void need_bytes(size_t have, size_t want, const char* what, const numoe::quant::
                                 std::to_string(want));
 }
 
-const numoe::quant::TypeInfo& act_info(const numoe::quant::TypeInfo& w) {
+const numoe::quant::TypeInfo &act_info(const numoe::quant::TypeInfo &w) {
   if (w.act_type < 0)
     throw std::invalid_argument(std::string(w.name) + " is an activation type, not a weight type");
   return numoe::quant::type_info(w.act_type);
 }
 
 template <typename T>
-nb::ndarray<nb::numpy, T, nb::ndim<1>> new_array(size_t n, T** data) {
-  T* p = new T[n > 0 ? n : 1];
-  nb::capsule owner(p, [](void* q) noexcept { delete[] static_cast<T*>(q); });
+nb::ndarray<nb::numpy, T, nb::ndim<1>> new_array(size_t n, T **data) {
+  T *p = new T[n > 0 ? n : 1];
+  nb::capsule owner(p, [](void *q) noexcept { delete[] static_cast<T *>(q); });
   *data = p;
   return nb::ndarray<nb::numpy, T, nb::ndim<1>>(p, {n}, owner);
 }
@@ -109,16 +109,16 @@ namespace {
 using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
 using Floats2 = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
 
-Floats2 new_floats2(size_t rows, size_t cols, float** data) {
+Floats2 new_floats2(size_t rows, size_t cols, float **data) {
   const size_t n = rows * cols;
-  float* p = new float[n > 0 ? n : 1];
-  nb::capsule owner(p, [](void* q) noexcept { delete[] static_cast<float*>(q); });
+  float *p = new float[n > 0 ? n : 1];
+  nb::capsule owner(p, [](void *q) noexcept { delete[] static_cast<float *>(q); });
   *data = p;
   return Floats2(p, {rows, cols}, owner);
 }
 
 // x as float32 [T, n] (2-D, C-contiguous); ValueError naming `what` otherwise.
-int64_t rows_of(const Floats& x, int64_t n, const char* what) {
+int64_t rows_of(const Floats &x, int64_t n, const char *what) {
   if (x.ndim() != 2 || static_cast<int64_t>(x.shape(1)) != n)
     throw std::invalid_argument(std::string(what) + " must be float32 [T, " + std::to_string(n) +
                                 "], got ndim " + std::to_string(x.ndim()) +
@@ -132,7 +132,7 @@ struct PyLinear {
   numoe::LinearOp op;
   PyLinear(Bytes d, int type, int64_t n_out, int64_t n_in, int64_t groups)
       : data(std::move(d)), op(check(data, type, n_out, n_in, groups), type, n_out, n_in, groups) {}
-  static const uint8_t* check(const Bytes& d, int type, int64_t n_out, int64_t n_in,
+  static const uint8_t *check(const Bytes &d, int type, int64_t n_out, int64_t n_in,
                               int64_t groups) {
     if (n_out <= 0 || groups <= 0) throw std::invalid_argument("n_out and groups must be positive");
     const size_t want = numoe::row_bytes_of(type, n_in) * static_cast<size_t>(n_out * groups);
@@ -146,10 +146,10 @@ struct PyLinear {
 };
 
 // Expert pointers from either one merged [E, rows, cols] tensor or one tensor per expert.
-std::vector<const uint8_t*> expert_ptrs(const std::vector<Bytes>& arrs, int type, int64_t E,
-                                        int64_t rows, int64_t cols, const char* what) {
+std::vector<const uint8_t *> expert_ptrs(const std::vector<Bytes> &arrs, int type, int64_t E,
+                                         int64_t rows, int64_t cols, const char *what) {
   const size_t one = numoe::row_bytes_of(type, cols) * static_cast<size_t>(rows);
-  std::vector<const uint8_t*> out;
+  std::vector<const uint8_t *> out;
   if (arrs.size() == 1 && E > 1) {
     if (arrs[0].size() != one * static_cast<size_t>(E))
       throw std::invalid_argument(std::string(what) + ": merged tensor has " +
@@ -175,12 +175,12 @@ std::vector<const uint8_t*> expert_ptrs(const std::vector<Bytes>& arrs, int type
 struct PyMoE {
   std::vector<Bytes> keep;
   numoe::MoEOp op;
-  PyMoE(const std::vector<Bytes>& gate, const std::vector<Bytes>& up,
-        const std::vector<Bytes>& down, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
+  PyMoE(const std::vector<Bytes> &gate, const std::vector<Bytes> &up,
+        const std::vector<Bytes> &down, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
       : op((check_dims(E, F, D), expert_ptrs(gate, gt, E, F, D, "gate")),
            expert_ptrs(up, ut, E, F, D, "up"), expert_ptrs(down, dt, E, D, F, "down"), gt, ut, dt,
            E, F, D) {
-    for (const auto* v : {&gate, &up, &down}) keep.insert(keep.end(), v->begin(), v->end());
+    for (const auto *v : {&gate, &up, &down}) keep.insert(keep.end(), v->begin(), v->end());
   }
   static void check_dims(int64_t E, int64_t F, int64_t D) {
     if (E <= 0 || F <= 0 || D <= 0)
@@ -188,10 +188,10 @@ struct PyMoE {
   }
 };
 
-void bind_kernels(nb::module_& m) {
+void bind_kernels(nb::module_ &m) {
   m.def(
       "set_threads",
-      [](const std::vector<std::vector<int>>& groups) {
+      [](const std::vector<std::vector<int>> &groups) {
         nb::gil_scoped_release release;
         numoe::ThreadPool::instance().set_threads(groups);
       },
@@ -200,7 +200,7 @@ void bind_kernels(nb::module_& m) {
       "calling thread takes the first slot; every other CPU gets a worker pinned to it.");
   m.def(
       "set_threads",
-      [](const std::vector<int>& cpus) {
+      [](const std::vector<int> &cpus) {
         nb::gil_scoped_release release;
         numoe::ThreadPool::instance().set_threads({cpus});
       },
@@ -236,7 +236,7 @@ void bind_kernels(nb::module_& m) {
       "For tests.");
   m.def(
       "read_bandwidth_bytes",
-      [](const Bytes& a) {
+      [](const Bytes &a) {
         nb::gil_scoped_release release;
         return numoe::read_bytes(a.data(), a.size());
       },
@@ -251,10 +251,10 @@ void bind_kernels(nb::module_& m) {
            "referenced). ValueError when the byte count does not match.")
       .def(
           "forward",
-          [](PyLinear& s, const Floats& x) {
+          [](PyLinear &s, const Floats &x) {
             const int64_t G = s.op.groups();
             const int64_t T = rows_of(x, G * s.op.n_in(), "x");
-            float* y;
+            float *y;
             auto arr =
                 new_floats2(static_cast<size_t>(T), static_cast<size_t>(G * s.op.n_out()), &y);
             {
@@ -266,9 +266,9 @@ void bind_kernels(nb::module_& m) {
           "x"_a, "x float32 [T, groups*n_in] -> float32 [T, groups*n_out].")
       .def(
           "rows",
-          [](PyLinear& s, const nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu>& ids) {
+          [](PyLinear &s, const nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu> &ids) {
             const int64_t n = static_cast<int64_t>(ids.size());
-            float* y;
+            float *y;
             auto arr = new_floats2(static_cast<size_t>(n), static_cast<size_t>(s.op.n_in()), &y);
             {
               nb::gil_scoped_release release;
@@ -279,22 +279,22 @@ void bind_kernels(nb::module_& m) {
           "ids"_a,
           "Rows `ids` (int64) of W as float32 [n, n_in] (an embedding lookup); ValueError for an "
           "id out of range.")
-      .def_prop_ro("type_id", [](PyLinear& s) { return s.op.type(); })
-      .def_prop_ro("n_out", [](PyLinear& s) { return s.op.n_out(); })
-      .def_prop_ro("n_in", [](PyLinear& s) { return s.op.n_in(); })
-      .def_prop_ro("groups", [](PyLinear& s) { return s.op.groups(); })
-      .def_prop_ro("nbytes", [](PyLinear& s) { return s.op.bytes(); });
+      .def_prop_ro("type_id", [](PyLinear &s) { return s.op.type(); })
+      .def_prop_ro("n_out", [](PyLinear &s) { return s.op.n_out(); })
+      .def_prop_ro("n_in", [](PyLinear &s) { return s.op.n_in(); })
+      .def_prop_ro("groups", [](PyLinear &s) { return s.op.groups(); })
+      .def_prop_ro("nbytes", [](PyLinear &s) { return s.op.bytes(); });
 
   nb::class_<PyMoE>(m, "MoE", "Fused routed SwiGLU experts over raw GGUF tensors, on the pool.")
-      .def(nb::init<const std::vector<Bytes>&, const std::vector<Bytes>&, const std::vector<Bytes>&,
-                    int, int, int, int64_t, int64_t, int64_t>(),
+      .def(nb::init<const std::vector<Bytes> &, const std::vector<Bytes> &,
+                    const std::vector<Bytes> &, int, int, int, int64_t, int64_t, int64_t>(),
            "gate"_a, "up"_a, "down"_a, "gate_type"_a, "up_type"_a, "down_type"_a, "n_expert"_a,
            "n_ff"_a, "n_embd"_a,
            "gate/up/down: [one merged uint8 array of E experts] or E per-expert arrays (gate/up "
            "[F, D], down [D, F]); kept referenced. ValueError on a size mismatch.")
       .def(
           "forward",
-          [](PyMoE& s, const Floats& x, const AnyArray& ids, const Floats& w) {
+          [](PyMoE &s, const Floats &x, const AnyArray &ids, const Floats &w) {
             const int64_t D = s.op.n_embd();
             const int64_t T = rows_of(x, D, "x");
             const bool i64 = ids.dtype() == nb::dtype<int64_t>();
@@ -306,7 +306,7 @@ void bind_kernels(nb::module_& m) {
             if (w.ndim() != 2 || static_cast<int64_t>(w.shape(0)) != T ||
                 static_cast<int64_t>(w.shape(1)) != k)
               throw std::invalid_argument("weights must be float32 [T, k] like ids");
-            float* y;
+            float *y;
             auto arr = new_floats2(static_cast<size_t>(T), static_cast<size_t>(D), &y);
             {
               nb::gil_scoped_release release;
@@ -317,10 +317,10 @@ void bind_kernels(nb::module_& m) {
           "x"_a, "ids"_a, "weights"_a,
           "x float32 [T, D], ids int64/int32 [T, k], weights float32 [T, k] -> float32 [T, D]. "
           "ValueError for an expert id outside [0, n_expert).")
-      .def_prop_ro("n_expert", [](PyMoE& s) { return s.op.n_expert(); })
-      .def_prop_ro("n_ff", [](PyMoE& s) { return s.op.n_ff(); })
-      .def_prop_ro("n_embd", [](PyMoE& s) { return s.op.n_embd(); })
-      .def_prop_ro("expert_nbytes", [](PyMoE& s) {
+      .def_prop_ro("n_expert", [](PyMoE &s) { return s.op.n_expert(); })
+      .def_prop_ro("n_ff", [](PyMoE &s) { return s.op.n_ff(); })
+      .def_prop_ro("n_embd", [](PyMoE &s) { return s.op.n_embd(); })
+      .def_prop_ro("expert_nbytes", [](PyMoE &s) {
         return s.op.gate_bytes() + s.op.up_bytes() + s.op.down_bytes();
       });
 }
@@ -333,7 +333,7 @@ NB_MODULE(_cpu, m) {
 
   m.def(
       "read_topology",
-      [](const std::string& root, const std::optional<std::vector<int>>& allowed_cpus) {
+      [](const std::string &root, const std::optional<std::vector<int>> &allowed_cpus) {
         numoe::Topology t;
         {
           nb::gil_scoped_release release;
@@ -348,7 +348,7 @@ NB_MODULE(_cpu, m) {
   m.def("sched_getaffinity", &numoe::sched_getaffinity_cpus,
         "CPUs this process may run on (sched_getaffinity), sorted.");
   m.def(
-      "parse_cpulist", [](const std::string& text) { return numoe::parse_cpulist(text); }, "text"_a,
+      "parse_cpulist", [](const std::string &text) { return numoe::parse_cpulist(text); }, "text"_a,
       "Parse a Linux cpulist such as '0-3,8,10-11' (strides 'a-b:used/group' too) into sorted "
       "CPU ids; ValueError on malformed input.");
 
@@ -359,7 +359,7 @@ NB_MODULE(_cpu, m) {
       "ValueError if NUMOE_ISA holds an unknown name).");
   m.def(
       "set_isa",
-      [](const std::string& name) {
+      [](const std::string &name) {
         return std::string(numoe::isa_name(numoe::set_isa(numoe::parse_isa(name))));
       },
       "name"_a,
@@ -376,7 +376,7 @@ NB_MODULE(_cpu, m) {
   m.def(
       "isa_features",
       [] {
-        const numoe::CpuFeatures& f = numoe::cpu_features();
+        const numoe::CpuFeatures &f = numoe::cpu_features();
         nb::dict d;
         d["avx2"] = f.avx2;
         d["avx512"] = f.avx512;
@@ -390,7 +390,7 @@ NB_MODULE(_cpu, m) {
   m.def(
       "quant_type_info",
       [](int type) {
-        const numoe::quant::TypeInfo& t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
         nb::dict d;
         d["name"] = t.name;
         d["block_size"] = t.block_size;
@@ -403,10 +403,10 @@ NB_MODULE(_cpu, m) {
       "type when numoe has no kernels for it.");
   m.def(
       "dequantize",
-      [](int type, const Bytes& raw, int64_t n) {
-        const numoe::quant::TypeInfo& t = numoe::quant::type_info(type);
+      [](int type, const Bytes &raw, int64_t n) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
         need_bytes(raw.size(), quant_bytes(t, n), "raw", t, n);
-        float* out;
+        float *out;
         auto arr = new_array<float>(static_cast<size_t>(n), &out);
         {
           nb::gil_scoped_release release;
@@ -418,12 +418,12 @@ NB_MODULE(_cpu, m) {
       "The first n elements of raw blocks of GGML type `type_id` as float32.");
   m.def(
       "quantize_activation",
-      [](int weight_type, const Floats& x) {
-        const numoe::quant::TypeInfo& a = act_info(numoe::quant::type_info(weight_type));
+      [](int weight_type, const Floats &x) {
+        const numoe::quant::TypeInfo &a = act_info(numoe::quant::type_info(weight_type));
         const int64_t n = static_cast<int64_t>(x.size());
         const size_t bytes = quant_bytes(a, n);
         const numoe::quant::quantize_fn q = numoe::quant::get_quantize(a.type);
-        uint8_t* out;
+        uint8_t *out;
         auto arr = new_array<uint8_t>(bytes, &out);
         {
           nb::gil_scoped_release release;
@@ -436,9 +436,9 @@ NB_MODULE(_cpu, m) {
       "Q8_0/Q4_0, Q8_K for Q4_K/Q5_K/Q6_K, raw float32 bytes for F32/F16/BF16).");
   m.def(
       "vec_dot",
-      [](int type, const Bytes& w, const Bytes& act, int64_t n) {
-        const numoe::quant::TypeInfo& t = numoe::quant::type_info(type);
-        const numoe::quant::TypeInfo& a = act_info(t);
+      [](int type, const Bytes &w, const Bytes &act, int64_t n) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
         if (n > INT_MAX) throw std::invalid_argument("n is too large");
         need_bytes(w.size(), quant_bytes(t, n), "weight row", t, n);
         need_bytes(act.size(), quant_bytes(a, n), "activation", a, n);
@@ -452,10 +452,10 @@ NB_MODULE(_cpu, m) {
   m.attr("VEC_DOT_N_MAX") = numoe::quant::kMaxActs;
   m.def(
       "vec_dot_n",
-      [](int type, const Bytes& w, const Bytes& act, int64_t n, const std::vector<int64_t>& rows,
+      [](int type, const Bytes &w, const Bytes &act, int64_t n, const std::vector<int64_t> &rows,
          int64_t n_rows) {
-        const numoe::quant::TypeInfo& t = numoe::quant::type_info(type);
-        const numoe::quant::TypeInfo& a = act_info(t);
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
         if (n > INT_MAX) throw std::invalid_argument("n is too large");
         if (n_rows < 1 || n_rows > INT_MAX) throw std::invalid_argument("n_rows must be >= 1");
         const int n_act = static_cast<int>(rows.size());
@@ -465,7 +465,7 @@ NB_MODULE(_cpu, m) {
         const size_t wrow = quant_bytes(t, n);
         need_bytes(w.size(), wrow * static_cast<size_t>(n_rows), "weights", t, n * n_rows);
         const size_t arow = quant_bytes(a, n);
-        const void* ptrs[numoe::quant::kMaxActs];
+        const void *ptrs[numoe::quant::kMaxActs];
         for (int j = 0; j < n_act; ++j) {
           if (rows[j] < 0 || static_cast<size_t>(rows[j] + 1) * arow > act.size())
             throw std::invalid_argument("activation row " + std::to_string(rows[j]) +
@@ -475,7 +475,7 @@ NB_MODULE(_cpu, m) {
         }
         const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
         const numoe::quant::vec_dot_n_fn fn = numoe::quant::get_vec_dot_n(type);
-        float* out;
+        float *out;
         auto arr = new_floats2(static_cast<size_t>(n_act), static_cast<size_t>(n_rows), &out);
         {
           nb::gil_scoped_release release;
@@ -496,16 +496,16 @@ NB_MODULE(_cpu, m) {
       "equal to vec_dot's.");
   m.def(
       "vec_dot_rows",
-      [](int type, const Bytes& w, const Bytes& act, int64_t n, int64_t n_rows) {
-        const numoe::quant::TypeInfo& t = numoe::quant::type_info(type);
-        const numoe::quant::TypeInfo& a = act_info(t);
+      [](int type, const Bytes &w, const Bytes &act, int64_t n, int64_t n_rows) {
+        const numoe::quant::TypeInfo &t = numoe::quant::type_info(type);
+        const numoe::quant::TypeInfo &a = act_info(t);
         if (n > INT_MAX) throw std::invalid_argument("n is too large");
         if (n_rows < 0) throw std::invalid_argument("n_rows must be >= 0");
         const size_t row = quant_bytes(t, n);
         need_bytes(w.size(), row * static_cast<size_t>(n_rows), "weights", t, n * n_rows);
         need_bytes(act.size(), quant_bytes(a, n), "activation", a, n);
         const numoe::quant::vec_dot_fn f = numoe::quant::get_vec_dot(type);
-        float* out;
+        float *out;
         auto arr = new_array<float>(static_cast<size_t>(n_rows), &out);
         {
           nb::gil_scoped_release release;
@@ -521,7 +521,7 @@ NB_MODULE(_cpu, m) {
   // ---- weight quantizers (numoe quantize, synth) ----
   m.def(
       "quantize",
-      [](int type, const nb::ndarray<const float, nb::c_contig, nb::device::cpu>& x,
+      [](int type, const nb::ndarray<const float, nb::c_contig, nb::device::cpu> &x,
          int n_threads) {
         if (x.ndim() != 2)
           throw std::invalid_argument("quantize: x must be 2-D [rows, cols], got " +
@@ -530,8 +530,8 @@ NB_MODULE(_cpu, m) {
         const int64_t cols = static_cast<int64_t>(x.shape(1));
         const int64_t rb = numoe::quantize::row_bytes(type, cols);  // checks type and cols
         const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(rb);
-        uint8_t* out = new uint8_t[n > 0 ? n : 1];
-        nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
+        uint8_t *out = new uint8_t[n > 0 ? n : 1];
+        nb::capsule owner(out, [](void *p) noexcept { delete[] static_cast<uint8_t *>(p); });
         {
           nb::gil_scoped_release release;
           numoe::quantize::quantize_rows(type, x.data(), out, rows, cols, n_threads);

@@ -19,7 +19,7 @@ constexpr size_t kActBlockBytes = 192 * 1024;
 // Software prefetch distance of the decode path, bytes (NUMOE_PREFETCH_AHEAD overrides; 0 = off).
 size_t prefetch_ahead() {
   static const size_t v = [] {
-    const char* e = std::getenv("NUMOE_PREFETCH_AHEAD");
+    const char *e = std::getenv("NUMOE_PREFETCH_AHEAD");
     return e ? static_cast<size_t>(std::strtoul(e, nullptr, 10)) : size_t{2048};
   }();
   return v;
@@ -30,7 +30,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 size_t row_bytes_of(int type, int64_t n) {
-  const quant::TypeInfo& t = quant::type_info(type);
+  const quant::TypeInfo &t = quant::type_info(type);
   if (n <= 0 || n % t.block_size != 0)
     throw std::invalid_argument("row length " + std::to_string(n) +
                                 " is not a positive multiple of " + t.name + "'s block size " +
@@ -39,14 +39,14 @@ size_t row_bytes_of(int type, int64_t n) {
   return static_cast<size_t>(n / t.block_size) * static_cast<size_t>(t.type_size);
 }
 
-uint8_t* scratch(int slot, size_t bytes) {
+uint8_t *scratch(int slot, size_t bytes) {
   struct Buf {
     std::unique_ptr<uint8_t[]> p;
     size_t size = 0;
   };
   thread_local Buf bufs[8];
   if (slot < 0 || slot >= 8) throw std::logic_error("scratch slot out of range");
-  Buf& b = bufs[slot];
+  Buf &b = bufs[slot];
   if (b.size < bytes) {
     const size_t n = std::max(bytes, b.size + b.size / 2);
     b.p.reset(new uint8_t[n + 64]);
@@ -54,11 +54,11 @@ uint8_t* scratch(int slot, size_t bytes) {
   }
   // 64-byte aligned
   uintptr_t a = reinterpret_cast<uintptr_t>(b.p.get());
-  return reinterpret_cast<uint8_t*>((a + 63) & ~uintptr_t(63));
+  return reinterpret_cast<uint8_t *>((a + 63) & ~uintptr_t(63));
 }
 
-void quantize_rows(int act_type, const float* x, int64_t x_stride, int64_t n_rows, int64_t n,
-                   uint8_t* out, size_t out_stride) {
+void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_rows, int64_t n,
+                   uint8_t *out, size_t out_stride) {
   const quant::quantize_fn q = quant::get_quantize(act_type);
   if (n_rows <= 0) return;
   // Small inputs (decode) are not worth waking the pool for.
@@ -75,9 +75,9 @@ void quantize_rows(int act_type, const float* x, int64_t x_stride, int64_t n_row
     parallel_for(n_tasks, body);
 }
 
-void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const uint8_t* w,
-               size_t w_row_bytes, int64_t r0, int64_t r1, const uint8_t* act, size_t act_stride,
-               const int32_t* tok, int64_t n_tok, float* y, int64_t y_stride) {
+void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const uint8_t *w,
+               size_t w_row_bytes, int64_t r0, int64_t r1, const uint8_t *act, size_t act_stride,
+               const int32_t *tok, int64_t n_tok, float *y, int64_t y_stride) {
   auto act_row = [&](int64_t i) {
     return act + static_cast<size_t>(tok != nullptr ? tok[i] : i) * act_stride;
   };
@@ -88,7 +88,7 @@ void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const ui
     for (int64_t i0 = 0; i0 < n_tok; i0 += tb) {
       const int64_t i1 = std::min(n_tok, i0 + tb);
       for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* wr = w + static_cast<size_t>(r) * w_row_bytes;
+        const uint8_t *wr = w + static_cast<size_t>(r) * w_row_bytes;
         // Ask for the bytes `ahead` past this row while it is computed: the hardware
         // streamers stop at 4 KiB page ends and ramp up slowly after each task's jump.
         if (ahead)
@@ -98,7 +98,7 @@ void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const ui
     }
     return;
   }
-  const void* a[quant::kMaxActs];
+  const void *a[quant::kMaxActs];
   for (int64_t i0 = 0; i0 < n_tok; i0 += quant::kMaxActs) {
     const int na = static_cast<int>(std::min<int64_t>(quant::kMaxActs, n_tok - i0));
     for (int j = 0; j < na; ++j) a[j] = act_row(i0 + j);
@@ -107,9 +107,9 @@ void gemm_rows(quant::vec_dot_fn dot, quant::vec_dot_n_fn dot_n, int n, const ui
   }
 }
 
-LinearOp::LinearOp(const uint8_t* w, int type, int64_t n_out, int64_t n_in, int64_t groups)
+LinearOp::LinearOp(const uint8_t *w, int type, int64_t n_out, int64_t n_in, int64_t groups)
     : w_(w), type_(type), n_out_(n_out), n_in_(n_in), groups_(groups) {
-  const quant::TypeInfo& t = quant::type_info(type);
+  const quant::TypeInfo &t = quant::type_info(type);
   if (t.act_type < 0)
     throw std::invalid_argument(std::string(t.name) + " is an activation type, not a weight type");
   if (n_out <= 0 || groups <= 0) throw std::invalid_argument("n_out and groups must be positive");
@@ -119,11 +119,11 @@ LinearOp::LinearOp(const uint8_t* w, int type, int64_t n_out, int64_t n_in, int6
   quant::get_vec_dot(type);  // throws now rather than in a task
 }
 
-void LinearOp::forward(const float* x, int64_t T, float* y) const {
+void LinearOp::forward(const float *x, int64_t T, float *y) const {
   if (T <= 0) return;
   const int64_t G = groups_, in = n_in_, out = n_out_;
   const int64_t n_act = T * G;  // activation rows: (t, g) -> t*G + g
-  uint8_t* act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
+  uint8_t *act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
   quantize_rows(act_type_, x, in, n_act, in, act, act_row_bytes_);
 
   const quant::vec_dot_fn dot = quant::get_vec_dot(type_);
@@ -162,19 +162,19 @@ void LinearOp::forward(const float* x, int64_t T, float* y) const {
   parallel_for(n_tasks, body);
 }
 
-void LinearOp::rows(const int64_t* ids, int64_t n, float* out) const {
+void LinearOp::rows(const int64_t *ids, int64_t n, float *out) const {
   const int64_t n_rows = n_out_ * groups_;
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= n_rows)
       throw std::invalid_argument("row id " + std::to_string(ids[i]) + " at position " +
                                   std::to_string(i) + " is not in [0, " + std::to_string(n_rows) +
                                   ")");
-  const quant::TypeInfo& t = quant::type_info(type_);
+  const quant::TypeInfo &t = quant::type_info(type_);
   for (int64_t i = 0; i < n; ++i)
     t.dequantize(w_ + static_cast<size_t>(ids[i]) * row_bytes_, out + i * n_in_, n_in_);
 }
 
-uint64_t read_bytes(const uint8_t* p, size_t bytes) {
+uint64_t read_bytes(const uint8_t *p, size_t bytes) {
   constexpr size_t kChunk = 1 << 20;
   const int64_t n_tasks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
   const int threads = pool_threads();
@@ -182,7 +182,7 @@ uint64_t read_bytes(const uint8_t* p, size_t bytes) {
   parallel_for(n_tasks, [&](int64_t task, int thread) {
     const size_t b0 = static_cast<size_t>(task) * kChunk;
     const size_t b1 = std::min(bytes, b0 + kChunk);
-    const uint64_t* q = reinterpret_cast<const uint64_t*>(p + b0);
+    const uint64_t *q = reinterpret_cast<const uint64_t *>(p + b0);
     const size_t n = (b1 - b0) / 8;
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
     size_t i = 0;

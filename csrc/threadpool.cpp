@@ -37,12 +37,12 @@ std::atomic<int64_t> g_spin_us{100};
 
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
 
-void futex_wait(std::atomic<uint32_t>* addr, uint32_t expected) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAIT_PRIVATE, expected, nullptr,
+void futex_wait(std::atomic<uint32_t> *addr, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t *>(addr), FUTEX_WAIT_PRIVATE, expected, nullptr,
           nullptr, 0);
 }
-void futex_wake_all(std::atomic<uint32_t>* addr) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+void futex_wake_all(std::atomic<uint32_t> *addr) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t *>(addr), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
           nullptr, 0);
 }
 
@@ -56,7 +56,7 @@ struct ThreadPool::Impl {
     int id = 0;  // thread index, 1..n-1
     int cpu = -1;
     uint32_t start_gen = 0;  // the generation before the worker's first call
-    Impl* pool = nullptr;
+    Impl *pool = nullptr;
   };
 
   std::mutex call_mu;                  // one parallel_for (or set_threads) at a time
@@ -73,7 +73,7 @@ struct ThreadPool::Impl {
   alignas(64) std::atomic<int> pending{0};   // workers not yet done with this generation
   alignas(64) std::atomic<int64_t> next{0};  // next task to claim
   int64_t n_tasks = 0;
-  const Task* fn = nullptr;
+  const Task *fn = nullptr;
   std::atomic<bool> stop{false};
   std::mutex err_mu;
   std::exception_ptr err;
@@ -94,7 +94,7 @@ struct ThreadPool::Impl {
     t_in_task = was;
   }
 
-  void worker_loop(Worker* w) {
+  void worker_loop(Worker *w) {
     if (w->cpu >= 0) {
       cpu_set_t set;
       CPU_ZERO(&set);
@@ -131,8 +131,8 @@ struct ThreadPool::Impl {
     }
   }
 
-  static void* entry(void* arg) {
-    Worker* w = static_cast<Worker*>(arg);
+  static void *entry(void *arg) {
+    Worker *w = static_cast<Worker *>(arg);
     w->pool->worker_loop(w);
     return nullptr;
   }
@@ -154,7 +154,7 @@ struct ThreadPool::Impl {
     if (!workers.empty()) {
       stop.store(true, std::memory_order_release);
       kick();
-      for (auto& w : workers) pthread_join(w.handle, nullptr);
+      for (auto &w : workers) pthread_join(w.handle, nullptr);
       stop.store(false, std::memory_order_release);
     }
     workers.clear();
@@ -174,7 +174,7 @@ struct ThreadPool::Impl {
     for (size_t i = 1; i < cpus.size(); ++i)
       if (cpus[i] < CPU_SETSIZE) worker_cpu[cpus[i]] = true;
     for (size_t i = 0; i < workers.size(); ++i) {
-      Worker& w = workers[i];
+      Worker &w = workers[i];
       w.id = static_cast<int>(i + 1);
       w.cpu = cpus[i + 1];
       w.pool = this;
@@ -214,21 +214,21 @@ ThreadPool::~ThreadPool() {
   delete impl_;
 }
 
-ThreadPool& ThreadPool::instance() {
+ThreadPool &ThreadPool::instance() {
   static ThreadPool pool;
   return pool;
 }
 
-void ThreadPool::set_threads(const std::vector<std::vector<int>>& groups) {
+void ThreadPool::set_threads(const std::vector<std::vector<int>> &groups) {
   size_t total = 0;
-  for (const auto& g : groups) {
+  for (const auto &g : groups) {
     for (int c : g)
       if (c < 0) throw std::invalid_argument("CPU ids must be >= 0, got " + std::to_string(c));
     total += g.size();
   }
   if (total == 0) throw std::invalid_argument("set_threads needs at least one CPU");
   std::vector<std::vector<int>> plan;
-  for (const auto& g : groups)
+  for (const auto &g : groups)
     if (!g.empty()) plan.push_back(g);
   std::lock_guard<std::mutex> lk(impl_->call_mu);
   if (getpid() == impl_->pid)
@@ -249,9 +249,9 @@ int ThreadPool::group_of(int thread) const {
   return impl_->group_of[thread];
 }
 
-void ThreadPool::parallel_for(int64_t n_tasks, const Task& fn) {
+void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   if (n_tasks <= 0) return;
-  Impl& p = *impl_;
+  Impl &p = *impl_;
   std::unique_lock<std::mutex> lk(p.call_mu, std::defer_lock);
   const bool serial =
       t_in_task || n_tasks == 1 || !lk.try_lock() || (p.check_fork(), p.workers.empty());

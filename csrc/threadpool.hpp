@@ -23,13 +23,13 @@ class ThreadPool {
   using Task = std::function<void(int64_t task, int thread)>;
 
   // The process-wide pool. Until set_threads is called it has one thread (the caller).
-  static ThreadPool& instance();
+  static ThreadPool &instance();
 
   // Replace the workers: groups[g] = CPUs of node g's threads. Total threads = sum of the
   // sizes (>= 1; the first CPU of groups[0] is the caller's slot and gets no worker).
   // Throws std::invalid_argument on an empty plan or a negative CPU id. Not to be called
   // while parallel_for runs (it waits for a running call to end).
-  void set_threads(const std::vector<std::vector<int>>& groups);
+  void set_threads(const std::vector<std::vector<int>> &groups);
   int num_threads() const;
   std::vector<std::vector<int>> groups() const;
   int group_of(int thread) const;
@@ -39,16 +39,16 @@ class ThreadPool {
   // still run). A call from inside a task, or while another thread's call runs, runs its
   // tasks serially on the calling thread (thread id 0 is then not unique: such callers
   // must not rely on per-thread scratch by id; numoe's kernels only call from outside).
-  void parallel_for(int64_t n_tasks, const Task& fn);
+  void parallel_for(int64_t n_tasks, const Task &fn);
 
   ~ThreadPool();
-  ThreadPool(const ThreadPool&) = delete;
-  ThreadPool& operator=(const ThreadPool&) = delete;
+  ThreadPool(const ThreadPool &) = delete;
+  ThreadPool &operator=(const ThreadPool &) = delete;
 
  private:
   ThreadPool();
   struct Impl;
-  Impl* impl_;
+  Impl *impl_;
 };
 
 // How long idle workers spin before sleeping, in microseconds (0..1e6; default 100).
@@ -57,7 +57,7 @@ int64_t spin_us();
 
 // Convenience: the pool's thread count, and parallel_for on it.
 inline int pool_threads() { return ThreadPool::instance().num_threads(); }
-inline void parallel_for(int64_t n_tasks, const ThreadPool::Task& fn) {
+inline void parallel_for(int64_t n_tasks, const ThreadPool::Task &fn) {
   ThreadPool::instance().parallel_for(n_tasks, fn);
 }
 
