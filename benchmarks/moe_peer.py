@@ -9,34 +9,37 @@ Experts: Qwen3-30B-A3B-shaped (hidden 2048, moe_intermediate 768, 128 experts, t
 gate/up Q4_K and down Q6_K as in Q4_K_M, quantized by numoe from Gaussian weights and written
 once as raw GGUF blocks to $NUMOE_BENCH_CACHE/moe_peer (default ~/.cache/numoe/bench; 391 MB;
 --clean deletes it). Each engine makes --layers private copies of that layer in anonymous
-memory on 4 KiB pages (8 x 391 MB, far beyond the 260 MB L3 here) and call i runs on copy
+memory on 4 KiB pages (6 x 391 MB, far beyond the 260 MB L3 here) and call i runs on copy
 i mod --layers, so weights come from DRAM. Routing: per token 8 distinct random experts of 128
 and random positive weights summing to 1, from a fixed seed; the same ids, weights and float32
 activations go to both engines.
 
-Time: every call is timed alone, one warm-up call per T first; --rounds alternate numoe and
-kt-kernel (each kt configuration in a fresh interpreter) and their calls are pooled, so load
-from other processes falls on both. The table gives median (best) ms per call; speedup = the
-best kt configuration's median / numoe's median (and best / best). kt-kernel runs with --threads
-compute threads and with 1: besides its compute threads it keeps a task-queue thread that spins
-without pause and Python spins in CPUInfer.sync(), so on a machine with few cores fewer compute
-threads can be faster. GB/s: bytes of the distinct experts a call touches (at T = 1: 8 experts'
-gate+up+down) over the median time. Agreement: max |numoe - kt| / max |kt| on the first call's
-outputs per T, and each engine's relative Frobenius error against float64 on the dequantized
-weights (tokens 0..3 of that call).
+Time: every call is timed alone. The calls of each T are split into --rounds blocks, and the
+engines take turns block by block (numoe, kt configuration 1, 2, ..., next block), each block
+after one untimed warm-up call; the kt configurations live in their own interpreters, stopped
+with SIGSTOP while another engine runs, so their spinning threads stay off the CPUs and load
+from other processes falls on every engine alike. The table gives median (best) ms per call;
+speedup = the best kt configuration's median / numoe's median (and best / best). kt-kernel
+runs with --threads compute threads and with 1: besides them it keeps a task-queue thread that
+spins without pause, and Python spins in CPUInfer.sync(), so on a machine with few cores fewer
+compute threads can be faster. GB/s: bytes of the distinct experts a call touches (at T = 1:
+8 experts' gate+up+down) over the median time. Agreement: max |numoe - kt| / max |kt| on the
+first call's outputs per T, and each engine's relative Frobenius error against float64 on the
+dequantized weights (tokens 0..3 of that call).
 
 The peer runs in its own interpreter (this file with --peer-worker, under --peer-python), a
 benchmark-only install and never a numoe dependency:
     python3.11 -m venv /work/peers-kt
-    /work/peers-kt/bin/pip install torch numpy && /work/peers-kt/bin/pip install --no-deps kt-kernel
+    /work/peers-kt/bin/pip install torch numpy
+    /work/peers-kt/bin/pip install --no-deps kt-kernel
 kt-kernel's package __init__ imports safetensors and gguf, which --no-deps leaves out; the
 worker then loads the extension through kt-kernel's own CPU-variant loader
 (kt_kernel/_cpu_detect.py). API used (kt_kernel_ext): WorkerPoolConfig (one subpool of n
 threads) -> CPUInfer(config), as KTMoEWrapper does; moe.MOEConfig(expert_num,
 num_experts_per_tok, hidden_size, intermediate_size) with gate/up/down_proj pointers to [E, F, D]
 / [E, D, F] GGUF blocks, gate/up/down_type and hidden_type as ggml type ids (hidden FP32),
-m_block 32, group_min_len 10 (below it kt runs token by token), max_len = group_max_len = max T
-(LlamafileMoEWrapper's values), pool = cpu.backend_; moe.MOE(config);
+m_block 32, group_min_len 10 (--kt-group-min-len; below it kt runs token by token), max_len =
+group_max_len = max T (LlamafileMoEWrapper's values), pool = cpu.backend_; moe.MOE(config);
 submit(load_weights_task()) + sync() (copies the weights into kt's buffers); per call
 submit(forward_task(&qlen int32, k, ids int64 [T, k], weights float32 [T, k], x, out, False))
 + sync().
@@ -45,9 +48,11 @@ submit(forward_task(&qlen int32, k, ids int64 [T, k], weights float32 [T, k], x,
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,7 +68,7 @@ ROW_BYTES = {Q4_K: 144 * D // 256, Q6_K: 210 * F // 256}  # gate/up rows of D, d
 EXPERT_BYTES = 2 * F * ROW_BYTES[Q4_K] + D * ROW_BYTES[Q6_K]
 N_REF = 4  # tokens checked against the float64 reference
 TOKENS = [1, 8, 64, 512]
-CALLS = {1: 6, 8: 3, 64: 1, 512: 0.5}  # timed calls per T and round, in multiples of --layers
+CALLS = {1: 96, 8: 48, 64: 16, 512: 8}  # timed calls per T, split over the rounds
 
 
 def weights_dir(cache: Path) -> Path:
@@ -112,21 +117,19 @@ def make_inputs(tokens: list[int], calls: dict[int, int], seed: int = 0) -> dict
     return arrs
 
 
-def run_calls(call, tokens: list[int], layers: int, inp: dict) -> tuple[dict, dict]:
-    """call(layer, x, ids, w) -> out; returns ({T: [seconds]}, {T: first call's output})."""
-    times, outs = {}, {}
-    for t in tokens:
-        x, ids, w = inp[f"x{t}"], inp[f"ids{t}"], inp[f"w{t}"]
-        call((len(ids) - 1) % layers, x, ids[-1], w[-1])  # warm-up: the last call
-        ts = []
-        for i in range(len(ids)):
-            t0 = time.perf_counter()
-            y = call(i % layers, x, ids[i], w[i])
-            ts.append(time.perf_counter() - t0)
-            if i == 0:
-                outs[t] = np.array(y, copy=True)
-        times[t] = ts
-    return times, outs
+def run_block(call, t: int, idx: range, layers: int, inp: dict) -> tuple[list[float], object]:
+    """Calls idx of T (call(layer, x, ids, w) -> out), after one untimed warm-up call (the
+    block's last, so the pool is awake); returns (seconds per call, output of call 0 or None)."""
+    x, ids, w = inp[f"x{t}"], inp[f"ids{t}"], inp[f"w{t}"]
+    call(idx[-1] % layers, x, ids[idx[-1]], w[idx[-1]])
+    ts, first = [], None
+    for i in idx:
+        t0 = time.perf_counter()
+        y = call(i % layers, x, ids[i], w[i])
+        ts.append(time.perf_counter() - t0)
+        if i == 0:
+            first = np.array(y, copy=True)
+    return ts, first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +158,9 @@ def load_kt():
 
 
 def peer_worker(spec_path: str) -> None:
+    """Load kt-kernel and the experts, say READY, then run blocks of calls on request:
+    stdin 'run T start stop' -> stdout 'DONE [seconds...]'; 'quit' -> first outputs to
+    spec['result'], 'BYE'. kt-kernel prints to stdout too, so replies carry a prefix."""
     spec = json.loads(Path(spec_path).read_text())
     ext, how = load_kt()
     threads, layers, tokens = spec["threads"], spec["layers"], spec["tokens"]
@@ -174,7 +180,7 @@ def peer_worker(spec_path: str) -> None:
         c.layer_idx = layer
         c.pool = cpu.backend_
         c.m_block = 32
-        c.group_min_len = 10
+        c.group_min_len = spec["group_min_len"]
         c.max_len = max_t
         c.group_max_len = max_t
         c.gate_proj = g.ctypes.data
@@ -205,31 +211,72 @@ def peer_worker(spec_path: str) -> None:
         cpu.sync()
         return out
 
-    times, first = run_calls(call, tokens, layers, inp)
-    res = {f"out{t}": first[t] for t in tokens}
-    res.update({f"time{t}": np.array(times[t]) for t in tokens})
-    np.savez(spec["result"], **res)
-    variant = getattr(ext, "__cpu_variant__", "?")
-    info = {"how": how, "variant": variant, "huge_mb": anon_huge_mb()}
-    print("PEER-JSON " + json.dumps(info), flush=True)
+    info = {"how": how, "variant": getattr(ext, "__cpu_variant__", "?"), "huge_mb": anon_huge_mb()}
+    print("PEER READY " + json.dumps(info), flush=True)
+    first = {}
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "run":
+            t, a, b = map(int, cmd[1:])
+            ts, y = run_block(call, t, range(a, b), layers, inp)
+            if y is not None:
+                first[f"out{t}"] = y
+            print("PEER DONE " + json.dumps(ts), flush=True)
+        elif cmd[0] == "quit":
+            np.savez(spec["result"], **first)
+            print("PEER BYE", flush=True)
+            return
 
 
-def bench_peer(peer: str, spec: dict, work: Path) -> dict | None:
-    """Run one kt-kernel configuration in a fresh interpreter; None (and a message) on failure."""
-    spec_path = work / "peer-spec.json"
-    spec_path.write_text(json.dumps(spec))
-    args = [peer, os.path.abspath(__file__), "--peer-worker", str(spec_path)]
-    p = subprocess.run(args, capture_output=True, text=True, check=False)
-    line = [s for s in p.stdout.splitlines() if s.startswith("PEER-JSON ")]
-    if p.returncode != 0 or not line:
-        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-15:])
-        print(f"kt-kernel failed (exit {p.returncode}):\n{tail}", file=sys.stderr)
-        return None
-    info = json.loads(line[-1][len("PEER-JSON ") :])
-    with np.load(spec["result"]) as z:
-        info["out"] = {t: z[f"out{t}"] for t in spec["tokens"]}
-        info["time"] = {t: list(z[f"time{t}"]) for t in spec["tokens"]}
-    return info
+class Peer:
+    """One kt-kernel configuration in its own interpreter, stopped (SIGSTOP) between blocks so
+    that its spinning threads stay off the CPUs while numoe runs."""
+
+    def __init__(self, python: str, spec: dict, work: Path):
+        self.spec, self.tail = spec, []
+        path = work / f"peer-spec-{spec['threads']}.json"
+        path.write_text(json.dumps(spec))
+        self.proc = subprocess.Popen(
+            [python, os.path.abspath(__file__), "--peer-worker", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.info = json.loads(self._reply("READY"))
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def _reply(self, word: str) -> str:
+        key = f"PEER {word}"  # anywhere in the line: kt's C stdout shares the pipe
+        for line in self.proc.stdout:
+            if key in line:
+                return line[line.index(key) + len(key) :].strip()
+            self.tail = (self.tail + [line.rstrip()])[-15:]
+        self.proc.wait()
+        raise RuntimeError(f"exit {self.proc.returncode}:\n" + "\n".join(self.tail))
+
+    def run(self, t: int, idx: range) -> list[float]:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.stdin.write(f"run {t} {idx.start} {idx.stop}\n")
+        self.proc.stdin.flush()
+        ts = json.loads(self._reply("DONE"))
+        self.proc.send_signal(signal.SIGSTOP)
+        return ts
+
+    def finish(self) -> dict:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self._reply("BYE")
+        self.proc.wait()
+        with np.load(self.spec["result"]) as z:
+            return {int(k[3:]): z[k] for k in z.files}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +334,10 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
     ap.add_argument("-T", "--tokens", type=int, nargs="+", default=TOKENS, help="tokens per call")
     ap.add_argument(
-        "-L", "--layers", type=int, default=8, help="weight copies cycled (391 MB each)"
+        "-L", "--layers", type=int, default=6, help="weight copies cycled (391 MB each)"
     )
     ap.add_argument("--calls", type=float, default=1.0, help="scale the timed calls per T")
-    ap.add_argument("--rounds", type=int, default=2, help="numoe, kt, numoe, kt, ...: pooled")
+    ap.add_argument("--rounds", type=int, default=4, help="blocks per T and engine, interleaved")
     ap.add_argument("--peer-python", default=None, help="python of a venv with kt-kernel")
     ap.add_argument(
         "--kt-threads",
@@ -298,6 +345,12 @@ def main() -> None:
         nargs="+",
         default=None,
         help="kt-kernel compute threads to try (default: --threads and 1)",
+    )
+    ap.add_argument(
+        "--kt-group-min-len",
+        type=int,
+        default=10,
+        help="kt-kernel runs T below it token by token (default 10, LlamafileMoEWrapper's)",
     )
     ap.add_argument("--cache", default=os.environ.get("NUMOE_BENCH_CACHE"))
     ap.add_argument("--clean", action="store_true", help="delete the cached experts at the end")
@@ -314,11 +367,33 @@ def main() -> None:
     cache = Path(a.cache or Path.home() / ".cache" / "numoe" / "bench")
     wdir = ensure_weights(cache, threads)
     tokens = sorted(set(a.tokens))
-    calls = {t: max(1, round(CALLS.get(t, 0.5) * a.layers * a.calls)) for t in tokens}
+    calls = {t: max(a.rounds, round(CALLS.get(t, 8) * a.calls)) for t in tokens}
     inp = make_inputs(tokens, calls)
     work = cache / "moe_peer"
     np.savez(work / "inputs.npz", **inp)
     load0 = os.getloadavg()[0]
+
+    peers: dict[int, Peer] = {}
+    if a.peer_python:
+        for n in kt_threads:
+            spec = {
+                "threads": n,
+                "group_min_len": a.kt_group_min_len,
+                "layers": a.layers,
+                "tokens": tokens,
+                "inputs": str(work / "inputs.npz"),
+                "weights": str(wdir),
+                "result": str(work / f"peer-result-{n}.npz"),
+            }
+            try:
+                peers[n] = Peer(a.peer_python, spec, work)
+                atexit.register(peers[n].kill)  # never leave a stopped peer behind
+            except (RuntimeError, OSError) as e:
+                print(f"kt-kernel ({n} threads) failed to start: {e}", file=sys.stderr)
+                for p in peers.values():
+                    p.kill()
+                peers = {}
+                break
 
     # numoe: private copies of the layer in anonymous memory like kt's own buffers, and on
     # 4 KiB pages like them (numpy would madvise huge pages for big arrays; numoe's own weights
@@ -338,35 +413,26 @@ def main() -> None:
         return ops[layer].forward(x, ids, w)
 
     ours: dict[int, list[float]] = {t: [] for t in tokens}
-    kt: dict[int, dict] = {}  # kt threads -> {"time": {T: [s]}, "out": {T: out}, ...}
-    failed = False
-    for _ in range(a.rounds):
-        times, ours_out = run_calls(numoe_call, tokens, a.layers, inp)
-        for t in tokens:
-            ours[t] += times[t]
-        if not a.peer_python or failed:
-            continue
-        for n in kt_threads:
-            spec = {
-                "threads": n,
-                "layers": a.layers,
-                "tokens": tokens,
-                "inputs": str(work / "inputs.npz"),
-                "weights": str(wdir),
-                "result": str(work / "peer-result.npz"),
-            }
-            r = bench_peer(a.peer_python, spec, work)
-            if r is None:
-                failed = True
-                break
-            if n in kt:
-                for t in tokens:
-                    kt[n]["time"][t] += r["time"][t]
-            else:
-                kt[n] = r
+    ours_out: dict[int, np.ndarray] = {}
+    kt_time: dict[int, dict[int, list[float]]] = {n: {t: [] for t in tokens} for n in peers}
+    try:
+        for r in range(a.rounds):
+            for t in tokens:
+                blocks = np.array_split(np.arange(calls[t]), a.rounds)
+                idx = range(int(blocks[r][0]), int(blocks[r][-1]) + 1)
+                ts, y = run_block(numoe_call, t, idx, a.layers, inp)
+                ours[t] += ts
+                if y is not None:
+                    ours_out[t] = y
+                for n, p in peers.items():
+                    kt_time[n][t] += p.run(t, idx)
+        kt_out = {n: p.finish() for n, p in peers.items()}
+    except (RuntimeError, OSError) as e:
+        print(f"kt-kernel failed while running: {e}", file=sys.stderr)
+        for p in peers.values():
+            p.kill()
+        peers, kt_out, kt_time = {}, {}, {}
     ops.clear()  # free the copies
-    if failed:
-        kt = {}
     load1 = os.getloadavg()[0]
 
     total_gb = a.layers * E * EXPERT_BYTES / 1e9
@@ -374,27 +440,30 @@ def main() -> None:
         f"MoE op, Qwen3-30B-A3B experts (D {D}, F {F}, {E} experts, top-{K}; gate/up Q4_K, "
         f"down Q6_K: {EXPERT_BYTES / 1e6:.2f} MB/expert), {a.layers} layer copies cycled "
         f"({total_gb:.1f} GB per engine); numoe {threads} threads, ISA {_cpu.isa()}; "
-        f"{a.rounds} rounds; load average {load0:.1f} -> {load1:.1f}"
+        f"{a.rounds} interleaved rounds; load average {load0:.1f} -> {load1:.1f}"
     )
-    if kt:
-        r = next(iter(kt.values()))
-        print(f"peer: {r['how']}, CPU variant {r['variant']}; CPUInfer submit + sync per call")
-        print(f"transparent huge pages: numoe {numoe_huge:.0f} MB, kt {r['huge_mb']:.0f} MB")
+    if peers:
+        info = next(iter(peers.values())).info
+        print(
+            f"peer: {info['how']}, CPU variant {info['variant']}; CPUInfer submit + sync per "
+            f"call; group_min_len {a.kt_group_min_len}"
+        )
+        print(f"transparent huge pages: numoe {numoe_huge:.0f} MB, kt {info['huge_mb']:.0f} MB")
     elif a.peer_python:
         print("peer: kt-kernel FAILED (see the message above); numoe alone")
     else:
         print("peer: none (--peer-python PATH to add kt-kernel)")
     print(
-        "ms: median (best) per call over all rounds; speedup: the best kt configuration's "
-        "median / numoe's median (best / best); GB/s: distinct experts' bytes per call / median"
+        "ms: median (best) per call; speedup: the best kt configuration's median / numoe's "
+        "median (best / best); GB/s: distinct experts' bytes per call / median time"
     )
     print("agreement: max|numoe - kt| / max|kt| (first call); rel. Frobenius error vs float64\n")
-    kt_cols = "".join(f" kt {n} thr ms |" for n in kt)
+    kt_cols = "".join(f" kt {n} thr ms |" for n in peers)
     print(
         f"| T | calls | numoe ms |{kt_cols} speedup | numoe GB/s | kt GB/s "
         "| numoe vs kt | numoe vs f64 | kt vs f64 |"
     )
-    print("|---:|---:|---:|" + "---:|" * len(kt) + "---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|---:|---:|---:|---:|")
     for t in tokens:
         ids, w, x = inp[f"ids{t}"], inp[f"w{t}"], inp[f"x{t}"]
         nb = distinct_bytes(ids)
@@ -402,15 +471,15 @@ def main() -> None:
         n_ref = min(N_REF, t)
         ref = reference(wdir, x[:n_ref], ids[0][:n_ref], w[0][:n_ref])
         cells = [str(t), str(len(ours[t])), fmt_ms(ours[t])]
-        cells += [fmt_ms(r["time"][t]) for r in kt.values()]
-        if kt:
-            p = min(statistics.median(r["time"][t]) for r in kt.values())
-            p_best = min(min(r["time"][t]) for r in kt.values())
+        cells += [fmt_ms(kt_time[n][t]) for n in peers]
+        if peers:
+            p = min(statistics.median(kt_time[n][t]) for n in peers)
+            p_best = min(min(kt_time[n][t]) for n in peers)
             diff = max(
-                float(np.abs(ours_out[t] - r["out"][t]).max() / np.abs(r["out"][t]).max())
-                for r in kt.values()
+                float(np.abs(ours_out[t] - kt_out[n][t]).max() / np.abs(kt_out[n][t]).max())
+                for n in peers
             )
-            kt_err = max(rel_fro(r["out"][t][:n_ref], ref) for r in kt.values())
+            kt_err = max(rel_fro(kt_out[n][t][:n_ref], ref) for n in peers)
             cells += [f"{p / o:.2f}x ({p_best / min(ours[t]):.2f}x)"]
             cells += [f"{nb / o / 1e9:.1f}", f"{nb / p / 1e9:.1f}"]
             cells += [f"{diff:.1e}", f"{rel_fro(ours_out[t][:n_ref], ref):.1e}", f"{kt_err:.1e}"]
@@ -419,8 +488,9 @@ def main() -> None:
             cells += [f"{rel_fro(ours_out[t][:n_ref], ref):.1e}", "-"]
         print("| " + " | ".join(cells) + " |", flush=True)
 
-    for f in ("inputs.npz", "peer-result.npz", "peer-spec.json"):
-        (work / f).unlink(missing_ok=True)
+    for f in work.glob("peer-*"):
+        f.unlink(missing_ok=True)
+    (work / "inputs.npz").unlink(missing_ok=True)
     if a.clean:
         shutil.rmtree(work, ignore_errors=True)
 
