@@ -130,10 +130,12 @@ void LinearOp::forward(const float *x, int64_t T, float *y) const {
   const quant::vec_dot_n_fn dot_n = quant::get_vec_dot_n(type_);
   const int threads = pool_threads();
   // Rows per task: enough tasks to balance (~8 per thread), each at least a few rows so a
-  // task amortises its claim, at most 64 so a block of weight rows stays in L2.
+  // task amortises its claim; at T = 1 up to 256 KiB of weights (long contiguous reads keep
+  // the hardware prefetchers streaming), for prefill at most 64 rows (they stay in L2).
   const int64_t total_rows = out * G;
   int64_t rb = ceil_div(total_rows, static_cast<int64_t>(threads) * 8);
-  rb = std::clamp<int64_t>(rb, 4, 64);
+  rb = std::clamp<int64_t>(rb, 4,
+                           std::max<int64_t>(64, static_cast<int64_t>((256 << 10) / row_bytes_)));
   int64_t tb = T;  // tokens per task
   if (T > 1) {
     // Prefill: ~4 row blocks per thread; when the rows give fewer tasks than that, the

@@ -16,9 +16,15 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows per (expert, row block) task: about 8 tasks per thread in all, 4..64 rows each.
-int64_t rows_per_task(int64_t rows, int64_t n_active, int threads) {
-  return std::clamp<int64_t>(ceil_div(rows * n_active, static_cast<int64_t>(threads) * 8), 4, 64);
+// Rows per (expert, row block) task: about 8 tasks per thread in all, at least 4 rows each.
+// With several tokens per expert a block stays within 64 rows (it is reused from L2 for
+// each token group); at one token per expert (decode) it may span up to 256 KiB of weights:
+// longer contiguous reads keep the hardware prefetchers streaming.
+int64_t rows_per_task(int64_t rows, int64_t n_active, int threads, int64_t T, size_t row_bytes) {
+  const int64_t max_rows =
+      T == 1 ? std::max<int64_t>(64, static_cast<int64_t>((256 << 10) / row_bytes)) : 64;
+  return std::clamp<int64_t>(ceil_div(rows * n_active, static_cast<int64_t>(threads) * 8), 4,
+                             max_rows);
 }
 
 }  // namespace
@@ -119,29 +125,34 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
     const quant::vec_dot_n_fn dgn = quant::get_vec_dot_n(gate_type_);
     const quant::vec_dot_n_fn dun = quant::get_vec_dot_n(up_type_);
     const size_t gb = row_bytes_of(gate_type_, D_), ub = row_bytes_of(up_type_, D_);
-    const int64_t rb = rows_per_task(F_, n_active, threads);
+    const int64_t rb = rows_per_task(F_, n_active, threads, T, std::max(gb, ub));
     const int64_t nb = ceil_div(F_, rb);
     // Per task: gate and up values of a block of tokens go to small buffers, then combine.
     parallel_for(n_active * nb, [&](int64_t task, int) {
       const int64_t e = active[task / nb];
-      const int64_t r0 = (task % nb) * rb, nr = std::min(F_, r0 + rb) - r0;
+      const int64_t r_begin = (task % nb) * rb, r_end = std::min(F_, r_begin + rb);
       const int64_t n_tok = count[e];
       const int32_t *tok = pair_tok.data() + offset[e];
       float *he = h + offset[e] * F_;
-      // Token blocks: gate then up for the same (rows, tokens) block while x rows are hot.
-      constexpr int64_t kTok = 32;
-      float g[64 * kTok], u[64 * kTok];  // [token][row - r0]
-      const uint8_t *ge = gate_[e] + static_cast<size_t>(r0) * gb;
-      const uint8_t *ue = up_[e] + static_cast<size_t>(r0) * ub;
-      for (int64_t i0 = 0; i0 < n_tok; i0 += kTok) {
-        const int64_t nt = std::min(n_tok - i0, kTok);
-        gemm_rows(dg, dgn, static_cast<int>(D_), ge, gb, 0, nr, xg, xg_bytes, tok + i0, nt, g, 64);
-        gemm_rows(du, dun, static_cast<int>(D_), ue, ub, 0, nr, xu, xu_bytes, tok + i0, nt, u, 64);
-        for (int64_t i = 0; i < nt; ++i)
-          for (int64_t r = 0; r < nr; ++r) {
-            const float a = g[i * 64 + r];
-            he[(i0 + i) * F_ + r0 + r] = a / (1.0f + std::exp(-a)) * u[i * 64 + r];
-          }
+      // Sub-blocks of 64 rows x 32 tokens: gate then up for the same block while x is hot.
+      constexpr int64_t kRows = 64, kTok = 32;
+      float g[kRows * kTok], u[kRows * kTok];  // [token][row - r0]
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += kRows) {
+        const int64_t nr = std::min(r_end - r0, kRows);
+        const uint8_t *ge = gate_[e] + static_cast<size_t>(r0) * gb;
+        const uint8_t *ue = up_[e] + static_cast<size_t>(r0) * ub;
+        for (int64_t i0 = 0; i0 < n_tok; i0 += kTok) {
+          const int64_t nt = std::min(n_tok - i0, kTok);
+          gemm_rows(dg, dgn, static_cast<int>(D_), ge, gb, 0, nr, xg, xg_bytes, tok + i0, nt, g,
+                    kRows);
+          gemm_rows(du, dun, static_cast<int>(D_), ue, ub, 0, nr, xu, xu_bytes, tok + i0, nt, u,
+                    kRows);
+          for (int64_t i = 0; i < nt; ++i)
+            for (int64_t r = 0; r < nr; ++r) {
+              const float a = g[i * kRows + r];
+              he[(i0 + i) * F_ + r0 + r] = a / (1.0f + std::exp(-a)) * u[i * kRows + r];
+            }
+        }
       }
     });
   }
@@ -158,7 +169,7 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
     const quant::vec_dot_fn dd = quant::get_vec_dot(down_type_);
     const quant::vec_dot_n_fn ddn = quant::get_vec_dot_n(down_type_);
     const size_t db = row_bytes_of(down_type_, F_);
-    const int64_t rb = rows_per_task(D_, n_active, threads);
+    const int64_t rb = rows_per_task(D_, n_active, threads, T, db);
     const int64_t nb = ceil_div(D_, rb);
     parallel_for(n_active * nb, [&](int64_t task, int) {
       const int64_t e = active[task / nb];
