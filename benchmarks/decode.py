@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from numoe.pool import set_threads
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
 from numoe.placement import Placement
+from numoe.pool import set_threads
 from numoe.roofline import bytes_per_token
 from numoe.sampling import Sampler, SamplingParams
 from numoe.synth import synth
