@@ -30,88 +30,21 @@ float vec_dot_q4_0_scalar(int n, const void *w, const void *act) {
 }
 
 #ifdef NUMOE_X86
+using simd::load32;
+
 // The 32 values of a block as signed bytes in element order (low nibbles, then high).
-NUMOE_TARGET_AVX2 inline __m256i unpack(const uint8_t *qs) {
-  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(qs));
+NUMOE_TARGET_AVX2 inline __m256i q4_0_values(const block_q4_0 &x) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.qs));
   const __m256i v =
       _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
   return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
 }
 
-NUMOE_TARGET_AVX2 inline __m256i load32(const int8_t *p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
-}
-
-NUMOE_TARGET_AVX2 float vec_dot_q4_0_avx2(int n, const void *w, const void *act) {
-  const block_q4_0 *x = static_cast<const block_q4_0 *>(w);
-  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const int nb = n / QK4_0;
-  int i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256i p0 = simd::dot_i8(unpack(x[i].qs), load32(y[i].qs));
-    const __m256i p1 = simd::dot_i8(unpack(x[i + 1].qs), load32(y[i + 1].qs));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                           _mm256_cvtepi32_ps(p0), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)),
-                           _mm256_cvtepi32_ps(p1), acc1);
-  }
-  for (; i < nb; ++i) {
-    const __m256i p0 = simd::dot_i8(unpack(x[i].qs), load32(y[i].qs));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                           _mm256_cvtepi32_ps(p0), acc0);
-  }
-  return simd::hsum(_mm256_add_ps(acc0, acc1));
-}
-
-// N activations at once (as Q8_0's multi body): block i unpacked once, each activation's
-// lanes fed exactly as in vec_dot_q4_0_avx2 (bit-identical), dx * dy broadcast from memory.
+constexpr vec_dot_fn vec_dot_q4_0_avx2 = simd::q8_0_act_dot_avx2<block_q4_0, q4_0_values>;
 template <int N>
-NUMOE_TARGET_AVX2 inline void q4_0_step_avx2(const block_q4_0 &x, const block_q8_0 *const *y, int i,
-                                             const float *dy, __m256 *acc) {
-  const __m256i xv = unpack(x.qs);
-  const __m256i ax = _mm256_sign_epi8(xv, xv);
-  alignas(32) float dd[8];
-  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(simd::fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
-  for (int j = 0; j < N; ++j) {
-    const __m256i p = _mm256_madd_epi16(
-        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv)), _mm256_set1_epi16(1));
-    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
-  }
-}
+constexpr simd::body_n_fn q4_0_n_avx2 = simd::q8_0_act_n_avx2<block_q4_0, q4_0_values, N>;
 
-template <int N>
-NUMOE_TARGET_AVX2 void q4_0_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
-                                   const void *const *act, float *out, size_t out_stride) {
-  const block_q8_0 *y[8];
-  simd::act_ptrs(act, N, y);
-  const int nb = n / QK4_0;
-  const float *dy = simd::q8_0_scales(y, nb);
-  for (int r = 0; r < n_rows; ++r) {
-    const block_q4_0 *x =
-        reinterpret_cast<const block_q4_0 *>(static_cast<const char *>(w) + r * w_stride);
-    __m256 acc0[N], acc1[N];
-    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-      q4_0_step_avx2<N>(x[i], y, i, dy, acc0);
-      q4_0_step_avx2<N>(x[i + 1], y, i + 1, dy, acc1);
-    }
-    if (i < nb) q4_0_step_avx2<N>(x[i], y, i, dy, acc0);
-    for (int j = 0; j < N; ++j)
-      out[j * out_stride + r] = simd::hsum(_mm256_add_ps(acc0[j], acc1[j]));
-  }
-}
-
-void vec_dot_n_q4_0_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
-                         int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q4_0_avx2>,
-                                               q4_0_n_avx2<2>, q4_0_n_avx2<3>,
-                                               q4_0_n_avx2<4>, q4_0_n_avx2<5>,
-                                               q4_0_n_avx2<6>, q4_0_n_avx2<7>,
-                                               q4_0_n_avx2<8>};
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
+NUMOE_VEC_DOT_N(q4_0, avx2, NUMOE_TILE_BODIES)
 
 // Four blocks per step. Every field of both block formats sits at an even byte offset
 // (strides 18 and 34), so word permutes (vpermw / vpermt2w, AVX512-BW) gather the four
@@ -283,15 +216,7 @@ NUMOE_TARGET_AVX512VNNI void q4_0_n_avx512(int n, const void *w, size_t w_stride
   }
 }
 
-void vec_dot_n_q4_0_avx512(int n, const void *w, size_t w_stride, int n_rows,
-                           const void *const *act, int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q4_0_avx512>,
-                                               q4_0_n_avx512<2>, q4_0_n_avx512<3>,
-                                               q4_0_n_avx512<4>, q4_0_n_avx512<5>,
-                                               q4_0_n_avx512<6>, q4_0_n_avx512<7>,
-                                               q4_0_n_avx512<8>};
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
+NUMOE_VEC_DOT_N(q4_0, avx512, NUMOE_TILE_BODIES)
 #endif
 
 }  // namespace

@@ -77,7 +77,7 @@ NUMOE_TARGET_AVX2 inline float q6_K_combine4(float s, const block_q6_K *x, const
   return s;
 }
 
-constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
+using simd::word_idx;
 
 // Values k = 0..3 of a half (elements 32k..32k+31) as unsigned 6-bit bytes, from its 64 ql
 // bytes (l0, l1) and 32 qh bytes (hb).
@@ -182,22 +182,10 @@ NUMOE_TARGET_AVX512VNNI inline void q6_K_unpack_avx512(const block_q6_K &x, __m5
   }
 }
 
-// sum_g sc[g] * (q . a over group g) with the unsigned q, as 16 int32 lanes.
-NUMOE_TARGET_AVX512VNNI inline __m512i q6_K_isum_avx512(const __m512i q[4], const __m512i sc[4],
-                                                        const int8_t *a) {
-  __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                     _mm512_maddubs_epi16(q[0], _mm512_loadu_si512(a)), sc[0]);
-  __m512i acc1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                     _mm512_maddubs_epi16(q[1], _mm512_loadu_si512(a + 64)), sc[1]);
-  acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(q[2], _mm512_loadu_si512(a + 128)), sc[2]);
-  acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(q[3], _mm512_loadu_si512(a + 192)), sc[3]);
-  return _mm512_add_epi32(acc0, acc1);
-}
-
 NUMOE_TARGET_AVX512VNNI inline __m256i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
   __m512i q[4], sc[4];
   q6_K_unpack_avx512(x, q, sc);
-  const __m512i acc = q6_K_isum_avx512(q, sc, y.qs);
+  const __m512i acc = simd::k_isum_avx512(q, sc, y.qs);
   return _mm256_sub_epi32(
       _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)),
       offset_term(x.scales, y.bsums));
@@ -275,7 +263,7 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const block_q8_
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales))),
         _mm256_set1_epi16(-32));
     for (int j = 0; j < 8; ++j)
-      is[j] = j < N ? _mm512_dpwssd_epi32(q6_K_isum_avx512(q, sc, y[j][i].qs),
+      is[j] = j < N ? _mm512_dpwssd_epi32(simd::k_isum_avx512(q, sc, y[j][i].qs),
                                           _mm512_zextsi256_si512(_mm256_loadu_si256(
                                               reinterpret_cast<const __m256i *>(y[j][i].bsums))),
                                           _mm512_zextsi256_si512(neg))
@@ -287,17 +275,8 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const block_q8_
   simd::store_n(s, N, out);
 }
 
-void vec_dot_n_q6_K_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
-                         int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = NUMOE_ROW_BODIES(vec_dot_q6_K_avx2, q6_K_n_avx2);
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
-
-void vec_dot_n_q6_K_avx512(int n, const void *w, size_t w_stride, int n_rows,
-                           const void *const *act, int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = NUMOE_ROW_BODIES(vec_dot_q6_K_avx512, q6_K_n_avx512);
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
+NUMOE_VEC_DOT_N(q6_K, avx2, NUMOE_ROW_BODIES)
+NUMOE_VEC_DOT_N(q6_K, avx512, NUMOE_ROW_BODIES)
 #endif
 
 }  // namespace

@@ -42,9 +42,9 @@ float vec_dot_q8_0_scalar(int n, const void *w, const void *act) {
 }
 
 #ifdef NUMOE_X86
-NUMOE_TARGET_AVX2 inline __m256i load32(const int8_t *p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
-}
+using simd::load32;
+
+NUMOE_TARGET_AVX2 inline __m256i q8_0_values(const block_q8_0 &x) { return load32(x.qs); }
 
 // roundf on 8 lanes: truncate, then step away from zero when the dropped part is >= 0.5.
 NUMOE_TARGET_AVX2 inline __m256i roundf_epi32(__m256 v) {
@@ -82,27 +82,7 @@ NUMOE_TARGET_AVX2 void quantize_q8_0_avx2(const float *x, void *dst, int64_t n) 
   }
 }
 
-NUMOE_TARGET_AVX2 float vec_dot_q8_0_avx2(int n, const void *w, const void *act) {
-  const block_q8_0 *x = static_cast<const block_q8_0 *>(w);
-  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const int nb = n / QK8_0;
-  int i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256i p0 = simd::dot_i8(load32(x[i].qs), load32(y[i].qs));
-    const __m256i p1 = simd::dot_i8(load32(x[i + 1].qs), load32(y[i + 1].qs));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                           _mm256_cvtepi32_ps(p0), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)),
-                           _mm256_cvtepi32_ps(p1), acc1);
-  }
-  for (; i < nb; ++i) {
-    const __m256i p0 = simd::dot_i8(load32(x[i].qs), load32(y[i].qs));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                           _mm256_cvtepi32_ps(p0), acc0);
-  }
-  return simd::hsum(_mm256_add_ps(acc0, acc1));
-}
+constexpr vec_dot_fn vec_dot_q8_0_avx2 = simd::q8_0_act_dot_avx2<block_q8_0, q8_0_values>;
 
 // Two blocks per 512-bit register, dot products with VNNI vpdpbusd.
 NUMOE_TARGET_AVX512VNNI float vec_dot_q8_0_avx512(int n, const void *w, const void *act) {
@@ -127,49 +107,12 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q8_0_avx512(int n, const void *w, const vo
 }
 
 // N activations at once, each lane of each activation's accumulators fed exactly as in the
-// single bodies (same int32 products, the same dx * dy products, the same FMAs in the same
-// order, the same final reduction), so every result equals the single body's bit for bit.
-// Per call, the activation scales are converted once for all rows (simd::q8_0_scales); per
-// weight block, its absolute bytes and dx * dy for all the activations are formed once.
-
-// Block i of every activation into acc[j] (as vec_dot_q8_0_avx2's acc0 / acc1); dx * dy of
-// activation j is broadcast from memory (a load, no shuffle).
+// single bodies (AVX2: simd::q8_0_act_n_avx2), so every result equals the single body's bit
+// for bit. Per call, the activation scales are converted once for all rows
+// (simd::q8_0_scales); per weight block, its absolute bytes and dx * dy for all the
+// activations are formed once.
 template <int N>
-NUMOE_TARGET_AVX2 inline void q8_0_step_avx2(const block_q8_0 &x, const block_q8_0 *const *y, int i,
-                                             const float *dy, __m256 *acc) {
-  const __m256i xv = load32(x.qs);
-  const __m256i ax = _mm256_sign_epi8(xv, xv);
-  alignas(32) float dd[8];
-  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(simd::fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
-  for (int j = 0; j < N; ++j) {
-    const __m256i p = _mm256_madd_epi16(
-        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv)), _mm256_set1_epi16(1));
-    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
-  }
-}
-
-template <int N>
-NUMOE_TARGET_AVX2 void q8_0_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
-                                   const void *const *act, float *out, size_t out_stride) {
-  const block_q8_0 *y[8];
-  simd::act_ptrs(act, N, y);
-  const int nb = n / QK8_0;
-  const float *dy = simd::q8_0_scales(y, nb);
-  for (int r = 0; r < n_rows; ++r) {
-    const block_q8_0 *x =
-        reinterpret_cast<const block_q8_0 *>(static_cast<const char *>(w) + r * w_stride);
-    __m256 acc0[N], acc1[N];
-    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-      q8_0_step_avx2<N>(x[i], y, i, dy, acc0);
-      q8_0_step_avx2<N>(x[i + 1], y, i + 1, dy, acc1);
-    }
-    if (i < nb) q8_0_step_avx2<N>(x[i], y, i, dy, acc0);
-    for (int j = 0; j < N; ++j)
-      out[j * out_stride + r] = simd::hsum(_mm256_add_ps(acc0[j], acc1[j]));
-  }
-}
+constexpr simd::body_n_fn q8_0_n_avx2 = simd::q8_0_act_n_avx2<block_q8_0, q8_0_values, N>;
 
 template <int N>
 NUMOE_TARGET_AVX512VNNI void q8_0_n_avx512(int n, const void *w, size_t w_stride, int n_rows,
@@ -212,25 +155,8 @@ NUMOE_TARGET_AVX512VNNI void q8_0_n_avx512(int n, const void *w, size_t w_stride
   }
 }
 
-void vec_dot_n_q8_0_avx2(int n, const void *w, size_t w_stride, int n_rows, const void *const *act,
-                         int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,        simd::one<vec_dot_q8_0_avx2>,
-                                               q8_0_n_avx2<2>, q8_0_n_avx2<3>,
-                                               q8_0_n_avx2<4>, q8_0_n_avx2<5>,
-                                               q8_0_n_avx2<6>, q8_0_n_avx2<7>,
-                                               q8_0_n_avx2<8>};
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
-
-void vec_dot_n_q8_0_avx512(int n, const void *w, size_t w_stride, int n_rows,
-                           const void *const *act, int n_act, float *out, size_t out_stride) {
-  static constexpr simd::body_n_fn bodies[] = {nullptr,          simd::one<vec_dot_q8_0_avx512>,
-                                               q8_0_n_avx512<2>, q8_0_n_avx512<3>,
-                                               q8_0_n_avx512<4>, q8_0_n_avx512<5>,
-                                               q8_0_n_avx512<6>, q8_0_n_avx512<7>,
-                                               q8_0_n_avx512<8>};
-  simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);
-}
+NUMOE_VEC_DOT_N(q8_0, avx2, NUMOE_TILE_BODIES)
+NUMOE_VEC_DOT_N(q8_0, avx512, NUMOE_TILE_BODIES)
 #endif
 
 }  // namespace

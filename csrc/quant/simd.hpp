@@ -129,6 +129,15 @@ inline void run_n(const body_n_fn *bodies, int m, int n, const void *w, size_t w
                                    out_stride);
 }
 
+// void vec_dot_n_<fmt>_<isa>(...): the activations in chunks of at most 8 through the bodies
+// table BODIES(vec_dot_<fmt>_<isa>, <fmt>_n_<isa>) (NUMOE_ROW_BODIES or NUMOE_TILE_BODIES).
+#define NUMOE_VEC_DOT_N(fmt, isa, BODIES)                                                          \
+  void vec_dot_n_##fmt##_##isa(int n, const void *w, size_t w_stride, int n_rows,                  \
+                               const void *const *act, int n_act, float *out, size_t out_stride) { \
+    static constexpr simd::body_n_fn bodies[] = BODIES(vec_dot_##fmt##_##isa, fmt##_n_##isa);      \
+    simd::run_n(bodies, 8, n, w, w_stride, n_rows, act, n_act, out, out_stride);                   \
+  }
+
 // The activation pointers of a body for N activations, padded to M with act[0] (the extra
 // lanes compute garbage that is never stored).
 template <typename B, int M>
@@ -164,6 +173,10 @@ void one(int n, const void *w, size_t w_stride, int n_rows, const void *const *a
    simd::rows<F<6>, 6>,             \
    simd::rows<F<7>, 7>,             \
    simd::rows<F<8>, 8>}
+
+// The same for a format whose bodies F<N> (2..8 activations) take the whole tile.
+#define NUMOE_TILE_BODIES(single, F) \
+  {nullptr, simd::one<single>, F<2>, F<3>, F<4>, F<5>, F<6>, F<7>, F<8>}
 
 // An empty asm the compiler cannot see through: keeps a running sum a running sum (GCC
 // otherwise re-associates the adds of a multi-activation body into trees of live products,
@@ -230,6 +243,177 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
   for (int j = 0; j < N; ++j) out[j] = r[j];
 }
 
+// ---- Q4_K / Q5_K bodies, from a format's unpacking ----
+// Per super-block, isum = sum_j sc[j] * (q . a over sub-block j) and the min term msum are
+// formed as exact int32 lanes; four super-blocks are reduced together and combined in the
+// scalar order (k4_combine4), so every ISA gives the scalar result bit for bit. The
+// multi-activation bodies unpack each super-block once, form every activation's isum / msum
+// as the single body does, reduce across activations (lane j = activation j) and combine per
+// lane in the scalar order (k4_combine8): each lane equals the single body's result.
+//
+// AVX2 unpacker U: U::block the block type; U u(x) per super-block, then u.next(c, lo, hi)
+// for c = 0..3 gives the unsigned values of sub-blocks 2c (lo) and 2c + 1 (hi).
+// AVX-512 Unpack(x, sm, q, sc): q[k] the unsigned values of sub-blocks 2k, 2k + 1 (matching
+// a 64-byte q8 load), sc[k] their int16 scale words (sm from k4_scales_mins).
+
+// int16 word k of a 128-bit lane, repeated (pshufb index).
+constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
+
+template <typename U>
+NUMOE_TARGET_AVX2 inline void k4_block_avx2(const typename U::block &x, const block_q8_K &y,
+                                            __m256i &isum, __m128i &msum) {
+  const __m128i sm = k4_scales_mins(x.scales);
+  msum = k4_min_terms(sm, y.bsums);
+  const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+  U u(x);
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    __m256i lo, hi;
+    u.next(j, lo, hi);
+    const __m256i p0 = _mm256_maddubs_epi16(
+        lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j)));
+    const __m256i p1 = _mm256_maddubs_epi16(
+        hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j + 32)));
+    acc0 = _mm256_add_epi32(
+        acc0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * j)))));
+    acc1 = _mm256_add_epi32(
+        acc1,
+        _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * j + 1)))));
+  }
+  isum = _mm256_add_epi32(acc0, acc1);
+}
+
+template <typename U>
+NUMOE_TARGET_AVX2 float k4_vec_dot_avx2(int n, const void *w, const void *act) {
+  using B = typename U::block;
+  const B *x = static_cast<const B *>(w);
+  const block_q8_K *y = static_cast<const block_q8_K *>(act);
+  const int nb = n / QK_K;
+  float s = 0.f;
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    __m128i ms[4];
+    for (int k = 0; k < 4; ++k) k4_block_avx2<U>(x[i + k], y[i + k], is[k], ms[k]);
+    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
+                    hsum4_i32(is[0], is[1], is[2], is[3]), hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+  }
+  for (; i < nb; ++i) {
+    __m256i is;
+    __m128i ms;
+    k4_block_avx2<U>(x[i], y[i], is, ms);
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, hsum_i32(is), hsum_i32(ms));
+  }
+  return s;
+}
+
+template <typename U, int N>
+NUMOE_TARGET_AVX2 void k4_n_avx2(int n, const void *w, const block_q8_K *const *y, const float *dy,
+                                 float *out) {
+  const typename U::block *x = static_cast<const typename U::block *>(w);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    const __m128i sm = k4_scales_mins(x[i].scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const __m256i m16 = k4_min_pairs(sm);
+    __m256i acc[8], ms[8];
+    for (int j = 0; j < 8; ++j) acc[j] = ms[j] = _mm256_setzero_si256();
+    U u(x[i]);
+    for (int c = 0; c < 4; ++c) {
+      __m256i lo, hi;
+      u.next(c, lo, hi);
+      const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c)));
+      const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c + 1)));
+      for (int j = 0; j < N; ++j) {
+        const int8_t *a = y[j][i].qs + 64 * c;
+        const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)a));
+        const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 32)));
+        acc[j] = _mm256_add_epi32(
+            acc[j], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+        opaque(acc[j]);
+      }
+    }
+    for (int j = 0; j < N; ++j)
+      ms[j] = _mm256_madd_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16);
+    s = k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), hsum8_i32(acc),
+                    hsum8_i32(ms));
+  }
+  store_n(s, N, out);
+}
+
+// sum_j sc[j] * (q . a over sub-block j) as 16 int32 lanes, with q[k] the unsigned values of
+// the 64 elements 64k..64k+63 and sc[k] their int16 scale words (Q4_K, Q5_K, Q6_K).
+NUMOE_TARGET_AVX512VNNI inline __m512i k_isum_avx512(const __m512i q[4], const __m512i sc[4],
+                                                     const int8_t *a) {
+  __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[0], _mm512_loadu_si512(a)), sc[0]);
+  __m512i acc1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_maddubs_epi16(q[1], _mm512_loadu_si512(a + 64)), sc[1]);
+  acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(q[2], _mm512_loadu_si512(a + 128)), sc[2]);
+  acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(q[3], _mm512_loadu_si512(a + 192)), sc[3]);
+  return _mm512_add_epi32(acc0, acc1);
+}
+
+template <typename B>
+using k4_unpack512_fn = void (*)(const B &x, __m128i sm, __m512i q[4], __m512i sc[4]);
+
+template <typename B, k4_unpack512_fn<B> Unpack>
+NUMOE_TARGET_AVX512VNNI inline void k4_block_avx512(const B &x, const block_q8_K &y, __m256i &isum,
+                                                    __m128i &msum) {
+  const __m128i sm = k4_scales_mins(x.scales);
+  msum = k4_min_terms(sm, y.bsums);
+  __m512i q[4], sc[4];
+  Unpack(x, sm, q, sc);
+  const __m512i acc = k_isum_avx512(q, sc, y.qs);
+  isum = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
+template <typename B, k4_unpack512_fn<B> Unpack>
+NUMOE_TARGET_AVX512VNNI float k4_vec_dot_avx512(int n, const void *w, const void *act) {
+  const B *x = static_cast<const B *>(w);
+  const block_q8_K *y = static_cast<const block_q8_K *>(act);
+  const int nb = n / QK_K;
+  float s = 0.f;
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    __m256i is[4];
+    __m128i ms[4];
+    for (int k = 0; k < 4; ++k) k4_block_avx512<B, Unpack>(x[i + k], y[i + k], is[k], ms[k]);
+    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
+                    hsum4_i32(is[0], is[1], is[2], is[3]), hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+  }
+  for (; i < nb; ++i) {
+    __m256i is;
+    __m128i ms;
+    k4_block_avx512<B, Unpack>(x[i], y[i], is, ms);
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, hsum_i32(is), hsum_i32(ms));
+  }
+  return s;
+}
+
+template <typename B, k4_unpack512_fn<B> Unpack, int N>
+NUMOE_TARGET_AVX512VNNI void k4_n_avx512(int n, const void *w, const block_q8_K *const *y,
+                                         const float *dy, float *out) {
+  const B *x = static_cast<const B *>(w);
+  __m256 s = _mm256_setzero_ps();
+  for (int i = 0; i < n / QK_K; ++i) {
+    const __m128i sm = k4_scales_mins(x[i].scales);
+    const __m256i m16 = k4_min_pairs(sm);
+    __m512i q[4], sc[4], is[8];
+    __m256i ms[8];
+    Unpack(x[i], sm, q, sc);
+    for (int j = 0; j < 8; ++j) {
+      is[j] = j < N ? k_isum_avx512(q, sc, y[j][i].qs) : _mm512_setzero_si512();
+      ms[j] = j < N ? _mm256_madd_epi16(
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16)
+                    : _mm256_setzero_si256();
+    }
+    s = k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), hsum8_i32(is), hsum8_i32(ms));
+  }
+  store_n(s, N, out);
+}
+
 // dy[8 * i + j] = the scale of block i of Q8_K activation y[j], i < nb: gathered once per
 // tile for all its rows (per thread, reused).
 NUMOE_TARGET_AVX2 inline const float *q8_K_scales(const block_q8_K *const *y, int nb) {
@@ -270,6 +454,80 @@ NUMOE_TARGET_AVX2 inline const float *q8_0_scales(const block_q8_0 *const *y, in
   float *d = tile_buffer(static_cast<size_t>(nb) * 8);
   for (int i = 0; i < nb; ++i) _mm256_store_ps(d + 8 * i, q8_0_d8(y, i));
   return d;
+}
+
+// ---- AVX2 bodies against Q8_0 activations (Q8_0, Q4_0 weights), from a format's values ----
+// Values(x): the 32 values of weight block x as signed bytes in element order (as dot_i8
+// takes them). Two accumulators, blocks alternating, FMA of dx * dy into each.
+
+NUMOE_TARGET_AVX2 inline __m256i load32(const int8_t *p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+}
+
+template <typename B>
+using values_fn = __m256i (*)(const B &x);
+
+template <typename B, values_fn<B> Values>
+NUMOE_TARGET_AVX2 float q8_0_act_dot_avx2(int n, const void *w, const void *act) {
+  const B *x = static_cast<const B *>(w);
+  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const int nb = n / QK8_0;
+  int i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    const __m256i p0 = dot_i8(Values(x[i]), load32(y[i].qs));
+    const __m256i p1 = dot_i8(Values(x[i + 1]), load32(y[i + 1].qs));
+    acc0 =
+        _mm256_fmadd_ps(_mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(x[i + 1].d) * fp16(y[i + 1].d)),
+                           _mm256_cvtepi32_ps(p1), acc1);
+  }
+  for (; i < nb; ++i) {
+    const __m256i p0 = dot_i8(Values(x[i]), load32(y[i].qs));
+    acc0 =
+        _mm256_fmadd_ps(_mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+  }
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+// N activations at once: each lane of each activation's accumulators fed exactly as in
+// q8_0_act_dot_avx2 (same int32 products, the same dx * dy products, the same FMAs in the
+// same order, the same final reduction), so every result equals the single body's bit for
+// bit. Per weight block, its values and dx * dy for all the activations are formed once;
+// dx * dy of activation j is broadcast from memory (a load, no shuffle).
+template <typename B, values_fn<B> Values, int N>
+NUMOE_TARGET_AVX2 inline void q8_0_act_step_avx2(const B &x, const block_q8_0 *const *y, int i,
+                                                 const float *dy, __m256 *acc) {
+  const __m256i xv = Values(x);
+  const __m256i ax = _mm256_sign_epi8(xv, xv);
+  alignas(32) float dd[8];
+  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
+  for (int j = 0; j < N; ++j) {
+    const __m256i p = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv)), _mm256_set1_epi16(1));
+    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
+  }
+}
+
+template <typename B, values_fn<B> Values, int N>
+NUMOE_TARGET_AVX2 void q8_0_act_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
+                                       const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  act_ptrs(act, N, y);
+  const int nb = n / QK8_0;
+  const float *dy = q8_0_scales(y, nb);
+  for (int r = 0; r < n_rows; ++r) {
+    const B *x = reinterpret_cast<const B *>(static_cast<const char *>(w) + r * w_stride);
+    __m256 acc0[N], acc1[N];
+    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      q8_0_act_step_avx2<B, Values, N>(x[i], y, i, dy, acc0);
+      q8_0_act_step_avx2<B, Values, N>(x[i + 1], y, i + 1, dy, acc1);
+    }
+    if (i < nb) q8_0_act_step_avx2<B, Values, N>(x[i], y, i, dy, acc0);
+    for (int j = 0; j < N; ++j) out[j * out_stride + r] = hsum(_mm256_add_ps(acc0[j], acc1[j]));
+  }
 }
 
 }  // namespace numoe::quant::simd
