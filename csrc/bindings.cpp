@@ -1,6 +1,7 @@
 // Every Python binding of numoe._cpu lives in this file.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -15,6 +16,7 @@
 #include "isa.hpp"
 #include "linear.hpp"
 #include "moe.hpp"
+#include "numa_mem.hpp"
 #include "quant/quant.hpp"
 #include "quantize/quantize.hpp"
 #include "threadpool.hpp"
@@ -325,11 +327,74 @@ void bind_kernels(nb::module_ &m) {
       });
 }
 
+// ---- node memory (csrc/numa_mem.*) ----
+void bind_numa_mem(nb::module_ &m) {
+  m.attr("NOT_RESIDENT") = numoe::kNotResident;
+  m.attr("UNKNOWN_NODE") = numoe::kUnknownNode;
+  nb::class_<numoe::NodeBuffer>(m, "NodeBuffer",
+                                "Anonymous memory placed on one NUMA node (mbind and/or first "
+                                "touch from the node's CPUs), 2 MiB aligned; freed when the "
+                                "object and every array view of it are gone.")
+      .def(
+          "__init__",
+          [](numoe::NodeBuffer *self, int64_t bytes, int node, bool strict) {
+            if (bytes <= 0)
+              throw std::invalid_argument("NodeBuffer: bytes must be > 0, got " +
+                                          std::to_string(bytes));
+            nb::gil_scoped_release release;
+            new (self) numoe::NodeBuffer(static_cast<size_t>(bytes), node, strict);
+          },
+          "bytes"_a, "node"_a, "strict"_a = false,
+          "bytes > 0 on NUMA node `node` (ValueError for a node this machine lacks or more than "
+          "its memory). strict: MPOL_BIND instead of MPOL_PREFERRED.")
+      .def_prop_ro(
+          "array",
+          [](nb::object self) {
+            auto &b = nb::cast<numoe::NodeBuffer &>(self);
+            return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(b.data(), {b.size()}, self);
+          },
+          "uint8 [nbytes] view of the buffer (keeps it alive).")
+      .def_prop_ro("address",
+                   [](const numoe::NodeBuffer &b) { return reinterpret_cast<uintptr_t>(b.data()); })
+      .def_prop_ro("nbytes", &numoe::NodeBuffer::size, "Bytes asked for.")
+      .def_prop_ro("mapped", &numoe::NodeBuffer::mapped,
+                   "Bytes mapped (nbytes rounded up to 2 MiB).")
+      .def_prop_ro("node", &numoe::NodeBuffer::node)
+      .def_prop_ro("bound", &numoe::NodeBuffer::bound, "mbind succeeded.")
+      .def_prop_ro("how", &numoe::NodeBuffer::how,
+                   "'mbind+touch', 'first-touch' (mbind refused), 'mbind' or 'unplaced' (a node "
+                   "without CPUs this process may use).")
+      .def_prop_ro("mbind_error", &numoe::NodeBuffer::mbind_error, "'' when bound.");
+  m.def("node_allocated", &numoe::allocated_per_node,
+        "The allocator's accounting: node -> bytes mapped by live NodeBuffers.");
+  m.def("node_memory", &numoe::node_memory, "This machine's nodes: node -> MemTotal bytes.");
+  m.def(
+      "pages_per_node",
+      [](const Bytes &a, bool map_cached) {
+        nb::gil_scoped_release release;
+        return numoe::pages_per_node(a.data(), a.size(), map_cached);
+      },
+      "a"_a.noconvert(), "map_cached"_a = false,
+      "Where the pages of uint8 array `a` are: node -> bytes, NOT_RESIDENT (and UNKNOWN_NODE "
+      "when move_pages is refused on a machine with several nodes) -> bytes; the values add up "
+      "to a.size. map_cached: count page-cache pages of a file mapping not yet mapped here too.");
+  m.def(
+      "release_file_pages",
+      [](const Bytes &a) {
+        nb::gil_scoped_release release;
+        return numoe::release_file_pages(a.data(), a.size());
+      },
+      "a"_a.noconvert(),
+      "madvise(MADV_DONTNEED) the whole pages inside uint8 array `a`, which must lie in a "
+      "read-only file mapping (ValueError otherwise): they leave RSS. Returns bytes released.");
+}
+
 }  // namespace
 
 NB_MODULE(_cpu, m) {
   m.doc() = "numoe's CPU extension: topology now; quantized kernels and the MoE op later.";
   bind_kernels(m);
+  bind_numa_mem(m);
 
   m.def(
       "read_topology",
