@@ -30,6 +30,7 @@ import torch
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
+from numoe.numa_mem import format_placement, placement
 from numoe.placement import Placement
 from numoe.pool import set_threads
 from numoe.roofline import bytes_per_token
@@ -114,6 +115,7 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> di
     # every weight has been read by now (prefill touches all experts): RSS growth over the
     # run vs the file size shows that no float copy of the weights was made
     rss = rss_bytes() - rss0
+    where = placement(g)  # policy off: the weights' pages in this process, per node
     del model, s, g
     gc.collect()
     return {
@@ -122,6 +124,7 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> di
         "bytes_per_token": bpt,
         "file_bytes": path.stat().st_size,
         "rss": rss,
+        "placement": where,
     }
 
 
@@ -174,8 +177,8 @@ def main() -> None:
             )
         print(
             f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB; numoe RSS growth "
-            f"{ours['rss'] / 1e9:.2f} GB = {ours['rss'] / ours['file_bytes']:.2f}x the file "
-            "|  |  |  |  |  |  |"
+            f"{ours['rss'] / 1e9:.2f} GB = {ours['rss'] / ours['file_bytes']:.2f}x the file; "
+            f"weights: {format_placement(ours['placement'])} |  |  |  |  |  |  |"
         )
     if a.clean and not a.model:
         for path in paths:

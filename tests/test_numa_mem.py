@@ -201,3 +201,11 @@ def test_placement_of_a_gguf(tiny):
     fresh = numa_mem.placement(tiny, map_cached=True)  # a path: mapped afresh
     assert sum(fresh.values()) == total
 
+
+def test_doctor_prints_the_page_cache(tiny, capsys):
+    from numoe.cli import main
+
+    assert main(["doctor", "-m", tiny]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "page cache now:" in x)
+    assert "on node" in line or "not cached" in line

@@ -90,6 +90,23 @@ def memory_by_policy(plan: ThreadPlan, expert_bytes: int, dense_bytes: int) -> d
     return out
 
 
+def page_cache_placement(path) -> dict | None:
+    """Where the page cache holds the file's weights now (live machine only):
+    {"per_node": {node: bytes}, "not_resident": bytes, "unknown_node": bytes}; None when the
+    query fails. What policy off reads from; see numoe.numa_mem.placement."""
+    from .numa_mem import NOT_RESIDENT, UNKNOWN_NODE, placement
+
+    try:
+        p = placement(path, map_cached=True)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return {
+        "per_node": {k: v for k, v in p.items() if isinstance(k, int)},
+        "not_resident": p.get(NOT_RESIDENT, 0),
+        "unknown_node": p.get(UNKNOWN_NODE, 0),
+    }
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -140,6 +157,8 @@ def diagnose(
     mb = model_bytes(model) if model is not None else None
     if mb is not None:
         mb["policies"] = memory_by_policy(plan, mb["expert_bytes"], mb["dense_bytes"])
+        if root is None:
+            mb["page_cache"] = page_cache_placement(model)
 
     smt_of = {c.id: not c.primary for c in topo.cpus}
     nodes = []

@@ -179,6 +179,14 @@ def format_report(r: dict) -> str:
                 f"total {_gib(need['total'])}{mark}"
             )
         w("  (memory-map pages sit on the node of the thread that first read them)")
+        pc = m.get("page_cache")
+        if pc:
+            parts = [f"{_gib(v)} on node {k}" for k, v in sorted(pc["per_node"].items())]
+            if pc["unknown_node"]:
+                parts.append(f"{_gib(pc['unknown_node'])} on an unknown node")
+            if pc["not_resident"] or not parts:
+                parts.append(f"{_gib(pc['not_resident'])} not cached")
+            w(f"  page cache now: {', '.join(parts)}")
     w("")
     w("advice:")
     for a in r["advice"]:
