@@ -5,9 +5,11 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <stdexcept>
@@ -184,6 +186,37 @@ struct PyMoE {
            E, F, D) {
     for (const auto *v : {&gate, &up, &down}) keep.insert(keep.end(), v->begin(), v->end());
   }
+  // (buffer, gate/up/down byte offsets per expert, f0, n_ff, down_stride, group) per slice.
+  using Slice = std::tuple<Bytes, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                           int64_t, int64_t, int64_t, int>;
+  PyMoE(const std::vector<Slice> &sl, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
+      : op((check_dims(E, F, D), slices(sl, gt, ut, dt, E, D)), gt, ut, dt, E, F, D) {
+    for (const auto &s : sl) keep.push_back(std::get<0>(s));
+  }
+  static std::vector<numoe::MoESlice> slices(const std::vector<Slice> &sl, int gt, int ut, int dt,
+                                             int64_t E, int64_t D) {
+    std::vector<numoe::MoESlice> out;
+    for (const auto &[buf, g, u, d, f0, n, stride, group] : sl) {
+      if (n <= 0 || stride < 0) throw std::invalid_argument("MoE slice: n_ff > 0, stride >= 0");
+      const size_t sz = buf.size(), st = stride ? stride : numoe::row_bytes_of(dt, n);
+      const size_t need[3] = {numoe::row_bytes_of(gt, D) * n, numoe::row_bytes_of(ut, D) * n,
+                              st * (D - 1) + numoe::row_bytes_of(dt, n)};
+      numoe::MoESlice m{{}, {}, {}, f0, n, static_cast<size_t>(stride), group};
+      const std::vector<int64_t> *offs[3] = {&g, &u, &d};
+      std::vector<const uint8_t *> *ptrs[3] = {&m.gate, &m.up, &m.down};
+      for (int i = 0; i < 3; ++i) {
+        if (static_cast<int64_t>(offs[i]->size()) != E)
+          throw std::invalid_argument("MoE slice: one offset per expert");
+        for (int64_t o : *offs[i]) {
+          if (o < 0 || static_cast<size_t>(o) + need[i] > sz)
+            throw std::invalid_argument("MoE slice: expert bytes outside the buffer");
+          ptrs[i]->push_back(buf.data() + o);
+        }
+      }
+      out.push_back(std::move(m));
+    }
+    return out;
+  }
   static void check_dims(int64_t E, int64_t F, int64_t D) {
     if (E <= 0 || F <= 0 || D <= 0)
       throw std::invalid_argument("n_expert, n_ff and n_embd must be positive");
@@ -236,6 +269,18 @@ void bind_kernels(nb::module_ &m) {
       "n_tasks"_a, "spin_ns"_a = 0,
       "Run n_tasks tasks on the pool (each busy for spin_ns); returns (thread id, CPU) per task. "
       "For tests.");
+  m.def(
+      "pool_groups_trace",
+      [](const std::vector<int64_t> &n, const std::vector<int> &group) {
+        std::vector<std::vector<std::pair<int64_t, int>>> out(n.size());
+        for (size_t s = 0; s < n.size(); ++s) out[s].resize(std::max<int64_t>(n[s], 0));
+        nb::gil_scoped_release release;
+        numoe::ThreadPool::instance().parallel_for_groups(
+            n, group, [&](int64_t s, int64_t t, int) { out[s][t] = {t, sched_getcpu()}; });
+        return out;
+      },
+      "n_tasks"_a, "groups"_a,
+      "parallel_for_groups: slot s's tasks on group groups[s]; (task, CPU) per task. For tests.");
   m.def(
       "read_bandwidth_bytes",
       [](const Bytes &a) {
@@ -294,6 +339,12 @@ void bind_kernels(nb::module_ &m) {
            "n_ff"_a, "n_embd"_a,
            "gate/up/down: [one merged uint8 array of E experts] or E per-expert arrays (gate/up "
            "[F, D], down [D, F]); kept referenced. ValueError on a size mismatch.")
+      .def(nb::init<const std::vector<PyMoE::Slice> &, int, int, int, int64_t, int64_t, int64_t>(),
+           "slices"_a, "gate_type"_a, "up_type"_a, "down_type"_a, "n_expert"_a, "n_ff"_a,
+           "n_embd"_a,
+           "Sliced op (NUMA shard/replicate, csrc/moe.hpp): slices = [(uint8 buffer, gate, up, "
+           "down byte offsets per expert, f0, n_ff, down_stride (0: packed), pool group)].")
+      .def_prop_ro("n_slices", [](PyMoE &s) { return s.op.n_slices(); })
       .def(
           "forward",
           [](PyMoE &s, const Floats &x, const AnyArray &ids, const Floats &w) {

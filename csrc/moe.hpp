@@ -12,6 +12,14 @@
 // result is the same for any thread count and any timing. Tasks of the most used experts
 // come first, and a hot expert is split into as many row blocks as any other, so it does
 // not serialise a step.
+//
+// Slices (NUMA shard/replicate): the op may instead be built from S slices, slice s holding
+// the intermediate columns [f0_s, f0_s + F_s) of every expert (gate/up rows, down sub-rows) in
+// its own memory and computed only by the threads of pool group `group` (parallel_for_groups).
+// Slices cover [0, F) in order; each boundary is a multiple of the down activation type's
+// block size, so a down sub-row is a valid quantized row and h is quantized once for all.
+// Slice s's down outputs y_s are summed in slice order before the slot weights apply, so the
+// result is deterministic and differs from the one-slice op only by that float summation.
 #pragma once
 
 #include <cstddef>
@@ -20,8 +28,18 @@
 
 namespace numoe {
 
+struct MoESlice {
+  // Per expert: gate/up point at row f0 ([F_s rows of D]); down at column f0 of row 0.
+  std::vector<const uint8_t *> gate, up, down;
+  int64_t f0 = 0, n_ff = 0;  // columns [f0, f0 + n_ff) of the intermediate dimension
+  size_t down_stride = 0;    // bytes between down rows (0: row bytes of n_ff elements)
+  int group = -1;            // pool group computing it (-1: any thread; one slice only)
+};
+
 class MoEOp {
  public:
+  MoEOp(std::vector<MoESlice> slices, int gate_type, int up_type, int down_type, int64_t n_expert,
+        int64_t n_ff, int64_t n_embd);
   // gate/up/down: n_expert pointers each (gate/up: F rows of D; down: D rows of F).
   MoEOp(std::vector<const uint8_t *> gate, std::vector<const uint8_t *> up,
         std::vector<const uint8_t *> down, int gate_type, int up_type, int down_type,
@@ -39,9 +57,10 @@ class MoEOp {
   size_t gate_bytes() const;
   size_t up_bytes() const;
   size_t down_bytes() const;
+  size_t n_slices() const { return slices_.size(); }
 
  private:
-  std::vector<const uint8_t *> gate_, up_, down_;
+  std::vector<MoESlice> slices_;
   int gate_type_, up_type_, down_type_;
   int64_t E_, F_, D_;
 };

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <climits>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -74,13 +75,42 @@ struct ThreadPool::Impl {
   alignas(64) std::atomic<int64_t> next{0};  // next task to claim
   int64_t n_tasks = 0;
   const Task *fn = nullptr;
+  // parallel_for_groups: per-slot task counts, groups and counters (fn is null then).
+  const SlotTask *sfn = nullptr;
+  std::vector<int64_t> slot_n;
+  std::vector<int> slot_group;
+  std::unique_ptr<std::atomic<int64_t>[]> slot_next;
+  size_t slot_cap = 0;
   std::atomic<bool> stop{false};
   std::mutex err_mu;
   std::exception_ptr err;
 
+  void run_slots(int thread) {
+    const int g = thread < static_cast<int>(group_of.size()) ? group_of[thread] : 0;
+    const int G = static_cast<int>(plan.size());
+    for (size_t s = 0; s < slot_n.size(); ++s) {
+      if (slot_group[s] % G != g) continue;
+      for (;;) {
+        const int64_t t = slot_next[s].fetch_add(1, std::memory_order_relaxed);
+        if (t >= slot_n[s]) break;
+        try {
+          (*sfn)(static_cast<int64_t>(s), t, thread);
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(err_mu);
+          if (!err) err = std::current_exception();
+        }
+      }
+    }
+  }
+
   void run_tasks(int thread) {
     const bool was = t_in_task;
     t_in_task = true;
+    if (sfn != nullptr) {
+      run_slots(thread);
+      t_in_task = was;
+      return;
+    }
     for (;;) {
       const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
       if (t >= n_tasks) break;
@@ -189,6 +219,19 @@ struct ThreadPool::Impl {
     }
   }
 
+  // Move the caller off a worker's CPU to its own slot's CPU; true when moved (restore `saved`).
+  bool move_caller(cpu_set_t *saved) {
+    const int here = sched_getcpu();
+    if (here >= 0 && here < CPU_SETSIZE && worker_cpu[here] && caller_cpu >= 0 &&
+        caller_cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof(*saved), saved) == 0) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(caller_cpu, &one);
+      return sched_setaffinity(0, sizeof(one), &one) == 0;
+    }
+    return false;
+  }
+
   // In a forked child the workers do not exist: forget them and start new ones.
   void check_fork() {
     if (getpid() == pid) return;
@@ -277,15 +320,7 @@ void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   // torch's, inherit its mask). When it sits on a worker's CPU the two would share that
   // core for the whole call, so move it to its own CPU for the call and restore the mask.
   cpu_set_t saved;
-  bool moved = false;
-  const int here = sched_getcpu();
-  if (here >= 0 && here < CPU_SETSIZE && p.worker_cpu[here] && p.caller_cpu >= 0 &&
-      p.caller_cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof(saved), &saved) == 0) {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(p.caller_cpu, &one);
-    moved = sched_setaffinity(0, sizeof(one), &one) == 0;
-  }
+  const bool moved = p.move_caller(&saved);
   p.fn = &fn;
   p.n_tasks = n_tasks;
   p.err = nullptr;
@@ -295,6 +330,65 @@ void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   p.run_tasks(0);
   p.wait_pending();
   p.fn = nullptr;
+  if (moved) sched_setaffinity(0, sizeof(saved), &saved);
+  if (p.err) {
+    std::exception_ptr e = p.err;
+    p.err = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+int ThreadPool::group_threads(int g) const {
+  const auto &plan = impl_->plan;
+  return static_cast<int>(plan[static_cast<size_t>(std::max(g, 0)) % plan.size()].size());
+}
+
+void ThreadPool::parallel_for_groups(const std::vector<int64_t> &n_tasks,
+                                     const std::vector<int> &group, const SlotTask &fn) {
+  if (n_tasks.size() != group.size())
+    throw std::invalid_argument("parallel_for_groups: one group per slot");
+  for (int g : group)
+    if (g < 0) throw std::invalid_argument("parallel_for_groups: groups must be >= 0");
+  Impl &p = *impl_;
+  std::unique_lock<std::mutex> lk(p.call_mu, std::defer_lock);
+  const bool serial = t_in_task || !lk.try_lock() || (p.check_fork(), p.workers.empty());
+  if (serial) {
+    const bool was = t_in_task;
+    t_in_task = true;
+    struct Restore {
+      bool v;
+      ~Restore() { t_in_task = v; }
+    } restore{was};
+    std::exception_ptr err;
+    for (size_t s = 0; s < n_tasks.size(); ++s)
+      for (int64_t t = 0; t < n_tasks[s]; ++t) {
+        try {
+          fn(static_cast<int64_t>(s), t, 0);
+        } catch (...) {
+          if (!err) err = std::current_exception();
+        }
+      }
+    if (err) std::rethrow_exception(err);
+    return;
+  }
+  if (p.slot_cap < n_tasks.size()) {
+    p.slot_next.reset(new std::atomic<int64_t>[n_tasks.size()]);
+    p.slot_cap = n_tasks.size();
+  }
+  for (size_t s = 0; s < n_tasks.size(); ++s) p.slot_next[s].store(0, std::memory_order_relaxed);
+  p.slot_n = n_tasks;
+  p.slot_group = group;
+  p.sfn = &fn;
+  p.fn = nullptr;
+  p.n_tasks = 0;
+  p.err = nullptr;
+  cpu_set_t saved;
+  const bool moved = p.move_caller(&saved);  // as in parallel_for
+  p.pending.store(static_cast<int>(p.workers.size()), std::memory_order_relaxed);
+  p.kick();
+  p.run_tasks(0);
+  p.wait_pending();
+  p.sfn = nullptr;
   if (moved) sched_setaffinity(0, sizeof(saved), &saved);
   if (p.err) {
     std::exception_ptr e = p.err;

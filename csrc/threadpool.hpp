@@ -8,8 +8,9 @@
 //
 // Groups: set_threads takes one CPU list per NUMA node. The caller counts as the first
 // thread of group 0 (it is not pinned: it is the Python thread); every other thread is a
-// worker pinned to its CPU. Today every task may run on any thread; the groups are there so
-// that node-local scheduling (each node's threads take their node's tasks) can build on them.
+// worker pinned to its CPU. parallel_for's tasks run on any thread; parallel_for_groups runs
+// several task lists ("slots") in one call, slot s only on the threads of its group (node-local
+// scheduling: each node's threads take their node's slice of the experts).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +41,16 @@ class ThreadPool {
   // tasks serially on the calling thread (thread id 0 is then not unique: such callers
   // must not rely on per-thread scratch by id; numoe's kernels only call from outside).
   void parallel_for(int64_t n_tasks, const Task &fn);
+
+  // fn(slot, task, thread) for task in [0, n_tasks[slot]) of every slot; slot s runs only on
+  // the threads of group group[s] % (number of groups), claimed from that slot's own counter
+  // (no stealing across groups). Same blocking, exception and nesting rules as parallel_for
+  // (nested or concurrent calls run every slot serially on the caller).
+  using SlotTask = std::function<void(int64_t slot, int64_t task, int thread)>;
+  void parallel_for_groups(const std::vector<int64_t> &n_tasks, const std::vector<int> &group,
+                           const SlotTask &fn);
+  // Threads of group g (g taken modulo the number of groups).
+  int group_threads(int g) const;
 
   ~ThreadPool();
   ThreadPool(const ThreadPool &) = delete;

@@ -15,8 +15,9 @@ and the node whose memory serves it (``mem_node``): what the shard/replicate pla
 
 Policy (:func:`resolve_policy`): ``auto`` = shard on more than one logical node, else off.
 ``shard`` (experts split across the logical nodes, one copy in total), ``replicate`` (a copy
-per memory node) and ``off`` (weights straight from the memory map). Only ``off`` is executed
-so far (:data:`EXECUTED`); the CLI says so in one line when another policy is chosen.
+per logical node, for comparison) and ``off`` (weights straight from the memory map); the
+routed experts follow them (``numoe.numa_experts``); :data:`EXECUTED` lists the policies
+carried out (the CLI says so in one line when another one is chosen).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field
 from .topology import Topology
 
 POLICIES = ("auto", "shard", "replicate", "off")
-# Policies the CPU path carries out today; part B (sharded placement) adds shard, replicate.
-EXECUTED = frozenset({"off"})
+# Policies the CPU path carries out (shard, replicate: numoe.numa_experts, routed experts).
+EXECUTED = frozenset({"off", "shard", "replicate"})
 
 
 class PlanError(ValueError):

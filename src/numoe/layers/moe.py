@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _cpu, pool
+from .. import _cpu, numa, numa_experts, pool
 from ..gguf import GGUFError, GGUFFile, dequantize
 from .linear import Linear, _tensor, as_numpy, raw_bytes
 
@@ -63,7 +63,9 @@ class Experts:
     """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F].
 
     On the CPU (always, for routed experts) the op is numoe's fused C++ MoE op
-    (``numoe._cpu.MoE``) over the GGUF tensors read in place: no float copy. A float path
+    (``numoe._cpu.MoE``) over the GGUF tensors read in place: no float copy. Under
+    ``--numa shard|replicate`` (``numoe.numa.active()``) the op runs over copies in node
+    memory instead (``numoe.numa_experts``). A float path
     (tensors given, e.g. on another device) is kept as the reference."""
 
     def __init__(
@@ -72,10 +74,14 @@ class Experts:
         up: torch.Tensor | None = None,
         down: torch.Tensor | None = None,
         op: _cpu.MoE | None = None,
+        buffers: list | None = None,
+        policy: str = "off",
     ):
         if (op is None) == (gate is None):
             raise ValueError("Experts needs float tensors or a CPU op")
         self.gate, self.up, self.down, self.op = gate, up, down, op
+        # NUMA policy carried out (numoe.numa_experts) and its node buffers (kept alive).
+        self.buffers, self.policy = buffers or [], policy
 
     @classmethod
     def load(
@@ -114,6 +120,12 @@ class Experts:
                 raise GGUFError(f"blk.{blk}: per-expert {p} tensors differ in type ({names})")
             types[p] = int(v[0].qtype)
         pool.ensure()
+        active = numa.active()
+        if active is not None and active[1].name in ("shard", "replicate"):
+            op, buffers = numa_experts.build(
+                ts, types, n_expert, n_ff, n_embd, active[1].name, active[1].nodes
+            )
+            return cls(op=op, buffers=buffers, policy=active[1].name)
         op = _cpu.MoE(
             [raw_bytes(t) for t in ts["gate"]],
             [raw_bytes(t) for t in ts["up"]],

@@ -59,6 +59,11 @@ PRESETS = {
         _QWEN2, n_vocab=512, n_ctx_train=4096, n_embd=64, n_layer=2, n_head=4, n_head_kv=4,
         head_dim=16, n_expert=8, n_expert_used=2, n_ff_exp=32, n_ff_shexp=48,
     ),
+    # expert F = 2 x 256: --numa shard splits it in 256-wide blocks over two nodes (tests)
+    "small-qwen3moe": Config(
+        n_vocab=512, n_ctx_train=4096, n_embd=256, n_layer=2, n_head=4, n_head_kv=2,
+        head_dim=64, n_expert=8, n_expert_used=2, n_ff_exp=512,
+    ),
     "qwen3-30b-a3b": Config(),
     "qwen1.5-moe-a2.7b": _QWEN2,
 }  # fmt: skip
