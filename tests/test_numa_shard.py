@@ -99,10 +99,15 @@ def skewed_ids(T, E, k, rng):
 
 def test_shard_bounds():
     assert numa_experts.shard_bounds(512, 2, int(Q.Q6_K)) == [(0, 256), (256, 512)]
-    assert numa_experts.shard_bounds(768, 2, int(Q.Q6_K)) == [(0, 256), (256, 768)]
-    assert numa_experts.shard_bounds(96, 2, int(Q.Q8_0)) == [(0, 32), (32, 96)]  # 32-blocks
-    assert numa_experts.shard_bounds(256, 2, int(Q.Q4_K)) == [(0, 0), (0, 256)]  # one block
-    assert numa_experts.shard_bounds(48, 2, int(Q.F32)) == [(0, 0), (0, 48)]  # no 32-blocks
+    assert numa_experts.shard_bounds(768, 2, int(Q.Q6_K)) == [(0, 512), (512, 768)]
+    assert numa_experts.shard_bounds(96, 2, int(Q.Q8_0)) == [(0, 64), (64, 96)]  # 32-blocks
+    assert numa_experts.shard_bounds(256, 2, int(Q.Q4_K)) == [(0, 256), (256, 256)]  # one block
+    assert numa_experts.shard_bounds(48, 2, int(Q.F32)) == [(0, 48), (48, 48)]  # no 32-blocks
+    # in proportion to the nodes' threads: 3 + 1 threads, 8 blocks -> 6 + 2
+    assert numa_experts.shard_bounds(2048, [3, 1], int(Q.Q6_K)) == [(0, 1536), (1536, 2048)]
+    bounds = numa_experts.shard_bounds(7 * 256, [1, 1, 1], int(Q.Q6_K))
+    assert [f1 - f0 for f0, f1 in bounds] == [512, 768, 512]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 7 * 256
 
 
 def test_pool_groups_run_each_slot_on_its_group(policy):
@@ -202,3 +207,20 @@ def test_policies_are_executed():
     assert {"shard", "replicate"} <= numa.EXECUTED
     plan = _two_nodes()
     assert numa.resolve_policy("shard", plan).pending_notice() is None
+
+
+def test_fewer_blocks_than_nodes(tmp_path, policy):
+    """F = one 32-block: node 1 gets nothing; node 0's one slice holds all of F and computes
+    exactly as off (same dot products), only on its group's threads."""
+    rng = np.random.default_rng(9)
+    E, Fd, D, T, k = 4, 32, 64, 5, 2
+    path = experts_file(tmp_path / "f32.gguf", (Q.Q8_0,) * 3, E, Fd, D, rng)
+    x = torch.from_numpy(rng.standard_normal((T, D)).astype(np.float32))
+    ids, w = map(torch.from_numpy, skewed_ids(T, E, k, rng))
+    out = {}
+    for name in ("off", "shard"):
+        policy(name)
+        ex = Experts.load(open_gguf(path), 0, E, D, Fd, torch.device("cpu"))
+        assert ex.op.n_slices == 1 and len(ex.buffers) == (name == "shard")
+        out[name] = ex(x, ids, w)
+    assert torch.equal(out["shard"], out["off"])

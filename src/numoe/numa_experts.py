@@ -2,8 +2,8 @@
 
 shard: the intermediate dimension F of every expert is cut into blocks of 256 columns (when F
 is a multiple of 256; else blocks of the down type's block size, at least 32: Q8_0/Q4_0
-experts with a small F) and the blocks are dealt out to the logical nodes in contiguous,
-balanced runs. Node k holds, for every expert, gate/up rows [f0, f1) and the down sub-rows of
+experts with a small F) and the blocks are dealt out to the logical nodes in contiguous runs
+in proportion to their threads (equal runs for equal nodes). Node k holds, for every expert, gate/up rows [f0, f1) and the down sub-rows of
 columns [f0, f1) (whole quantized blocks, so each sub-row is a valid row of its type) in one
 ``NodeBuffer`` per layer on its memory node, first-touched by its threads; its pool group
 computes that slice (``MoE`` slices, csrc/moe.hpp) and the slices' outputs are summed in node
@@ -44,12 +44,18 @@ def shard_granule(n_ff: int, down_type: int) -> int:
     return g if n_ff % g == 0 else n_ff
 
 
-def shard_bounds(n_ff: int, n_nodes: int, down_type: int) -> list[tuple[int, int]]:
-    """[f0, f1) per logical node: contiguous runs of whole blocks, sizes differing by at most
-    one block; a node may get an empty range when F has fewer blocks than there are nodes."""
+def shard_bounds(n_ff: int, weights, down_type: int) -> list[tuple[int, int]]:
+    """[f0, f1) per logical node: contiguous runs of whole blocks in proportion to `weights`
+    (a node count: equal shares; or the nodes' thread counts, so that no group waits for a
+    bigger share on fewer threads), rounded at the cumulative boundaries; a node may get an
+    empty range when F has fewer blocks than there are nodes."""
+    w = [1] * weights if isinstance(weights, int) else list(weights)
     g = shard_granule(n_ff, down_type)
-    nb = n_ff // g
-    return [(k * nb // n_nodes * g, (k + 1) * nb // n_nodes * g) for k in range(n_nodes)]
+    nb, total = n_ff // g, sum(w)
+    cuts = [0]
+    for k in range(len(w)):
+        cuts.append((2 * nb * sum(w[: k + 1]) + total) // (2 * total))
+    return [(cuts[k] * g, cuts[k + 1] * g) for k in range(len(w))]
 
 
 def _expert_bytes(ts, n_expert: int) -> list[np.ndarray]:
@@ -69,7 +75,7 @@ def build(ts: dict, types: dict, n_expert: int, n_ff: int, n_embd: int, policy: 
     gb, ub = row_bytes(types["gate"], D), row_bytes(types["up"], D)
     dbF = row_bytes(types["down"], F)
     src = {p: _expert_bytes(ts[p], E) for p in ("gate", "up", "down")}
-    bounds = shard_bounds(F, len(nodes), types["down"])
+    bounds = shard_bounds(F, [len(n.cpus) for n in nodes], types["down"])
     slices, buffers = [], []
     for node, (f0, f1) in zip(nodes, bounds):
         mem = node.mem_node if node.mem_node is not None else max(node.node, 0)

@@ -1,0 +1,124 @@
+"""Decode (tg) and prefill (pp) tokens/s and memory of numoe under --numa off / shard /
+replicate, one fresh process per policy, on one GGUF file and one thread plan.
+
+    python benchmarks/numa.py -m model.gguf --numa-nodes 0,0      # 2 logical nodes on node 0
+    python benchmarks/numa.py -m model.gguf --numa-nodes 0,1 -t 32
+
+Per policy: load time; pp and tg tok/s (median of --reps rounds after a warm-up; prefill
+touches every expert); RSS growth over load + run (file pages of the map included: off holds
+the file's pages, shard its copies instead, replicate N copies); peak RSS (VmHWM: the load
+copies tensor by tensor while the map's pages are released after each layer); node memory
+from the allocator's own accounting (numoe._cpu.node_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLICIES = ("off", "shard", "replicate")
+
+
+def status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def one(path: Path, policy: str, nodes: str, threads: int | None, n_pp: int, n_tg: int, reps: int):
+    import torch
+
+    from numoe import _cpu, numa, pool
+    from numoe.engine import Session
+    from numoe.gguf import open_gguf
+    from numoe.models import load
+    from numoe.placement import Placement
+    from numoe.sampling import Sampler, SamplingParams
+    from numoe.topology import Topology
+
+    plan = numa.plan_threads(Topology.read(), threads, numa.parse_numa_nodes(nodes))
+    pool.set_plan(plan)
+    numa.set_active(plan, numa.resolve_policy(policy, plan))
+    rss0 = status_bytes("VmRSS")
+    t0 = time.perf_counter()
+    cfg, model = load(open_gguf(path), Placement.parse("cpu"))
+    load_s = time.perf_counter() - t0
+    toks = torch.randint(100, cfg.n_vocab, (n_pp,), generator=torch.Generator().manual_seed(0))
+    toks = toks.tolist()
+    greedy = Sampler(SamplingParams(temperature=0))
+    pp, tg = [], []
+    for r in range(reps + 1):  # round 0: warm-up
+        s = Session(model, n_ctx=n_pp + n_tg + 8, chunk=n_pp)
+        s.prefill(toks)
+        s2 = Session(model, n_ctx=n_pp + n_tg + 8)
+        for _ in s2.generate(toks[:1], n_tg, greedy, ignore_eos=True):
+            pass
+        if r:
+            pp.append(s.timings.prompt_tps)
+            tg.append(s2.timings.gen_tps)
+    out = {
+        "policy": policy,
+        "threads": plan.threads,
+        "groups": len(plan.groups),
+        "load_s": load_s,
+        "pp": statistics.median(pp),
+        "tg": statistics.median(tg),
+        "rss": status_bytes("VmRSS") - rss0,
+        "peak": status_bytes("VmHWM"),
+        "allocated": sum(_cpu.node_allocated().values()),
+    }
+    del model, s, s2
+    gc.collect()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-m", "--model", type=Path, required=True)
+    ap.add_argument("--numa-nodes", default="0,0")
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--pp", type=int, default=32)
+    ap.add_argument("--tg", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one policy
+    a = ap.parse_args()
+    if a.one:
+        r = one(a.model, a.one, a.numa_nodes, a.threads, a.pp, a.tg, a.reps)
+        print("RESULT " + json.dumps(r), flush=True)
+        return
+    size = a.model.stat().st_size
+    print(f"{a.model.name}: {size / 2**30:.2f} GiB, --numa-nodes {a.numa_nodes}", flush=True)
+    print(
+        f"{'policy':>10} {'load s':>7} {'pp tok/s':>9} {'tg tok/s':>9} {'RSS +GiB':>9} "
+        f"{'peak GiB':>9} {'node mem GiB':>13}",
+        flush=True,
+    )
+    for policy in a.policies.split(","):
+        args = [sys.executable, __file__, "-m", str(a.model), "--numa-nodes", a.numa_nodes]
+        args += ["--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps), "--one", policy]
+        if a.threads:
+            args += ["-t", str(a.threads)]
+        p = subprocess.run(args, check=False, capture_output=True, text=True)
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        if p.returncode or not line:
+            print(f"{policy:>10} failed: {p.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        r = json.loads(line[0][7:])
+        print(
+            f"{policy:>10} {r['load_s']:7.1f} {r['pp']:9.1f} {r['tg']:9.2f} "
+            f"{r['rss'] / 2**30:9.2f} {r['peak'] / 2**30:9.2f} {r['allocated'] / 2**30:13.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
