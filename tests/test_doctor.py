@@ -163,10 +163,11 @@ def test_memory_by_policy(trees):
     assert m["shard"]["total"] == 252 * GiB  # one copy in total
     assert m["replicate"]["per_node"] == {n: 240 * GiB for n in range(24)}
     assert m["replicate"]["total"] == 24 * 240 * GiB + 12 * GiB
-    # two logical nodes on one memory node: the node holds both halves
+    # two logical nodes on one memory node: the node holds both halves (shard), both copies
+    # (replicate: one per logical node, as numoe.numa_experts does)
     one = Topology.read(trees["one"], allowed_cpus=list(range(8)))
     m = doctor.memory_by_policy(plan_threads(one, numa_nodes=[0, 0]), 10 * GiB, GiB)
-    assert m["shard"]["per_node"] == {0: 10 * GiB} and m["replicate"]["per_node"] == {0: 10 * GiB}
+    assert m["shard"]["per_node"] == {0: 10 * GiB} and m["replicate"]["per_node"] == {0: 20 * GiB}
 
 
 def _fake_model(monkeypatch, experts, dense):

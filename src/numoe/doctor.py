@@ -81,7 +81,10 @@ def memory_by_policy(plan: ThreadPlan, expert_bytes: int, dense_bytes: int) -> d
     for ln in plan.nodes:
         if ln.mem_node is not None:
             shard[ln.mem_node] = shard.get(ln.mem_node, 0) + expert_bytes // n
-    replicate = {m: expert_bytes for m in plan.mem_nodes}
+    replicate: dict[int, int] = {}  # a copy per logical node (numoe.numa_experts)
+    for ln in plan.nodes:
+        if ln.mem_node is not None:
+            replicate[ln.mem_node] = replicate.get(ln.mem_node, 0) + expert_bytes
     out = {"off": {"per_node": {}, "map": expert_bytes + dense_bytes}}
     out["shard"] = {"per_node": shard, "map": dense_bytes}
     out["replicate"] = {"per_node": replicate, "map": dense_bytes}
