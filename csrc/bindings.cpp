@@ -178,6 +178,7 @@ std::vector<const uint8_t *> expert_ptrs(const std::vector<Bytes> &arrs, int typ
 
 struct PyMoE {
   std::vector<Bytes> keep;
+  std::vector<nb::object> keep_obj;  // slice buffers (Python objects: freed in order at exit)
   numoe::MoEOp op;
   PyMoE(const std::vector<Bytes> &gate, const std::vector<Bytes> &up,
         const std::vector<Bytes> &down, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
@@ -187,16 +188,19 @@ struct PyMoE {
     for (const auto *v : {&gate, &up, &down}) keep.insert(keep.end(), v->begin(), v->end());
   }
   // (buffer, gate/up/down byte offsets per expert, f0, n_ff, down_stride, group) per slice.
-  using Slice = std::tuple<Bytes, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                           int64_t, int64_t, int64_t, int>;
+  using Slice = std::tuple<nb::object, std::vector<int64_t>, std::vector<int64_t>,
+                           std::vector<int64_t>, int64_t, int64_t, int64_t, int>;
   PyMoE(const std::vector<Slice> &sl, int gt, int ut, int dt, int64_t E, int64_t F, int64_t D)
       : op((check_dims(E, F, D), slices(sl, gt, ut, dt, E, D)), gt, ut, dt, E, F, D) {
-    for (const auto &s : sl) keep.push_back(std::get<0>(s));
+    for (const auto &s : sl) keep_obj.push_back(std::get<0>(s));
   }
   static std::vector<numoe::MoESlice> slices(const std::vector<Slice> &sl, int gt, int ut, int dt,
                                              int64_t E, int64_t D) {
     std::vector<numoe::MoESlice> out;
-    for (const auto &[buf, g, u, d, f0, n, stride, group] : sl) {
+    for (const auto &[obj, g, u, d, f0, n, stride, group] : sl) {
+      Bytes buf;
+      if (!nb::try_cast<Bytes>(obj, buf, false))  // no converting copy: obj is what is kept
+        throw std::invalid_argument("MoE slice: the buffer must be a C-contiguous uint8 array");
       if (n <= 0 || stride < 0) throw std::invalid_argument("MoE slice: n_ff > 0, stride >= 0");
       const size_t sz = buf.size(), st = stride ? stride : numoe::row_bytes_of(dt, n);
       const size_t need[3] = {numoe::row_bytes_of(gt, D) * n, numoe::row_bytes_of(ut, D) * n,

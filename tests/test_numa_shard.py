@@ -224,3 +224,26 @@ def test_fewer_blocks_than_nodes(tmp_path, policy):
         assert ex.op.n_slices == 1 and len(ex.buffers) == (name == "shard")
         out[name] = ex(x, ids, w)
     assert torch.equal(out["shard"], out["off"])
+
+
+def test_sliced_op_checks():
+    """The sliced constructor checks its slices (ValueError) and keeps the buffers alive."""
+    E, Fd, D, q = 1, 64, 32, int(Q.Q8_0)
+    rb = numa_experts.row_bytes(q, D)  # gate/up row; down row of 32 = rb too
+    buf = np.zeros(3 * Fd * rb, np.uint8)
+    ok = (buf, [0], [Fd * rb], [2 * Fd * rb], 0, Fd, 0, 0)
+    assert _cpu.MoE([ok], q, q, q, E, Fd, D).n_slices == 1
+    bad = {
+        "C-contiguous uint8": (buf[::2], *ok[1:]),
+        "outside the buffer": (buf, [0], [Fd * rb], [3 * Fd * rb], 0, Fd, 0, 0),
+        "cover": (buf, [0], [Fd * rb], [2 * Fd * rb], 0, 32, 0, 0),
+        "one offset per expert": (buf, [0, 0], [0], [0], 0, Fd, 0, 0),
+    }
+    for match, s in bad.items():
+        with pytest.raises(ValueError, match=match):
+            _cpu.MoE([s], q, q, q, E, Fd, D)
+    with pytest.raises(ValueError, match="multiple of the block size|block"):  # f0 = 16
+        _cpu.MoE(
+            [(buf, [0], [0], [0], 0, 16, 0, 0), (buf, [0], [0], [0], 16, 48, 0, 1)],
+            q, q, q, E, Fd, D,
+        )  # fmt: skip
