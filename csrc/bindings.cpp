@@ -254,6 +254,10 @@ void bind_kernels(nb::module_ &m) {
       "thread_groups", [] { return numoe::ThreadPool::instance().groups(); },
       "The CPU lists the pool was set up with (one per node; [[-1]] before set_threads).");
   m.def(
+      "worker_affinity", [] { return numoe::ThreadPool::instance().worker_affinity(); },
+      "Per pool thread, the CPUs of its affinity mask as the worker read it after pinning "
+      "(slot 0, the caller: []).");
+  m.def(
       "pool_trace",
       [](int64_t n_tasks, int64_t spin_ns) {
         if (n_tasks < 0) throw std::invalid_argument("n_tasks must be >= 0");

@@ -67,6 +67,10 @@ struct ThreadPool::Impl {
   std::vector<bool> worker_cpu;  // CPU id -> a worker is pinned there
   int caller_cpu = -1;           // the plan's first CPU: where the caller belongs
   pid_t pid = getpid();
+  // Each worker's CPU affinity as the worker itself read it (sched_getaffinity) after
+  // pinning; n_reported counts the workers that have written theirs.
+  std::vector<std::vector<int>> affinity;
+  std::atomic<int> n_reported{0};
 
   // One generation per parallel_for call; workers wait for it to change.
   alignas(64) std::atomic<uint32_t> gen{0};
@@ -132,6 +136,16 @@ struct ThreadPool::Impl {
         CPU_SET(w->cpu, &set);
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);  // best effort
       }
+    }
+    {
+      cpu_set_t got;
+      CPU_ZERO(&got);
+      std::vector<int> mine;
+      if (sched_getaffinity(0, sizeof(got), &got) == 0)
+        for (int c = 0; c < CPU_SETSIZE; ++c)
+          if (CPU_ISSET(c, &got)) mine.push_back(c);
+      affinity[static_cast<size_t>(w->id)] = std::move(mine);
+      n_reported.fetch_add(1, std::memory_order_release);
     }
     uint32_t seen = w->start_gen;  // not gen.load(): a call may already have started
     for (;;) {
@@ -199,6 +213,8 @@ struct ThreadPool::Impl {
         cpus.push_back(c);
       }
     workers.resize(cpus.size() > 0 ? cpus.size() - 1 : 0);
+    affinity.assign(cpus.size(), {});
+    n_reported.store(0);
     caller_cpu = cpus.empty() ? -1 : cpus[0];
     worker_cpu.assign(CPU_SETSIZE, false);
     for (size_t i = 1; i < cpus.size(); ++i)
@@ -286,6 +302,21 @@ void ThreadPool::set_threads(const std::vector<std::vector<int>> &groups) {
 int ThreadPool::num_threads() const { return static_cast<int>(impl_->workers.size()) + 1; }
 
 std::vector<std::vector<int>> ThreadPool::groups() const { return impl_->plan; }
+
+std::vector<std::vector<int>> ThreadPool::worker_affinity() const {
+  Impl &p = *impl_;
+  std::lock_guard<std::mutex> lk(p.call_mu);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (p.n_reported.load(std::memory_order_acquire) < static_cast<int>(p.workers.size())) {
+    if (std::chrono::steady_clock::now() > until)
+      throw std::runtime_error("pool workers did not report their affinity within 10 s");
+    std::this_thread::yield();
+  }
+  std::vector<std::vector<int>> out(p.affinity.begin(), p.affinity.end());
+  if (out.empty()) out.resize(1);
+  out[0].clear();  // slot 0 is the calling thread: not pinned by the pool
+  return out;
+}
 
 int ThreadPool::group_of(int thread) const {
   if (thread < 0 || thread >= static_cast<int>(impl_->group_of.size())) return 0;

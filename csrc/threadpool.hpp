@@ -34,6 +34,9 @@ class ThreadPool {
   int num_threads() const;
   std::vector<std::vector<int>> groups() const;
   int group_of(int thread) const;
+  // Per thread: the CPUs its affinity mask allows, as read by the worker itself right after
+  // it was pinned (slot 0, the caller, is not pinned by the pool: empty).
+  std::vector<std::vector<int>> worker_affinity() const;
 
   // fn(task, thread) for task in [0, n_tasks); thread in [0, num_threads()). Blocks until
   // all tasks ran. The first exception a task throws is rethrown here (the other tasks

@@ -56,3 +56,24 @@ def test_session_applies_the_policy(tmp_path):
     assert torch.get_num_threads() == pool.num_threads()
     s.step(5)
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_each_worker_reads_the_affinity_the_plan_gives(split):
+    """Every pool worker reads its own mask (sched_getaffinity, inside the worker) after
+    pinning: exactly the one CPU of its slot in the plan."""
+    from numoe import numa
+    from numoe.topology import Topology
+
+    topo = Topology.read()
+    node = topo.nodes[0].id
+    plan = numa.plan_threads(topo, None, [node, node] if split else None)
+    pool.set_plan(plan)
+    groups = pool.thread_groups()
+    cpus = [c for g in groups for c in g]  # slot i -> CPU
+    got = _cpu.worker_affinity()
+    assert len(got) == len(cpus) == pool.num_threads()
+    assert got[0] == []  # the caller's slot: not pinned by the pool
+    for slot in range(1, len(cpus)):
+        assert got[slot] == [cpus[slot]], (slot, got, groups)
+    pool.set_threads(None)
