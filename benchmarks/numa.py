@@ -3,6 +3,7 @@ replicate, one fresh process per policy, on one GGUF file and one thread plan.
 
     python benchmarks/numa.py -m model.gguf --numa-nodes 0,0      # 2 logical nodes on node 0
     python benchmarks/numa.py -m model.gguf --numa-nodes 0,1 -t 32
+    python benchmarks/numa.py -m model.gguf --sweep   # default plan vs -t 1..all cores
 
 Per policy: load time; pp and tg tok/s (median of --reps rounds after a warm-up; prefill
 touches every expert); RSS growth over load + run (file pages of the map included: off holds
@@ -44,7 +45,8 @@ def one(path: Path, policy: str, nodes: str, threads: int | None, n_pp: int, n_t
     from numoe.sampling import Sampler, SamplingParams
     from numoe.topology import Topology
 
-    plan = numa.plan_threads(Topology.read(), threads, numa.parse_numa_nodes(nodes))
+    nodes_list = numa.parse_numa_nodes(nodes) if nodes else None
+    plan = numa.plan_threads(Topology.read(), threads, nodes_list)
     pool.set_plan(plan)
     numa.set_active(plan, numa.resolve_policy(policy, plan))
     rss0 = status_bytes("VmRSS")
@@ -80,6 +82,40 @@ def one(path: Path, policy: str, nodes: str, threads: int | None, n_pp: int, n_t
     return out
 
 
+def child(a, policy: str, nodes: str, threads: int | None) -> dict | None:
+    """Run one configuration in a fresh process; its result dict, or None (reason printed)."""
+    args = [sys.executable, __file__, "-m", str(a.model), "--numa-nodes", nodes]
+    args += ["--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps), "--one", policy]
+    if threads:
+        args += ["-t", str(threads)]
+    p = subprocess.run(args, check=False, capture_output=True, text=True)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode or not line:
+        print(f"{policy} -t {threads}: failed: {p.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(line[0][7:])
+
+
+def sweep(a) -> None:
+    from numoe import numa
+    from numoe.topology import Topology
+
+    cores = numa.plan_threads(Topology.read(), None, None).threads  # the default: all cores
+    print(f"{a.model.name}: thread sweep, policy off, default plan", flush=True)
+    print(f"{'threads':>9} {'pp tok/s':>9} {'tg tok/s':>9}", flush=True)
+    rows = {}
+    for t in [*range(1, cores + 1), None]:
+        r = child(a, "off", "", t)
+        if r:
+            rows[t] = r
+            name = f"default ({r['threads']})" if t is None else str(t)
+            print(f"{name:>9} {r['pp']:9.1f} {r['tg']:9.2f}", flush=True)
+    if None in rows and len(rows) > 1:
+        for key in ("tg", "pp"):
+            best = max(r[key] for r in rows.values())
+            print(f"default {key}: {100 * rows[None][key] / best:.0f} % of the best", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-m", "--model", type=Path, required=True)
@@ -89,11 +125,19 @@ def main() -> None:
     ap.add_argument("--tg", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument(
+        "--sweep", action="store_true",
+        help="policy off, default thread plan (no --numa-nodes) at -t 1..all physical cores "
+        "and at the default (no -t): is the default within 5%% of the best?",
+    )  # fmt: skip
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one policy
     a = ap.parse_args()
     if a.one:
         r = one(a.model, a.one, a.numa_nodes, a.threads, a.pp, a.tg, a.reps)
         print("RESULT " + json.dumps(r), flush=True)
+        return
+    if a.sweep:
+        sweep(a)
         return
     size = a.model.stat().st_size
     print(f"{a.model.name}: {size / 2**30:.2f} GiB, --numa-nodes {a.numa_nodes}", flush=True)
@@ -103,16 +147,9 @@ def main() -> None:
         flush=True,
     )
     for policy in a.policies.split(","):
-        args = [sys.executable, __file__, "-m", str(a.model), "--numa-nodes", a.numa_nodes]
-        args += ["--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps), "--one", policy]
-        if a.threads:
-            args += ["-t", str(a.threads)]
-        p = subprocess.run(args, check=False, capture_output=True, text=True)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if p.returncode or not line:
-            print(f"{policy:>10} failed: {p.stderr.strip().splitlines()[-1:]}", flush=True)
+        r = child(a, policy, a.numa_nodes, a.threads)
+        if r is None:
             continue
-        r = json.loads(line[0][7:])
         print(
             f"{policy:>10} {r['load_s']:7.1f} {r['pp']:9.1f} {r['tg']:9.2f} "
             f"{r['rss'] / 2**30:9.2f} {r['peak'] / 2**30:9.2f} {r['allocated'] / 2**30:13.2f}",
