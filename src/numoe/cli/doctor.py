@@ -170,7 +170,11 @@ def format_report(r: dict) -> str:
             if per:
                 vals = sorted(set(per.values()))
                 each = _gib(vals[0]) if len(vals) == 1 else "/".join(_gib(v) for v in vals)
-                node_text = f"{each} on each of nodes {format_ids(per)}"
+                node_text = (
+                    f"{each} on node {next(iter(per))}"
+                    if len(per) == 1
+                    else f"{each} on each of nodes {format_ids(per)}"
+                )
             else:
                 node_text = "nothing node-bound"
             mark = " <- chosen" if name == pol["name"] else ""
@@ -188,7 +192,7 @@ def format_report(r: dict) -> str:
                 parts.append(f"{_gib(pc['not_resident'])} not cached")
             w(f"  page cache now: {', '.join(parts)}")
     w("")
-    w("advice:")
+    w("advice:" if r["advice"] else "advice: none")
     for a in r["advice"]:
         mark = "!" if a["level"] == "warn" else "-"
         text = f"{mark} [{a['code']}] {a['text']}"
