@@ -49,6 +49,28 @@ void futex_wake_all(std::atomic<uint32_t> *addr) {
 
 thread_local bool t_in_task = false;
 
+// Runs a call's tasks on the calling thread, marked as inside a task (so calls they make
+// stay serial too): loop(run) calls run(task) for each task; the first exception a task
+// throws is rethrown after all of them ran.
+template <class Loop>
+void run_serial(Loop loop) {
+  const bool was = t_in_task;
+  t_in_task = true;
+  struct Restore {
+    bool v;
+    ~Restore() { t_in_task = v; }
+  } restore{was};
+  std::exception_ptr err;
+  loop([&](auto &&task) {
+    try {
+      task();
+    } catch (...) {
+      if (!err) err = std::current_exception();
+    }
+  });
+  if (err) std::rethrow_exception(err);
+}
+
 }  // namespace
 
 struct ThreadPool::Impl {
@@ -236,6 +258,29 @@ struct ThreadPool::Impl {
   }
 
   // Move the caller off a worker's CPU to its own slot's CPU; true when moved (restore `saved`).
+  // Run the call set up in fn / sfn: wake the workers, take slot 0 here, wait for all, then
+  // rethrow the first exception a task threw. The caller is not pinned (it is the Python
+  // thread, and threads it starts later, e.g. torch's, inherit its mask): when it sits on a
+  // worker's CPU the two would share that core for the whole call, so it moves to its own
+  // CPU for the call and gets its mask back after.
+  void dispatch() {
+    err = nullptr;
+    cpu_set_t saved;
+    const bool moved = move_caller(&saved);
+    pending.store(static_cast<int>(workers.size()), std::memory_order_relaxed);
+    kick();
+    run_tasks(0);
+    wait_pending();
+    fn = nullptr;
+    sfn = nullptr;
+    if (moved) sched_setaffinity(0, sizeof(saved), &saved);
+    if (err) {
+      std::exception_ptr e = err;
+      err = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
   bool move_caller(cpu_set_t *saved) {
     const int here = sched_getcpu();
     if (here >= 0 && here < CPU_SETSIZE && worker_cpu[here] && caller_cpu >= 0 &&
@@ -330,43 +375,15 @@ void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   const bool serial =
       t_in_task || n_tasks == 1 || !lk.try_lock() || (p.check_fork(), p.workers.empty());
   if (serial) {
-    const bool was = t_in_task;
-    t_in_task = true;
-    struct Restore {
-      bool v;
-      ~Restore() { t_in_task = v; }
-    } restore{was};
-    std::exception_ptr err;
-    for (int64_t t = 0; t < n_tasks; ++t) {
-      try {
-        fn(t, 0);
-      } catch (...) {
-        if (!err) err = std::current_exception();
-      }
-    }
-    if (err) std::rethrow_exception(err);
+    run_serial([&](auto &&run) {
+      for (int64_t t = 0; t < n_tasks; ++t) run([&] { fn(t, 0); });
+    });
     return;
   }
-  // The caller is not pinned (it is the Python thread, and threads it starts later, e.g.
-  // torch's, inherit its mask). When it sits on a worker's CPU the two would share that
-  // core for the whole call, so move it to its own CPU for the call and restore the mask.
-  cpu_set_t saved;
-  const bool moved = p.move_caller(&saved);
   p.fn = &fn;
   p.n_tasks = n_tasks;
-  p.err = nullptr;
   p.next.store(0, std::memory_order_relaxed);
-  p.pending.store(static_cast<int>(p.workers.size()), std::memory_order_relaxed);
-  p.kick();
-  p.run_tasks(0);
-  p.wait_pending();
-  p.fn = nullptr;
-  if (moved) sched_setaffinity(0, sizeof(saved), &saved);
-  if (p.err) {
-    std::exception_ptr e = p.err;
-    p.err = nullptr;
-    std::rethrow_exception(e);
-  }
+  p.dispatch();
 }
 
 int ThreadPool::group_threads(int g) const {
@@ -384,22 +401,10 @@ void ThreadPool::parallel_for_groups(const std::vector<int64_t> &n_tasks,
   std::unique_lock<std::mutex> lk(p.call_mu, std::defer_lock);
   const bool serial = t_in_task || !lk.try_lock() || (p.check_fork(), p.workers.empty());
   if (serial) {
-    const bool was = t_in_task;
-    t_in_task = true;
-    struct Restore {
-      bool v;
-      ~Restore() { t_in_task = v; }
-    } restore{was};
-    std::exception_ptr err;
-    for (size_t s = 0; s < n_tasks.size(); ++s)
-      for (int64_t t = 0; t < n_tasks[s]; ++t) {
-        try {
-          fn(static_cast<int64_t>(s), t, 0);
-        } catch (...) {
-          if (!err) err = std::current_exception();
-        }
-      }
-    if (err) std::rethrow_exception(err);
+    run_serial([&](auto &&run) {
+      for (size_t s = 0; s < n_tasks.size(); ++s)
+        for (int64_t t = 0; t < n_tasks[s]; ++t) run([&] { fn(static_cast<int64_t>(s), t, 0); });
+    });
     return;
   }
   if (p.slot_cap < n_tasks.size()) {
@@ -410,22 +415,8 @@ void ThreadPool::parallel_for_groups(const std::vector<int64_t> &n_tasks,
   p.slot_n = n_tasks;
   p.slot_group = group;
   p.sfn = &fn;
-  p.fn = nullptr;
   p.n_tasks = 0;
-  p.err = nullptr;
-  cpu_set_t saved;
-  const bool moved = p.move_caller(&saved);  // as in parallel_for
-  p.pending.store(static_cast<int>(p.workers.size()), std::memory_order_relaxed);
-  p.kick();
-  p.run_tasks(0);
-  p.wait_pending();
-  p.sfn = nullptr;
-  if (moved) sched_setaffinity(0, sizeof(saved), &saved);
-  if (p.err) {
-    std::exception_ptr e = p.err;
-    p.err = nullptr;
-    std::rethrow_exception(e);
-  }
+  p.dispatch();
 }
 
 void set_spin_us(int64_t us) { g_spin_us.store(std::clamp<int64_t>(us, 0, 1000000)); }
