@@ -29,6 +29,12 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+int64_t rows_per_task(int64_t rows, int threads, int64_t T, size_t row_bytes) {
+  const int64_t max_rows =
+      T == 1 ? std::max<int64_t>(64, static_cast<int64_t>((256 << 10) / row_bytes)) : 64;
+  return std::clamp<int64_t>(ceil_div(rows, static_cast<int64_t>(threads) * 8), 4, max_rows);
+}
+
 size_t row_bytes_of(int type, int64_t n) {
   const quant::TypeInfo &t = quant::type_info(type);
   if (n <= 0 || n % t.block_size != 0)
@@ -62,12 +68,11 @@ void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_row
   const quant::quantize_fn q = quant::get_quantize(act_type);
   if (n_rows <= 0) return;
   // Small inputs (decode) are not worth waking the pool for.
-  const int64_t rows_per_task = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(n, 1));
-  const int64_t n_tasks = ceil_div(n_rows, rows_per_task);
+  const int64_t per_task = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(n, 1));
+  const int64_t n_tasks = ceil_div(n_rows, per_task);
   auto body = [&](int64_t task, int) {
-    const int64_t r1 = std::min(n_rows, (task + 1) * rows_per_task);
-    for (int64_t r = task * rows_per_task; r < r1; ++r)
-      q(x + r * x_stride, out + r * out_stride, n);
+    const int64_t r1 = std::min(n_rows, (task + 1) * per_task);
+    for (int64_t r = task * per_task; r < r1; ++r) q(x + r * x_stride, out + r * out_stride, n);
   };
   if (n_tasks == 1)
     body(0, 0);
@@ -129,13 +134,8 @@ void LinearOp::forward(const float *x, int64_t T, float *y) const {
   const quant::vec_dot_fn dot = quant::get_vec_dot(type_);
   const quant::vec_dot_n_fn dot_n = quant::get_vec_dot_n(type_);
   const int threads = pool_threads();
-  // Rows per task: enough tasks to balance (~8 per thread), each at least a few rows so a
-  // task amortises its claim; at T = 1 up to 256 KiB of weights (long contiguous reads keep
-  // the hardware prefetchers streaming), for prefill at most 64 rows (they stay in L2).
   const int64_t total_rows = out * G;
-  int64_t rb = ceil_div(total_rows, static_cast<int64_t>(threads) * 8);
-  rb = std::clamp<int64_t>(rb, 4,
-                           std::max<int64_t>(64, static_cast<int64_t>((256 << 10) / row_bytes_)));
+  int64_t rb = rows_per_task(total_rows, threads, T, row_bytes_);
   int64_t tb = T;  // tokens per task
   if (T > 1) {
     // Prefill: ~4 row blocks per thread; when the rows give fewer tasks than that, the

@@ -30,6 +30,12 @@ size_t row_bytes_of(int type, int64_t n);
 void quantize_rows(int act_type, const float *x, int64_t x_stride, int64_t n_rows, int64_t n,
                    uint8_t *out, size_t out_stride);
 
+// Weight rows per task when `rows` rows in all are split over `threads` threads: about 8
+// tasks per thread (balance), at least 4 rows each (a task amortises its claim). With T > 1
+// tokens at most 64 rows (a block is reused from L2 for each token group); at T = 1 up to
+// 256 KiB of weights (long contiguous reads keep the hardware prefetchers streaming).
+int64_t rows_per_task(int64_t rows, int threads, int64_t T, size_t row_bytes);
+
 // Scratch memory reused across calls, one set per calling thread (never freed while the
 // thread lives; grows to the largest request).
 uint8_t *scratch(int slot, size_t bytes);

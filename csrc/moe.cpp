@@ -17,17 +17,6 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows per (expert, row block) task: about 8 tasks per thread in all, at least 4 rows each.
-// With several tokens per expert a block stays within 64 rows (it is reused from L2 for
-// each token group); at one token per expert (decode) it may span up to 256 KiB of weights:
-// longer contiguous reads keep the hardware prefetchers streaming.
-int64_t rows_per_task(int64_t rows, int64_t n_active, int threads, int64_t T, size_t row_bytes) {
-  const int64_t max_rows =
-      T == 1 ? std::max<int64_t>(64, static_cast<int64_t>((256 << 10) / row_bytes)) : 64;
-  return std::clamp<int64_t>(ceil_div(rows * n_active, static_cast<int64_t>(threads) * 8), 4,
-                             max_rows);
-}
-
 }  // namespace
 
 MoEOp::MoEOp(std::vector<const uint8_t *> gate, std::vector<const uint8_t *> up,
@@ -169,7 +158,7 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
     std::vector<int64_t> rb(S), nb(S), n(S);
     for (int64_t s = 0; s < S; ++s) {
       rb[s] =
-          rows_per_task(slices_[s].n_ff, n_active, slice_threads(slices_[s]), T, std::max(gb, ub));
+          rows_per_task(slices_[s].n_ff * n_active, slice_threads(slices_[s]), T, std::max(gb, ub));
       nb[s] = ceil_div(slices_[s].n_ff, rb[s]);
       n[s] = n_active * nb[s];
     }
@@ -221,7 +210,7 @@ void MoEOp::forward(const float *x, int64_t T, const void *ids_raw, bool ids64, 
     for (int64_t s = 0; s < S; ++s) {
       const MoESlice &sl = slices_[s];
       col[s] = sl.f0 > 0 ? row_bytes_of(act_d, sl.f0) : 0;
-      rb[s] = rows_per_task(D_, n_active, slice_threads(sl), T, sl.down_stride);
+      rb[s] = rows_per_task(D_ * n_active, slice_threads(sl), T, sl.down_stride);
       nb[s] = ceil_div(D_, rb[s]);
       n[s] = n_active * nb[s];
     }
