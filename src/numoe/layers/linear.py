@@ -52,6 +52,8 @@ def raw_bytes(t: TensorInfo) -> np.ndarray:
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
     """A C-contiguous float32 CPU numpy view of x (copies only when it must)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
+        return x.detach().numpy()
     return x.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
@@ -118,26 +120,20 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[..., in] -> [..., out]; with groups, [..., G, in] -> [..., G, out]."""
         G = self.groups
-        if (
-            self.op is not None
-            and G == 1
-            and x.dim() == 2
-            and x.dtype == torch.float32
-            and x.device.type == "cpu"
-            and x.is_contiguous()
-        ):  # the decode fast path: [T, in] float32 on the CPU, no reshapes (~10 us a call)
-            y = torch.from_numpy(self.op.forward(x.detach().numpy()))  # [T, out]
-            return y if self.bias is None else y + self.bias
-        lead = x.shape[:-2] if G > 1 else x.shape[:-1]
+        flat = x.dim() == 2 and G == 1  # [T, in] -> [T, out]: no reshapes (decode: ~75 calls/token)
         if self.op is not None:
-            x2 = as_numpy(x.reshape(-1, G * self.n_in))  # [T, G*in]
-            y = torch.from_numpy(self.op.forward(x2)).to(x.device)  # [T, G*out]
+            x2 = as_numpy(x if flat else x.reshape(-1, G * self.n_in))  # [T, G*in]
+            y = torch.from_numpy(self.op.forward(x2))  # [T, G*out] on the CPU
+            if x.device.type != "cpu":
+                y = y.to(x.device)
         elif G > 1:
             xg = x.reshape(-1, G, self.n_in).transpose(0, 1)  # [G, T, in]
             y = torch.matmul(xg, self.weight.transpose(1, 2)).transpose(0, 1)  # [T, G, out]
         else:
             y = x.reshape(-1, self.n_in) @ self.weight.T
-        y = y.reshape(*lead, *((G,) if G > 1 else ()), self.n_out)
+        if not flat:
+            lead = x.shape[:-2] if G > 1 else x.shape[:-1]
+            y = y.reshape(*lead, *((G,) if G > 1 else ()), self.n_out)
         if self.bias is not None:
             y = y + self.bias
         return y
