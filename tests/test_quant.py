@@ -253,18 +253,24 @@ def test_vec_dot(qtype):
             assert rel < {T.F32: 1e-6, T.F16: 1e-3, T.BF16: 1e-2, T.Q8_0: 2e-2, T.Q4_0: 0.15}[qtype]
 
 
+def extreme_k_blocks(qtype, n: int) -> np.ndarray:
+    """n elements of K-quant blocks with every quant and scale at its largest magnitude (Q6_K
+    scales alternate -128 / 127) and d = dmin = 0.5: the worst case for integer sums."""
+    raw = np.full((n // 256, TYPE_SIZE[qtype]), 0xFF, np.uint8)
+    for off in HALF_FIELDS[qtype]:
+        raw[:, off : off + 2] = np.array([0.5], np.float16).view(np.uint8)
+    if qtype == T.Q6_K:
+        raw[:, 192:208] = np.array([-128, 127] * 8, np.int8).view(np.uint8)
+    return raw.ravel()
+
+
 def test_vec_dot_k_quants_extreme_values():
     """All-max quants and the largest activations: the integer sums must not saturate."""
     n = 512
     x = np.full(n, 3.0, np.float32)
     x[::2] = -3.0
     for qtype in K_TYPES:
-        raw = np.full((n // 256, TYPE_SIZE[qtype]), 0xFF, np.uint8)
-        for off in HALF_FIELDS[qtype]:
-            raw[:, off : off + 2] = np.array([0.5], np.float16).view(np.uint8)
-        if qtype == T.Q6_K:
-            raw[:, 192:208] = np.array([-128, 127] * 8, np.int8).view(np.uint8)
-        raw = raw.ravel()
+        raw = extreme_k_blocks(qtype, n)
         act = _cpu.quantize_activation(int(qtype), x)
         ref = gguf_dequantize(raw, qtype).astype(np.float64).ravel() @ act_dequant(qtype, act, n)
         for isa in ISAS:
@@ -325,12 +331,7 @@ def test_vec_dot_n_k_quants_extreme_values():
     x[:, ::2] = -3.0
     x[1::2] *= -1
     for qtype in K_TYPES:
-        raw = np.full((n // 256, TYPE_SIZE[qtype]), 0xFF, np.uint8)
-        for off in HALF_FIELDS[qtype]:
-            raw[:, off : off + 2] = np.array([0.5], np.float16).view(np.uint8)
-        if qtype == T.Q6_K:
-            raw[:, 192:208] = np.array([-128, 127] * 8, np.int8).view(np.uint8)
-        raw = raw.ravel()
+        raw = extreme_k_blocks(qtype, n)
         acts = np.concatenate([_cpu.quantize_activation(int(qtype), r) for r in x])
         w64 = gguf_dequantize(raw, qtype).astype(np.float64).ravel()
         for isa in ISAS:
