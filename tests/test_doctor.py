@@ -29,7 +29,7 @@ PENDING = set() if "shard" in EXECUTED else {"policy_pending"}
 REPORT_KEYS = {
     "numoe", "source", "live", "packages", "nodes", "online_cpus", "allowed_cpus",
     "allowed_mems", "smt", "libnuma", "numa_balancing", "thread_plan", "policy", "model",
-    "advice",
+    "settings", "advice",
 }  # fmt: skip
 NODE_KEYS = {
     "id", "cpus", "cores", "smt_siblings", "packages", "mem_total", "mem_free", "distances",

@@ -136,8 +136,10 @@ def diagnose(
     smt: bool = False,
     numa: str = "auto",
     model: str | None = None,
+    settings: dict | None = None,
 ) -> dict:
-    """The doctor's report for this machine (sysfs=None) or a captured tree."""
+    """The doctor's report for this machine (sysfs=None) or a captured tree. `settings`: the
+    effective settings and their sources (numoe.config.resolve), reported as given."""
     root = Path(sysfs) if sysfs is not None else None
     facts = _process_facts(root)
     if allowed_cpus is None and root is not None:
@@ -219,6 +221,7 @@ def diagnose(
             "executed": policy.executed,
         },
         "model": mb,
+        "settings": settings,
     }
     report["advice"] = advise(topo, plan, policy.name, lib, balancing, mb)
     return report

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
         formatter_class=HELP_FMT,
     )
     add_model_args(p)
-    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--system", default=None, help="system prompt (default: none)")
     add_sampling_args(p, n_predict=-1)
     p.set_defaults(func=main)
 

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default: ' (default: X)' is added unless the text
+    already says 'default'; on/off flags say '(default: off)', required ones '(required)'.
+    A flag whose default is None must say its default in words."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text:
+            return text
+        if action.required:
+            return text + " (required)"
+        if action.default is None:
+            return text
+        if action.default is argparse.SUPPRESS:
+            return text
+        if action.default is False and action.const is True:
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
+HELP_FMT = HelpFormatter
 
 
 def positive_int(s: str) -> int:
@@ -34,30 +54,86 @@ def numa_nodes_arg(s: str) -> str:
     return s
 
 
-def add_thread_args(g) -> None:
-    """-t/--threads/--cpu-infer, --numa-nodes, --smt, --numa: the thread plan and policy."""
+def int_list(s: str, low: int = 1) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (each >= low): a sweep."""
+    try:
+        vals = [int(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 1,2,4, got {s!r}") from None
+    if any(v < low for v in vals):
+        raise argparse.ArgumentTypeError(f"each value must be >= {low}, got {s!r}")
+    return vals
+
+
+def count_list(s: str) -> list[int]:
+    """-p / -n of bench: token counts, 0 = no such test."""
+    return int_list(s, low=0)
+
+
+def policy_list(s: str) -> list[str]:
     from ..numa import POLICIES
 
+    vals = [x.strip() for x in s.split(",")]
+    bad = [v for v in vals if v not in POLICIES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {bad[0]!r}: choose from {', '.join(POLICIES)}"
+        )
+    return vals
+
+
+def add_thread_args(g, sweep: str | None = None) -> None:
+    """-t/--threads/--cpu-infer, --numa-nodes, --smt, --numa: the thread plan and policy.
+
+    Settings (numoe.config): a flag not given is absent from the parsed namespace, and
+    :func:`resolve_settings` fills it from NUMOE_*, the config file or the default.
+    sweep="bench": -t and --numa take comma lists (one run per combination); sweep="tune":
+    comma lists too, whose default is the tune sweep (not the settings)."""
+    from ..config import setting_help
+    from ..numa import POLICIES
+
+    S = argparse.SUPPRESS
+    if sweep is None:
+        t_kw = {"type": positive_int, "default": S}
+        n_kw = {"choices": POLICIES, "default": S}
+        t_help = "CPU threads, split over the NUMA nodes in proportion to their cores"
+        n_help = (
+            "routed-expert weights: shard = split across the nodes (one copy), replicate = a "
+            "copy per node, off = straight from the memory map; auto = shard on more than one "
+            "node, else off"
+        )
+    else:
+        t_kw = {"type": int_list, "metavar": "LIST", "default": S if sweep == "bench" else None}
+        n_kw = {"type": policy_list, "metavar": "LIST", "default": t_kw["default"]}
+        t_help = "CPU thread counts, a comma list to sweep (e.g. 1,2,4)"
+        n_help = "NUMA policies (auto, shard, replicate, off), a comma list to sweep"
+    if sweep == "tune":
+        t_help += (
+            " (default: powers of two from an eighth of the physical cores up, three quarters "
+            "of them and all of them)"
+        )
+        n_help += " (default: shard,off on more than one NUMA node, else off)"
+    else:
+        t_help, n_help = setting_help("threads", t_help), setting_help("numa", n_help)
+    g.add_argument("-t", "--threads", "--cpu-infer", dest="threads", help=t_help, **t_kw)
     g.add_argument(
-        "-t", "--threads", "--cpu-infer", dest="threads", type=positive_int, default=None,
-        help="CPU threads, split over the NUMA nodes in proportion to their cores "
-        "(default: the physical cores this process may use)",
+        "--numa-nodes", type=numa_nodes_arg, default=S, metavar="LIST",
+        help=setting_help("numa_nodes", "NUMA nodes to run on, e.g. 0,1 or 0-3; a node listed "
+                          "twice (0,0) becomes two logical nodes splitting its cores"),
     )  # fmt: skip
     g.add_argument(
-        "--numa-nodes", type=numa_nodes_arg, default=None, metavar="LIST",
-        help="NUMA nodes to run on, e.g. 0,1 or 0-3 (default: every node this process may "
-        "use); a node listed twice (0,0) becomes two logical nodes splitting its cores",
+        "--smt", action="store_const", const=True, default=S,
+        help=setting_help("smt", "use SMT siblings too, not only one thread per physical core"),
     )  # fmt: skip
-    g.add_argument(
-        "--smt", action="store_true",
-        help="use SMT siblings too (default: one thread per physical core)",
-    )  # fmt: skip
-    g.add_argument(
-        "--numa", choices=POLICIES, default="auto",
-        help="routed-expert weights: shard = split across the nodes (one copy), replicate = "
-        "a copy per node, off = straight from the memory map; auto = shard on more than "
-        "one node, else off",
-    )  # fmt: skip
+    g.add_argument("--numa", help=n_help, **n_kw)
+
+
+def resolve_settings(args, names=None) -> dict:
+    """Thread settings not given as flags, from NUMOE_* / the config file / the defaults
+    (numoe.config); ConfigError (one line) for a bad file or variable."""
+    from .. import config
+
+    return config.resolve(args, tuple(config.SETTINGS) if names is None else names)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -111,9 +187,10 @@ def sampler_from_args(args):
 
 def default_model_path() -> Path:
     """The built-in default: a tiny random-weight model, written once to the cache."""
+    from ..config import cache_dir
     from ..synth import DEFAULT_PRESET, synth
 
-    cache = Path(os.environ.get("NUMOE_CACHE", Path.home() / ".cache" / "numoe"))
+    cache = cache_dir()
     path = cache / f"{DEFAULT_PRESET}-q8_0.gguf"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -123,30 +200,39 @@ def default_model_path() -> Path:
     return path
 
 
-def plan_from_args(args, topology=None):
-    """(ThreadPlan, NumaPolicy) from -t, --numa-nodes, --smt, --numa; FlagError for a node
-    list this machine cannot honour."""
+def make_plan(threads, numa_nodes, smt, numa_policy, topology=None):
+    """(ThreadPlan, NumaPolicy) from -t, --numa-nodes, --smt, --numa values; FlagError for a
+    node list this machine cannot honour."""
     from ..numa import PlanError, parse_numa_nodes, plan_threads, resolve_policy
     from ..topology import Topology
 
     topo = topology if topology is not None else Topology.read()
-    nodes = parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None
+    nodes = parse_numa_nodes(numa_nodes) if numa_nodes else None
     try:
-        plan = plan_threads(topo, args.threads, nodes, args.smt)
+        plan = plan_threads(topo, threads, nodes, smt)
     except PlanError as e:
-        raise FlagError(f"--numa-nodes {args.numa_nodes}: {e}") from None
-    return plan, resolve_policy(args.numa, plan)
+        raise FlagError(f"--numa-nodes {numa_nodes}: {e}") from None
+    return plan, resolve_policy(numa_policy, plan)
+
+
+def plan_from_args(args, topology=None):
+    """(ThreadPlan, NumaPolicy) from the resolved -t, --numa-nodes, --smt, --numa."""
+    return make_plan(args.threads, args.numa_nodes, args.smt, args.numa, topology)
 
 
 def set_threads(args) -> int:
-    """numoe's pool (pinned, from the thread plan) and torch's intra-op threads, from the
-    thread flags; records the plan and NUMA policy (numoe.numa.active) and says in one line
-    when the policy is not carried out yet. Returns the thread count."""
+    """numoe's pool and torch's threads from the resolved thread settings (see activate)."""
+    return activate(*plan_from_args(args))
+
+
+def activate(plan, policy) -> int:
+    """numoe's pool (pinned, from the thread plan) and torch's intra-op threads; records the
+    plan and NUMA policy (numoe.numa.active) and says in one line when the policy is not
+    carried out yet. Returns the thread count."""
     import torch
 
     from .. import numa, pool
 
-    plan, policy = plan_from_args(args)
     n = pool.set_plan(plan)
     torch.set_num_threads(n)
     numa.set_active(plan, policy)
@@ -159,12 +245,14 @@ def set_threads(args) -> int:
 
 
 def load_from_args(args):
-    """(config, model, tokenizer) from -m/--device/-t; progress and timing on stderr."""
+    """(config, model, tokenizer) from -m/--device and the thread settings (flags, NUMOE_*,
+    config file); progress and timing on stderr."""
     from ..gguf import open_gguf
     from ..models import load
     from ..placement import Placement
     from ..tokenizer import Tokenizer
 
+    resolve_settings(args)
     placement = Placement.parse(args.device)
     threads = set_threads(args)
     path = Path(args.model) if args.model else None

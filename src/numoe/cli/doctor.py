@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .common import HELP_FMT, FlagError, add_thread_args
+from .common import HELP_FMT, FlagError, add_thread_args, resolve_settings
 
 
 def _cpulist_arg(s: str) -> list[int]:
@@ -27,17 +27,19 @@ def add_parser(sub) -> None:
         description="Print the CPU/NUMA topology (nodes, cores, SMT, memory, distances), what "
         "this process may use, libnuma and NUMA balancing status, the thread plan and NUMA "
         "policy numoe would choose with the given flags, the memory a model needs per node "
-        "under each policy, and advice.",
+        "under each policy, each setting and where it came from (flag, NUMOE_* variable, "
+        "config file or default), and advice.",
         formatter_class=HELP_FMT,
     )
     p.add_argument(
         "-m", "--model", "--gguf-path", dest="model", default=None,
-        help="GGUF file: show the memory per node it needs under each --numa policy",
+        help="GGUF file: show the memory per node it needs under each --numa policy "
+        "(default: no model)",
     )  # fmt: skip
     p.add_argument(
         "--sysfs", metavar="DIR", default=None,
         help="read DIR as the /sys root: a topology captured on another machine "
-        "(numoe doctor --capture DIR there)",
+        "(numoe doctor --capture DIR there) (default: this machine's /sys)",
     )  # fmt: skip
     p.add_argument(
         "--allowed-cpus", type=_cpulist_arg, default=None, metavar="LIST",
@@ -53,7 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--capture", metavar="DIR", default=None,
         help="copy the sysfs files numoe reads, and this process's NUMA facts, to DIR "
-        "(send it along for `numoe doctor --sysfs DIR` elsewhere), then report as usual",
+        "(send it along for `numoe doctor --sysfs DIR` elsewhere), then report as usual "
+        "(default: no capture)",
     )  # fmt: skip
     add_thread_args(p.add_argument_group("thread plan (as for run and chat)"))
     p.set_defaults(func=main)
@@ -63,6 +66,7 @@ def main(args) -> int:
     from .. import doctor
     from ..numa import PlanError, parse_numa_nodes
 
+    settings = resolve_settings(args)
     if args.sysfs and not (Path(args.sysfs) / "devices" / "system").is_dir():
         raise FlagError(f"--sysfs {args.sysfs}: no devices/system directory under it")
     if args.capture:
@@ -78,6 +82,11 @@ def main(args) -> int:
             smt=args.smt,
             numa=args.numa,
             model=args.model,
+            settings={
+                "config_file": str(args.config_file),
+                "config_found": args.config_file.is_file(),
+                "values": {k: {"value": r.value, "source": r.source} for k, r in settings.items()},
+            },
         )
     except PlanError as e:
         raise FlagError(f"--numa-nodes {args.numa_nodes}: {e}") from None
@@ -98,6 +107,14 @@ def _distances(d: list[int]) -> str:
     if len(d) <= 8:
         return " ".join(map(str, d))
     return ", ".join(f"{v} x{d.count(v)}" if d.count(v) > 1 else str(v) for v in sorted(set(d)))
+
+
+def _setting_text(name: str, value) -> str:
+    if value is None:
+        return {"threads": "(all cores)", "numa_nodes": "(all nodes)"}.get(name, "-")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def format_report(r: dict) -> str:
@@ -191,6 +208,14 @@ def format_report(r: dict) -> str:
             if pc["not_resident"] or not parts:
                 parts.append(f"{_gib(pc['not_resident'])} not cached")
             w(f"  page cache now: {', '.join(parts)}")
+    st = r.get("settings")
+    if st:
+        found = "" if st["config_found"] else " (none there)"
+        w("")
+        w("settings:       flag > NUMOE_* variable > config file > default")
+        w(f"config file:    {st['config_file']}{found}")
+        for name, v in st["values"].items():
+            w(f"  {name:<12}  {_setting_text(name, v['value']):<14} {v['source']}")
     w("")
     w("advice:" if r["advice"] else "advice: none")
     for a in r["advice"]:

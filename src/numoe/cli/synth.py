@@ -25,7 +25,12 @@ def add_parser(sub) -> None:
         choices=["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"],
         help="tensor type (K types: llama.cpp's per-tensor mix, as numoe quantize)",
     )  # fmt: skip
-    p.add_argument("--layers", type=positive_int, default=None, help="override the layer count")
+    p.add_argument(
+        "--layers",
+        type=positive_int,
+        default=None,
+        help="override the layer count (default: the preset's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=main)
 

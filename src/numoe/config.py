@@ -1,0 +1,227 @@
+"""Settings: built-in default < config file < NUMOE_* environment variable < command-line flag.
+
+The config file is TOML, at ``$NUMOE_CONFIG`` or ``$XDG_CONFIG_HOME/numoe/config.toml``
+(``~/.config/numoe/config.toml``); ``numoe tune`` writes it, people may edit it. One table::
+
+    [defaults]
+    threads = 8          # -t / NUMOE_THREADS
+    numa = "shard"       # --numa / NUMOE_NUMA: auto | shard | replicate | off
+    numa_nodes = "0,1"   # --numa-nodes / NUMOE_NUMA_NODES
+    smt = false          # --smt / NUMOE_SMT
+
+An unknown table or key, or a bad value, is an error naming the file, the key and the fix:
+a setting never passes unnoticed (an older engine let a stale config file silently override
+a mistyped flag). :func:`resolve` records where each value came from; ``numoe doctor``
+prints it.
+
+Files numoe makes for itself (the built-in model, the bandwidth probe) live in
+:func:`cache_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TABLE = "defaults"
+
+
+class ConfigError(ValueError):
+    """A bad config file or NUMOE_* variable: one line naming the file or variable, the key
+    and the fix."""
+
+
+def _threads(v: object) -> int:
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError("a whole number >= 1")
+    return v
+
+
+def _policy(v: object) -> str:
+    from .numa import POLICIES
+
+    if not isinstance(v, str) or v.strip() not in POLICIES:
+        raise ValueError("one of " + ", ".join(POLICIES))
+    return v.strip()
+
+
+def _nodes(v: object) -> str:
+    from .numa import parse_numa_nodes
+
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    text = v.strip() if isinstance(v, str) else ""
+    try:
+        parse_numa_nodes(text)
+    except ValueError:
+        raise ValueError('a node list such as "0,1" or "0-3"') from None
+    return text
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        return v.strip().lower() in _TRUE
+    raise ValueError("true or false")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # key in [defaults] and attribute of the parsed flags
+    flag: str  # the command-line flag
+    default: object
+    default_text: str  # the default in words, for --help and doctor
+    parse: Callable[[object], object]  # ValueError(what is expected) for a bad value
+
+    @property
+    def env(self) -> str:
+        return "NUMOE_" + self.name.upper()
+
+
+SETTINGS = {
+    s.name: s
+    for s in (
+        Setting("threads", "-t", None, "the physical cores this process may use", _threads),
+        Setting("numa", "--numa", "auto", "auto", _policy),
+        Setting("numa_nodes", "--numa-nodes", None, "every node this process may use", _nodes),
+        Setting("smt", "--smt", False, "off", _bool),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: object
+    source: str  # "default" | "config FILE" | "env NUMOE_X" | "flag -t"
+
+
+def config_path() -> Path:
+    """$NUMOE_CONFIG, else $XDG_CONFIG_HOME/numoe/config.toml (~/.config when unset)."""
+    if os.environ.get("NUMOE_CONFIG"):
+        return Path(os.environ["NUMOE_CONFIG"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "numoe" / "config.toml"
+
+
+def cache_dir() -> Path:
+    """$NUMOE_CACHE, else $XDG_CACHE_HOME/numoe (~/.cache when unset)."""
+    if os.environ.get("NUMOE_CACHE"):
+        return Path(os.environ["NUMOE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "numoe"
+
+
+def read_config(path: Path | None = None) -> dict[str, object]:
+    """The validated [defaults] of the config file ({} when there is none)."""
+    path = config_path() if path is None else path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {path}: cannot read it ({e}); fix or remove the file") from e
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: not valid TOML ({e}); fix or remove the file") from e
+    for key, v in doc.items():
+        if key != TABLE or not isinstance(v, dict):
+            what = f"table [{key}]" if isinstance(v, dict) else f"key '{key}' outside [{TABLE}]"
+            raise ConfigError(
+                f"config {path}: unknown {what}; numoe reads one table, [{TABLE}] "
+                f"(keys {', '.join(SETTINGS)}): move or remove it"
+            )
+    out = {}
+    for key, v in doc.get(TABLE, {}).items():
+        s = SETTINGS.get(key)
+        if s is None:
+            raise ConfigError(
+                f"config {path}: unknown key '{key}' in [{TABLE}]; known keys: "
+                f"{', '.join(SETTINGS)}: fix or remove it"
+            )
+        try:
+            out[key] = s.parse(v)
+        except ValueError as e:
+            raise ConfigError(
+                f"config {path}: [{TABLE}] {key} = {_toml(v)}: expected {e}; fix or remove it"
+            ) from None
+    return out
+
+
+def resolve(args: argparse.Namespace, names=tuple(SETTINGS)) -> dict[str, Resolved]:
+    """Fill each setting in `names` that was not given as a flag (flags are parsed with
+    ``default=argparse.SUPPRESS``, so a missing attribute means 'not given') from NUMOE_*,
+    the config file or the default; record every source in ``args.settings``."""
+    path = config_path()
+    found = read_config(path)
+    out: dict[str, Resolved] = {}
+    for name in names:
+        s = SETTINGS[name]
+        raw = os.environ.get(s.env, "")
+        if name in vars(args):
+            out[name] = Resolved(getattr(args, name), f"flag {s.flag}")
+        elif raw.strip():
+            try:
+                out[name] = Resolved(s.parse(raw), f"env {s.env}")
+            except ValueError as e:
+                raise ConfigError(f"{s.env}={raw!r}: expected {e}; fix or unset it") from None
+        elif name in found:
+            out[name] = Resolved(found[name], f"config {path}")
+        else:
+            out[name] = Resolved(s.default, "default")
+        setattr(args, name, out[name].value)
+    args.settings = out
+    args.config_file = path
+    return out
+
+
+def _toml(v: object) -> str:
+    """A TOML value for int, bool or str (a JSON string is a valid TOML basic string)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(str(v))
+
+
+def write_config(values: dict[str, object], comment: str = "", path: Path | None = None) -> Path:
+    """Set `values` in [defaults] of the config file, keeping its other keys (its comments are
+    not kept); returns the path written. `comment` lines go at the top."""
+    path = config_path() if path is None else path
+    for k, v in values.items():
+        SETTINGS[k].parse(v)  # ValueError for a bad value: never write one
+    merged = read_config(path) | values
+    lines = [f"# {c}" if c else "#" for c in comment.splitlines()]
+    lines += [
+        "# numoe settings: flags override NUMOE_* variables, which override this file;",
+        "# `numoe doctor` shows where each setting came from.",
+        f"[{TABLE}]",
+    ]
+    lines += [f"{k} = {_toml(merged[k])}" for k in SETTINGS if k in merged]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def setting_help(name: str, text: str) -> str:
+    """`text` plus the setting's default and where else it can come from, for --help."""
+    s = SETTINGS[name]
+    return f"{text} (default: {s.default_text}; or {s.env}, or '{name}' in the config file)"
