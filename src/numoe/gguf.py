@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ class GGUFFile:
         self.unsupported: dict[str, QT] = {
             n: t.qtype for n, t in tensors.items() if t.qtype not in SUPPORTED_TYPES
         }
+        # called with each TensorInfo that `tensor()` hands out (load progress)
+        self.on_tensor: Callable[[TensorInfo], None] | None = None
 
     def __repr__(self) -> str:
         return f"GGUFFile({str(self.path)!r})"
@@ -149,6 +152,8 @@ class GGUFFile:
             raise GGUFError(
                 f"{self.path}: tensor '{name}' has shape {t.shape}, expected {tuple(shape)}"
             )
+        if self.on_tensor is not None:
+            self.on_tensor(t)
         return t
 
     def check_supported(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 
@@ -244,28 +243,47 @@ def activate(plan, policy) -> int:
     return n
 
 
-def load_from_args(args):
-    """(config, model, tokenizer) from -m/--device and the thread settings (flags, NUMOE_*,
-    config file); progress and timing on stderr."""
+def load_model(path: Path, placement, threads: int):
+    """(GGUFFile, config, model); a progress bar on a terminal, one line with the time."""
     from ..gguf import open_gguf
     from ..models import load
+    from ..progress import LoadProgress, size
+
+    g = open_gguf(path)
+    prog = LoadProgress(g, path.name)
+    g.on_tensor = prog
+    try:
+        cfg, model = load(g, placement)
+    except BaseException:
+        prog.clear()
+        raise
+    finally:
+        g.on_tensor = None
+    prog.finish(
+        f"numoe: loaded {path.name} ({g.arch}, {cfg.n_layer} layers, {len(prog.seen)} tensors, "
+        f"{size(prog.bytes)}) on {placement}, {threads} threads, in {prog.elapsed:.2f} s"
+    )
+    return g, cfg, model
+
+
+def model_path(args) -> Path:
+    """-m, or the built-in model (said on stderr)."""
+    if args.model:
+        return Path(args.model)
+    path = default_model_path()
+    print(f"numoe: no -m given: using the built-in random-weight model {path}", file=sys.stderr)
+    return path
+
+
+def load_from_args(args):
+    """(config, model, tokenizer) from -m/--device and the thread settings (flags, NUMOE_*,
+    config file); load progress and time on stderr."""
     from ..placement import Placement
     from ..tokenizer import Tokenizer
 
     resolve_settings(args)
     placement = Placement.parse(args.device)
     threads = set_threads(args)
-    path = Path(args.model) if args.model else None
-    if path is None:
-        path = default_model_path()
-        print(f"numoe: no -m given: using the built-in random-weight model {path}", file=sys.stderr)
-    t0 = time.perf_counter()
-    g = open_gguf(path)
-    tok = Tokenizer.from_gguf(g)
-    cfg, model = load(g, placement)
-    print(
-        f"numoe: loaded {path.name} ({g.arch}, {cfg.n_layer} layers) on {placement}, "
-        f"{threads} threads, in {time.perf_counter() - t0:.2f} s",
-        file=sys.stderr,
-    )
-    return cfg, model, tok
+    path = model_path(args)
+    g, cfg, model = load_model(path, placement, threads)
+    return cfg, model, Tokenizer.from_gguf(g)

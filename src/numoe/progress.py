@@ -1,0 +1,75 @@
+"""Load feedback on stderr: a progress bar (tensors n/N, bytes) while a model loads, redrawn
+in place at most 10 times a second, only when stderr is a terminal; one final line always.
+
+No dependency: a carriage return and a line of text."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+WIDTH = 24  # characters of the bar
+
+
+def size(n: float) -> str:
+    """Bytes as GiB, or MiB below 1 GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+class LoadProgress:
+    """Watches a GGUFFile's `tensor()` calls (``g.on_tensor = progress``): the tensors the model
+    has taken so far, of all the file holds, and their bytes."""
+
+    def __init__(self, g, label: str, stream=None, tty: bool | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.label = label
+        self.total_n = len(g.tensors)
+        self.total_bytes = sum(t.nbytes for t in g.tensors.values())
+        self.seen: set[str] = set()
+        self.bytes = 0
+        self.t0 = time.perf_counter()
+        self._drawn = 0.0
+        self._width = 0
+
+    def __call__(self, t) -> None:
+        if t.name in self.seen:
+            return
+        self.seen.add(t.name)
+        self.bytes += t.nbytes
+        now = time.perf_counter()
+        if self.tty and now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw(now)
+
+    def line(self, now: float) -> str:
+        frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        fill = min(WIDTH, int(frac * WIDTH))
+        bar = "#" * fill + "." * (WIDTH - fill)
+        return (
+            f"numoe: loading {self.label} [{bar}] {len(self.seen)}/{self.total_n} tensors, "
+            f"{size(self.bytes)}/{size(self.total_bytes)}, {now - self.t0:.1f} s"
+        )
+
+    def _draw(self, now: float) -> None:
+        text = self.line(now)
+        pad = " " * max(0, self._width - len(text))
+        self._width = len(text)
+        self.stream.write("\r" + text + pad)
+        self.stream.flush()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def clear(self) -> None:
+        """Wipe the bar off its line (before the final line, or an error)."""
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+    def finish(self, text: str) -> None:
+        """Clear the bar and write `text`, the final line."""
+        self.clear()
+        print(text, file=self.stream, flush=True)
