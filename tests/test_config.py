@@ -155,7 +155,7 @@ def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser
 
 def test_every_flag_help_names_its_default():
     subs = _subparsers(_parser())
-    assert {"run", "chat", "doctor", "synth", "quantize"} <= set(subs)
+    assert {"run", "chat", "bench", "tune", "doctor", "synth", "quantize"} <= set(subs)
     for name, sp in subs.items():
         fmt = HELP_FMT(prog=name)
         for a in sp._actions:

@@ -1,4 +1,4 @@
-"""`numoe` command line: run | chat | synth | quantize | doctor.
+"""`numoe` command line: run | chat | bench | tune | synth | quantize | doctor.
 
 Flags follow llama.cpp's names (-m, -p, -n, -t, -c, --temp, --top-k ...); KTransformers'
 names are accepted as aliases (--gguf-path, --cpu-infer).
@@ -13,7 +13,7 @@ from .. import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import chat, doctor, quantize, run, synth
+    from . import bench, chat, doctor, quantize, run, synth, tune
 
     p = argparse.ArgumentParser(
         prog="numoe",
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"numoe {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in (run, chat, synth, quantize, doctor):
+    for mod in (run, chat, bench, tune, synth, quantize, doctor):
         mod.add_parser(sub)
     return p
 

@@ -1,0 +1,105 @@
+"""`numoe tune`: sweep thread counts (and NUMA policies on more than one node), print the
+table and the best setting, and write it to the config file the other commands read."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .bench import Printer, add_model_flags, add_run_flags, probe_line, sweep
+from .common import HELP_FMT, FlagError, add_thread_args, resolve_settings
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="find the fastest thread count (and NUMA policy) and save it in the config file",
+        description="Run numoe bench's tests over thread counts and, on more than one NUMA "
+        "node, NUMA policies; print the table and the best setting (by the t/s of the tg "
+        "test, or of the pp test with -n 0) and write it to the config file "
+        "($NUMOE_CONFIG, else $XDG_CONFIG_HOME/numoe/config.toml) that run, chat and bench "
+        "read. Flags and NUMOE_* variables still override the file; numoe doctor shows where "
+        "each setting came from.",
+        formatter_class=HELP_FMT,
+    )
+    add_model_flags(p)
+    add_thread_args(p.add_argument_group("threads and NUMA"), sweep="tune")
+    add_run_flags(p, "0", "64", 3)
+    p.add_argument(
+        "--no-write", action="store_true", help="print the best setting, leave the file alone"
+    )
+    p.set_defaults(func=main)
+
+
+def default_threads(cores: int) -> list[int]:
+    """Powers of two from cores/8 (at least 1) below `cores`, 3/4 of the cores, and all."""
+    out, t = [], 1
+    while t < cores:
+        if t >= cores // 8:
+            out.append(t)
+        t *= 2
+    if 3 * cores // 4 > (out[-1] if out else 0):
+        out.append(3 * cores // 4)
+    return [*out, cores]
+
+
+def main(args) -> int:
+    from .. import bench, roofline
+    from ..config import config_path, write_config
+    from ..numa import format_ids, plan_threads
+    from ..topology import Topology
+
+    # tune sweeps threads and policy itself; numa-nodes and smt come from the settings
+    settings = resolve_settings(args, ("numa_nodes", "smt"))
+    tests = bench.tests_from(args.n_prompt, args.n_gen)
+    if not tests:
+        raise FlagError("-p 0 and -n 0 leave nothing to measure: give -n N (or -p N)")
+    from ..numa import parse_numa_nodes
+
+    topo = Topology.read()
+    nodes = parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None
+    full = plan_threads(topo, None, nodes, args.smt)
+    threads = args.threads or default_threads(full.threads)
+    pols = args.numa or (["shard", "off"] if len(full.nodes) > 1 else ["off"])
+    probe = roofline.read_bandwidth(refresh=args.probe)
+    print(probe_line(probe), file=sys.stderr)
+    printer = Printer(args.output)
+    rows = sweep(args, [(t, p) for p in pols for t in threads], tests, printer, probe)
+
+    decisive = next((t.name for t in tests if t.n_gen), tests[0].name)
+    best = max((r for r in rows if r["test"] == decisive), key=lambda r: r["avg_ts"])
+    values: dict[str, object] = {"threads": best["n_threads"]}
+    if len(set(pols)) > 1 or args.numa:
+        values["numa"] = best["numa"]
+    for k in ("numa_nodes", "smt"):  # the plan the sweep ran on, when not the default
+        if settings[k].source.startswith(("flag", "env")):
+            values[k] = settings[k].value
+    flags = " ".join(
+        {"threads": f"-t {v}", "numa": f"--numa {v}", "numa_nodes": f"--numa-nodes {v}"}.get(
+            k, "--smt" if v else ""
+        )
+        for k, v in values.items()
+    ).strip()
+    gb = (
+        f", {best['gbps']:.2f} GB/s = {best['bw_pct']:.0f}% of read bandwidth"
+        if best["gbps"]
+        else ""
+    )
+    lines = [f"best: {flags}: {decisive} {best['avg_ts']:.2f} ± {best['stddev_ts']:.2f} t/s{gb}"]
+    path = config_path()
+    if args.no_write:
+        lines.append(f"not written (--no-write); config file: {path}")
+    else:
+        cpus = format_ids(topo.allowed_cpus)
+        comment = (
+            f"numoe tune, {time.strftime('%Y-%m-%d %H:%M')}: best of threads "
+            f"{','.join(map(str, threads))} x numa {','.join(pols)} on {bench.cpu_info()} "
+            f"(CPUs {cpus})\n{best['model_filename']}: {decisive} {best['avg_ts']:.2f} t/s"
+        )
+        write_config(values, comment, path)
+        text = ", ".join(f"{k} = {v}" for k, v in values.items())
+        lines.append(f"wrote {path}: {text} (flags and NUMOE_* variables override it)")
+    printer.close(probe, {"best": values, "config_file": str(path)})
+    out = sys.stdout if args.output == "md" else sys.stderr
+    print("\n".join(lines), file=out)
+    return 0
