@@ -1,6 +1,7 @@
 """Decode (tg) and prefill (pp) tokens/s of numoe beside llama.cpp, on the same GGUF files,
 thread count and machine, in one run; with bytes/token, GB/s and % of the read bandwidth
-measured by this script.
+(numoe's probe, numoe.roofline.measure_read_bandwidth). numoe's pp/tg runs are `numoe bench`'s
+(numoe.bench.run_test: random tokens, no sampling, as llama-bench and the peer script).
 
     python benchmarks/decode.py                       # the default synthetic models
     python benchmarks/decode.py -m a.gguf -m b.gguf   # your files
@@ -22,19 +23,15 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from numoe.engine import Session
+from numoe.bench import ModelInfo, Test, rss_bytes, run_test
 from numoe.gguf import open_gguf
 from numoe.models import load
 from numoe.numa_mem import format_placement, placement
 from numoe.placement import Placement
 from numoe.pool import set_threads
-from numoe.roofline import bytes_per_token
-from numoe.sampling import Sampler, SamplingParams
+from numoe.roofline import measure_read_bandwidth
 from numoe.synth import synth
 
 DEFAULT_MODELS = [  # (preset, layers, type): real shapes, fewer layers to fit 24 GiB
@@ -63,18 +60,6 @@ print(json.dumps({"pp": pp, "tg": tg}))
 """
 
 
-def read_bandwidth(threads: int, gib: float = 1.0, reps: int = 7) -> float:
-    """STREAM-style read: GB/s summing a buffer much larger than the caches (median)."""
-    torch.set_num_threads(threads)
-    a = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a.sum()
-        times.append(time.perf_counter() - t0)
-    return a.numel() * 4 / statistics.median(times) / 1e9
-
-
 def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
     path = cache / f"{preset}-{layers}L-{qtype}.gguf"
     if not path.exists():
@@ -86,37 +71,19 @@ def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
     return path
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now (file-backed pages of the weights included)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> dict:
     set_threads(threads)
     rss0 = rss_bytes()
     g = open_gguf(path)
     cfg, model = load(g, Placement.parse("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    toks = torch.randint(100, cfg.n_vocab, (n_pp,), generator=gen).tolist()
-    greedy = Sampler(SamplingParams(temperature=0))
-    pp, tg = [], []
-    for r in range(reps + 1):  # first round is warm-up
-        s = Session(model, n_ctx=n_pp + n_tg + 8, chunk=n_pp)
-        s.prefill(toks)
-        if r:
-            pp.append(s.timings.prompt_tps)
-        s = Session(model, n_ctx=n_pp + n_tg + 8)
-        for _ in s.generate(toks[:1], n_tg, greedy, ignore_eos=True):
-            pass
-        if r:
-            tg.append(s.timings.gen_tps)
-    bpt = bytes_per_token(g, cfg.n_expert_used, cfg.n_expert)
+    pp = [n_pp / t for t in run_test(model, Test(n_pp, 0), cfg.n_vocab, n_pp, reps)]
+    tg = [n_tg / t for t in run_test(model, Test(0, n_tg), cfg.n_vocab, n_pp, reps)]
+    bpt = ModelInfo.of(g, cfg).bytes_per_token
     # every weight has been read by now (prefill touches all experts): RSS growth over the
     # run vs the file size shows that no float copy of the weights was made
     rss = rss_bytes() - rss0
     where = placement(g)  # policy off: the weights' pages in this process, per node
-    del model, s, g
+    del model, g
     gc.collect()
     return {
         "pp": pp,
@@ -154,9 +121,9 @@ def main() -> None:
     paths = (
         [Path(m) for m in a.model] if a.model else [ensure_model(cache, *m) for m in DEFAULT_MODELS]
     )
+    bw = measure_read_bandwidth()  # every allowed physical core, each node on its memory
     threads = set_threads(a.threads)
-    bw = read_bandwidth(threads)
-    print(f"read bandwidth ({threads} threads, 1 GiB sum, median of 7): {bw:.1f} GB/s\n")
+    print(f"read bandwidth (numoe's probe, all physical cores): {bw:.1f} GB/s\n")
     print("| model | size GB | test | numoe t/s | llama.cpp t/s | ratio | numoe GB/s | % of bw |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for path in paths:
