@@ -159,7 +159,7 @@ def read_config(path: Path | None = None) -> dict[str, object]:
             out[key] = s.parse(v)
         except ValueError as e:
             raise ConfigError(
-                f"config {path}: [{TABLE}] {key} = {_toml(v)}: expected {e}; fix or remove it"
+                f"config {path}: [{TABLE}] {key} = {toml_value(v)}: expected {e}; fix or remove it"
             ) from None
     return out
 
@@ -191,7 +191,7 @@ def resolve(args: argparse.Namespace, names=tuple(SETTINGS)) -> dict[str, Resolv
     return out
 
 
-def _toml(v: object) -> str:
+def toml_value(v: object) -> str:
     """A TOML value for int, bool or str (a JSON string is a valid TOML basic string)."""
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -213,7 +213,7 @@ def write_config(values: dict[str, object], comment: str = "", path: Path | None
         "# `numoe doctor` shows where each setting came from.",
         f"[{TABLE}]",
     ]
-    lines += [f"{k} = {_toml(merged[k])}" for k in SETTINGS if k in merged]
+    lines += [f"{k} = {toml_value(merged[k])}" for k in SETTINGS if k in merged]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@ table and the best setting, and write it to the config file the other commands r
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -45,8 +46,8 @@ def default_threads(cores: int) -> list[int]:
 
 def main(args) -> int:
     from .. import bench, roofline
-    from ..config import config_path, write_config
-    from ..numa import format_ids, plan_threads
+    from ..config import SETTINGS, config_path, toml_value, write_config
+    from ..numa import format_ids, parse_numa_nodes, plan_threads
     from ..topology import Topology
 
     # tune sweeps threads and policy itself; numa-nodes and smt come from the settings
@@ -54,8 +55,6 @@ def main(args) -> int:
     tests = bench.tests_from(args.n_prompt, args.n_gen)
     if not tests:
         raise FlagError("-p 0 and -n 0 leave nothing to measure: give -n N (or -p N)")
-    from ..numa import parse_numa_nodes
-
     topo = Topology.read()
     nodes = parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None
     full = plan_threads(topo, None, nodes, args.smt)
@@ -75,11 +74,10 @@ def main(args) -> int:
         if settings[k].source.startswith(("flag", "env")):
             values[k] = settings[k].value
     flags = " ".join(
-        {"threads": f"-t {v}", "numa": f"--numa {v}", "numa_nodes": f"--numa-nodes {v}"}.get(
-            k, "--smt" if v else ""
-        )
+        SETTINGS[k].flag if v is True else f"{SETTINGS[k].flag} {v}"
         for k, v in values.items()
-    ).strip()
+        if v is not False
+    )
     gb = (
         f", {best['gbps']:.2f} GB/s = {best['bw_pct']:.0f}% of read bandwidth"
         if best["gbps"]
@@ -97,8 +95,12 @@ def main(args) -> int:
             f"(CPUs {cpus})\n{best['model_filename']}: {decisive} {best['avg_ts']:.2f} t/s"
         )
         write_config(values, comment, path)
-        text = ", ".join(f"{k} = {v}" for k, v in values.items())
+        text = ", ".join(f"{k} = {toml_value(v)}" for k, v in values.items())
         lines.append(f"wrote {path}: {text} (flags and NUMOE_* variables override it)")
+        for k in values:
+            if os.environ.get(SETTINGS[k].env, "").strip():
+                env = SETTINGS[k].env
+                lines.append(f"note: {env}={os.environ[env]} is set and overrides the file")
     printer.close(probe, {"best": values, "config_file": str(path)})
     out = sys.stdout if args.output == "md" else sys.stderr
     print("\n".join(lines), file=out)
