@@ -7,9 +7,12 @@ from numoe.config import SETTINGS
 
 @pytest.fixture(autouse=True)
 def _no_user_settings(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NUMOE_CONFIG", str(tmp_path_factory.getbasetemp() / "no-config.toml"))
+    path = tmp_path_factory.getbasetemp() / "no-config.toml"
+    monkeypatch.setenv("NUMOE_CONFIG", str(path))
     for s in SETTINGS.values():
         monkeypatch.delenv(s.env, raising=False)
+    yield
+    path.unlink(missing_ok=True)  # a test that wrote the config (tune) leaves none behind
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,11 @@ NUMOE_OWN = {"bytes_per_token", "gbps", "bw_pct", "peak_rss_bytes", "numa", "byt
 @pytest.fixture(autouse=True)
 def probe_cache(tmp_path, monkeypatch):
     """A cached probe of PROBE_GBPS for this machine; measuring is not allowed unless a test
-    replaces measure_read_bandwidth itself."""
+    replaces measure_read_bandwidth itself. The config file: tmp_path/config.toml."""
     from numoe.numa import plan_threads
     from numoe.topology import Topology
 
+    monkeypatch.setenv("NUMOE_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("NUMOE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     key = roofline.machine_key(plan_threads(Topology.read()).threads)
@@ -205,17 +206,15 @@ def test_tune_writes_the_config_that_bench_and_doctor_read(tiny_model, capsys, t
     best = next(ln for ln in out.splitlines() if ln.startswith("best: -t "))
     n = int(best.split()[2].rstrip(":"))
     cfg = os.environ["NUMOE_CONFIG"]
+    assert cfg == str(tmp_path / "config.toml")
     assert f"wrote {cfg}: threads = {n}" in out
-    try:
-        assert main(["doctor", "--json"]) == 0
-        st = json.loads(capsys.readouterr().out)["settings"]["values"]["threads"]
-        assert st == {"value": n, "source": f"config {cfg}"}
-        r = _json_rows(capsys, "-m", tiny_model, "-p", "0", "-n", "2", "-r", "1")
-        assert [x["n_threads"] for x in r] == [n]
-        r = _json_rows(capsys, "-m", tiny_model, "-p", "0", "-n", "2", "-r", "1", "-t", "1")
-        assert [x["n_threads"] for x in r] == [1]  # a flag beats the file
-    finally:
-        os.unlink(cfg)
+    assert main(["doctor", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)["settings"]["values"]["threads"]
+    assert st == {"value": n, "source": f"config {cfg}"}
+    r = _json_rows(capsys, "-m", tiny_model, "-p", "0", "-n", "2", "-r", "1")
+    assert [x["n_threads"] for x in r] == [n]
+    r = _json_rows(capsys, "-m", tiny_model, "-p", "0", "-n", "2", "-r", "1", "-t", "1")
+    assert [x["n_threads"] for x in r] == [1]  # a flag beats the file
 
 
 def test_tune_no_write(tiny_model, capsys):
