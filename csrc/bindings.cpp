@@ -19,6 +19,7 @@
 #include "linear.hpp"
 #include "moe.hpp"
 #include "numa_mem.hpp"
+#include "ops.hpp"
 #include "quant/quant.hpp"
 #include "quantize/quantize.hpp"
 #include "threadpool.hpp"
@@ -334,6 +335,40 @@ void bind_kernels(nb::module_ &m) {
           "ids"_a,
           "Rows `ids` (int64) of W as float32 [n, n_in] (an embedding lookup); ValueError for an "
           "id out of range.")
+      .def_static(
+          "forward_many",
+          [](const std::vector<PyLinear *> &ops, const Floats &x) {
+            if (ops.empty()) throw std::invalid_argument("forward_many: no ops");
+            const int64_t T = rows_of(x, ops[0]->op.n_in() * ops[0]->op.groups(), "x");
+            std::vector<const numoe::LinearOp *> raw;
+            std::vector<float *> ys;
+            nb::list out;
+            for (PyLinear *p : ops) {
+              if (p == nullptr) throw std::invalid_argument("forward_many: None in ops");
+              float *y;
+              out.append(new_floats2(static_cast<size_t>(T),
+                                     static_cast<size_t>(p->op.groups() * p->op.n_out()), &y));
+              raw.push_back(&p->op);
+              ys.push_back(y);
+            }
+            {
+              nb::gil_scoped_release release;
+              numoe::LinearOp::forward_many(raw, x.data(), T, ys);
+            }
+            return out;
+          },
+          "ops"_a, "x"_a,
+          "[op.forward(x) for op in ops] in one pool call, x quantized once per activation "
+          "type (ops with one input width, no groups).")
+      .def(
+          "warm",
+          [](PyLinear &s, size_t max_bytes) {
+            numoe::ThreadPool::instance().warm_async(s.data.data(),
+                                                     std::min(max_bytes, s.op.bytes()));
+          },
+          "max_bytes"_a = SIZE_MAX,
+          "Have the idle pool workers read the first max_bytes of W into the caches in the "
+          "background (ThreadPool::warm_async); the next pool call cancels the rest.")
       .def_prop_ro("type_id", [](PyLinear &s) { return s.op.type(); })
       .def_prop_ro("n_out", [](PyLinear &s) { return s.op.n_out(); })
       .def_prop_ro("n_in", [](PyLinear &s) { return s.op.n_in(); })
@@ -384,6 +419,94 @@ void bind_kernels(nb::module_ &m) {
       .def_prop_ro("expert_nbytes", [](PyMoE &s) {
         return s.op.gate_bytes() + s.op.up_bytes() + s.op.down_bytes();
       });
+}
+
+// ---- small decode-step ops (csrc/ops.*) ----
+void bind_ops(nb::module_ &m) {
+  // Row-strided float32 views (the last dimension contiguous): a slice of a wider tensor
+  // (MLA's latent, its rope part) is read in place.
+  using Strided = nb::ndarray<const float, nb::device::cpu>;
+  auto inner_contiguous = [](const Strided &x, const char *what) {
+    if (x.ndim() < 1 || x.stride(x.ndim() - 1) != 1)
+      throw std::invalid_argument(std::string(what) + ": the last dimension must be contiguous");
+  };
+  m.def(
+      "rms_norm",
+      [inner_contiguous](const Strided &x, const Floats &w, float eps) {
+        inner_contiguous(x, "rms_norm");
+        if (w.ndim() != 1 || x.shape(x.ndim() - 1) != w.shape(0))
+          throw std::invalid_argument("rms_norm: x [..., n] and weight [n] must agree");
+        const int64_t n = static_cast<int64_t>(w.shape(0));
+        const int64_t rows = n ? static_cast<int64_t>(x.size()) / n : 0;
+        int64_t stride = n;  // rows of a 2-D view may be apart; more dimensions: contiguous
+        if (x.ndim() == 2)
+          stride = x.stride(0);
+        else
+          for (size_t d = 0, want = 1; d < x.ndim(); ++d) {
+            const size_t i = x.ndim() - 1 - d;
+            if (x.shape(i) > 1 && static_cast<size_t>(x.stride(i)) != want)
+              throw std::invalid_argument("rms_norm: x must be contiguous or 2-D");
+            want *= x.shape(i);
+          }
+        float *y;
+        auto arr = new_floats2(static_cast<size_t>(rows), static_cast<size_t>(n), &y);
+        numoe::ops::rms_norm(x.data(), stride, w.data(), eps, rows, n, y);
+        return arr;
+      },
+      "x"_a.noconvert(), "weight"_a.noconvert(), "eps"_a,
+      "x float32 [..., n] (contiguous, or 2-D with rows apart) -> [rows, n]: "
+      "x / sqrt(mean(x^2) + eps) * weight, per row.");
+  m.def(
+      "rope",
+      [inner_contiguous](const Strided &x, const Floats &cos, const Floats &sin, int64_t dim,
+                         bool neox) {
+        if (x.ndim() != 3) throw std::invalid_argument("rope: x must be [T, H, head_dim]");
+        inner_contiguous(x, "rope");
+        const int64_t T = x.shape(0), H = x.shape(1), hd = x.shape(2);
+        if (dim <= 0 || dim % 2 != 0 || dim > hd)
+          throw std::invalid_argument("rope: dim must be even and in 1..head_dim");
+        for (const Floats *a : {&cos, &sin})
+          if (a->ndim() != 2 || static_cast<int64_t>(a->shape(0)) != T ||
+              static_cast<int64_t>(a->shape(1)) != dim / 2)
+            throw std::invalid_argument("rope: cos and sin must be [T, dim/2]");
+        float *y;
+        auto arr = new_floats2(static_cast<size_t>(T), static_cast<size_t>(H * hd), &y);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t h = 0; h < H; ++h) {
+            const float *src = x.data() + t * x.stride(0) + h * x.stride(1);
+            std::copy(src, src + hd, y + (t * H + h) * hd);
+          }
+        numoe::ops::rope(y, T, H, hd, dim, cos.data(), sin.data(), neox);
+        return arr;
+      },
+      "x"_a.noconvert(), "cos"_a.noconvert(), "sin"_a.noconvert(), "dim"_a, "neox"_a,
+      "x float32 [T, H, head_dim] (any strides, the last dimension contiguous) -> "
+      "[T, H*head_dim]: the first `dim` elements of each head rotated by cos, sin [T, dim/2] "
+      "(pairs (i, i+dim/2) when neox, else (2i, 2i+1)).");
+  m.def(
+      "route",
+      [](const Floats &logits, int64_t k, const std::string &gating,
+         const std::optional<Floats> &bias, int64_t n_group, int64_t topk_group, bool norm,
+         float scale) {
+        if (logits.ndim() != 2) throw std::invalid_argument("route: logits must be [T, E]");
+        const int64_t T = logits.shape(0), E = logits.shape(1);
+        if (gating != "softmax" && gating != "sigmoid")
+          throw std::invalid_argument("unknown expert gating function '" + gating + "'");
+        if (bias && (bias->ndim() != 1 || static_cast<int64_t>(bias->shape(0)) != E))
+          throw std::invalid_argument("route: bias must be [E]");
+        if (k <= 0 || k > E) throw std::invalid_argument("route: k must be in 1..E");
+        int64_t *ids;
+        auto ids_arr = new_array<int64_t>(static_cast<size_t>(T * k), &ids);
+        float *w;
+        auto w_arr = new_array<float>(static_cast<size_t>(T * k), &w);
+        numoe::ops::route(logits.data(), T, E, k, gating == "sigmoid",
+                          bias ? bias->data() : nullptr, n_group, topk_group, norm, scale, ids, w);
+        return std::make_pair(ids_arr, w_arr);
+      },
+      "logits"_a.noconvert(), "k"_a, "gating"_a, "bias"_a.noconvert() = nb::none(), "n_group"_a = 1,
+      "topk_group"_a = 1, "norm"_a = false, "scale"_a = 1.0f,
+      "Router logits float32 [T, E] -> (ids int64 [T*k], weights float32 [T*k]), best first "
+      "(see numoe.layers.moe.route).");
 }
 
 // ---- node memory (csrc/numa_mem.*) ----
@@ -454,6 +577,7 @@ NB_MODULE(_cpu, m) {
   m.doc() = "numoe's CPU extension: topology now; quantized kernels and the MoE op later.";
   bind_kernels(m);
   bind_numa_mem(m);
+  bind_ops(m);
 
   m.def(
       "read_topology",

@@ -124,16 +124,8 @@ LinearOp::LinearOp(const uint8_t *w, int type, int64_t n_out, int64_t n_in, int6
   quant::get_vec_dot(type);  // throws now rather than in a task
 }
 
-void LinearOp::forward(const float *x, int64_t T, float *y) const {
-  if (T <= 0) return;
-  const int64_t G = groups_, in = n_in_, out = n_out_;
-  const int64_t n_act = T * G;  // activation rows: (t, g) -> t*G + g
-  uint8_t *act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
-  quantize_rows(act_type_, x, in, n_act, in, act, act_row_bytes_);
-
-  const quant::vec_dot_fn dot = quant::get_vec_dot(type_);
-  const quant::vec_dot_n_fn dot_n = quant::get_vec_dot_n(type_);
-  const int threads = pool_threads();
+LinearOp::Plan LinearOp::plan(int64_t T, int threads) const {
+  const int64_t G = groups_, out = n_out_;
   const int64_t total_rows = out * G;
   int64_t rb = rows_per_task(total_rows, threads, T, row_bytes_);
   int64_t tb = T;  // tokens per task
@@ -147,21 +139,68 @@ void LinearOp::forward(const float *x, int64_t T, float *y) const {
       tb = ceil_div(ceil_div(T, splits), quant::kMaxActs) * quant::kMaxActs;
     }
   }
-  const int64_t blocks_per_group = ceil_div(out, rb);
-  const int64_t tok_blocks = ceil_div(T, tb);
-  const int64_t n_tasks = blocks_per_group * G * tok_blocks;
-  const int64_t y_stride = G * out;
-  auto body = [&](int64_t task, int) {
-    const int64_t tk = task % tok_blocks, rt = task / tok_blocks;
-    const int64_t g = rt / blocks_per_group, b = rt % blocks_per_group;
-    const int64_t r0 = b * rb, r1 = std::min(out, r0 + rb);
-    const int64_t t0 = tk * tb, nt = std::min(T, t0 + tb) - t0;
-    const size_t act_stride = static_cast<size_t>(G) * act_row_bytes_;
-    gemm_rows(dot, dot_n, static_cast<int>(in), w_ + static_cast<size_t>(g * out) * row_bytes_,
-              row_bytes_, r0, r1, act + static_cast<size_t>(g) * act_row_bytes_ + t0 * act_stride,
-              act_stride, nullptr, nt, y + g * out + t0 * y_stride, y_stride);
-  };
-  parallel_for(n_tasks, body);
+  const int64_t blocks_per_group = ceil_div(out, rb), tok_blocks = ceil_div(T, tb);
+  return {rb, tb, blocks_per_group, tok_blocks, blocks_per_group * G * tok_blocks};
+}
+
+void LinearOp::run_task(const Plan &p, int64_t task, const uint8_t *act, int64_t T,
+                        float *y) const {
+  const int64_t G = groups_, in = n_in_, out = n_out_, y_stride = G * out;
+  const int64_t tk = task % p.tok_blocks, rt = task / p.tok_blocks;
+  const int64_t g = rt / p.blocks_per_group, b = rt % p.blocks_per_group;
+  const int64_t r0 = b * p.rb, r1 = std::min(out, r0 + p.rb);
+  const int64_t t0 = tk * p.tb, nt = std::min(T, t0 + p.tb) - t0;
+  const size_t act_stride = static_cast<size_t>(G) * act_row_bytes_;
+  gemm_rows(quant::get_vec_dot(type_), quant::get_vec_dot_n(type_), static_cast<int>(in),
+            w_ + static_cast<size_t>(g * out) * row_bytes_, row_bytes_, r0, r1,
+            act + static_cast<size_t>(g) * act_row_bytes_ + t0 * act_stride, act_stride, nullptr,
+            nt, y + g * out + t0 * y_stride, y_stride);
+}
+
+void LinearOp::forward(const float *x, int64_t T, float *y) const {
+  if (T <= 0) return;
+  const int64_t n_act = T * groups_;  // activation rows: (t, g) -> t*G + g
+  uint8_t *act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
+  quantize_rows(act_type_, x, n_in_, n_act, n_in_, act, act_row_bytes_);
+  const Plan p = plan(T, pool_threads());
+  parallel_for(p.n_tasks, [&](int64_t task, int) { run_task(p, task, act, T, y); });
+}
+
+void LinearOp::forward_many(const std::vector<const LinearOp *> &ops, const float *x, int64_t T,
+                            const std::vector<float *> &ys) {
+  if (ops.size() != ys.size()) throw std::invalid_argument("forward_many: one output per op");
+  if (T <= 0 || ops.empty()) return;
+  const int64_t width = ops[0]->n_in_ * ops[0]->groups_;
+  for (const LinearOp *op : ops)
+    if (op->groups_ != 1 || op->n_in_ != width)
+      throw std::invalid_argument("forward_many: the ops must share one input width, no groups");
+  // x quantized once per activation type (scratch slots 0, 6, 7: F32, Q8_0 and Q8_K are all
+  // the activation types there are)
+  static constexpr int kSlot[3] = {0, 6, 7};
+  std::vector<int> types;
+  std::vector<const uint8_t *> acts(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const int t = ops[i]->act_type_;
+    const size_t j = std::find(types.begin(), types.end(), t) - types.begin();
+    if (j == 3) throw std::logic_error("forward_many: over 3 activation types");
+    uint8_t *a = scratch(kSlot[j], static_cast<size_t>(T) * ops[i]->act_row_bytes_);
+    if (j == types.size()) {  // a type not seen yet
+      types.push_back(t);
+      quantize_rows(t, x, width, T, width, a, ops[i]->act_row_bytes_);
+    }
+    acts[i] = a;
+  }
+  const int threads = pool_threads();
+  std::vector<Plan> plans;
+  std::vector<int64_t> first(ops.size() + 1, 0);  // op i's tasks: [first[i], first[i+1])
+  for (size_t i = 0; i < ops.size(); ++i) {
+    plans.push_back(ops[i]->plan(T, threads));
+    first[i + 1] = first[i] + plans[i].n_tasks;
+  }
+  parallel_for(first.back(), [&](int64_t task, int) {
+    const size_t i = std::upper_bound(first.begin(), first.end(), task) - first.begin() - 1;
+    ops[i]->run_task(plans[i], task - first[i], acts[i], T, ys[i]);
+  });
 }
 
 void LinearOp::rows(const int64_t *ids, int64_t n, float *out) const {

@@ -46,11 +46,26 @@ class LinearOp {
 
   // x [T, groups*n_in] float32 (row stride x_stride floats) -> y [T, groups*n_out].
   void forward(const float *x, int64_t T, float *y) const;
+  // The same for several ops with the same input (e.g. an attention's q, k and v): x is
+  // quantized once per activation type and all their tasks share one pool call. ops[i] writes
+  // ys[i] [T, groups*n_out]; every op must have x's width.
+  static void forward_many(const std::vector<const LinearOp *> &ops, const float *x, int64_t T,
+                           const std::vector<float *> &ys);
   // Dequantize rows ids[i] of the [groups*n_out, n_in] matrix into out[i*n_in ...].
   // std::invalid_argument for an id out of range (checked before any row is read).
   void rows(const int64_t *ids, int64_t n, float *out) const;
 
+  // How a call with T tokens splits into pool tasks (row blocks x token blocks).
+  struct Plan {
+    int64_t rb, tb, blocks_per_group, tok_blocks, n_tasks;
+  };
+  Plan plan(int64_t T, int threads) const;
+  // Task `task` of `p`: act = x quantized to act_type() (T rows of act_row_bytes() each).
+  void run_task(const Plan &p, int64_t task, const uint8_t *act, int64_t T, float *y) const;
+
   int type() const { return type_; }
+  int act_type() const { return act_type_; }
+  size_t act_row_bytes() const { return act_row_bytes_; }
   int64_t n_out() const { return n_out_; }
   int64_t n_in() const { return n_in_; }
   int64_t groups() const { return groups_; }

@@ -107,6 +107,13 @@ struct ThreadPool::Impl {
   std::vector<int> slot_group;
   std::unique_ptr<std::atomic<int64_t>[]> slot_next;
   size_t slot_cap = 0;
+  // Background warm-up (warm_async): the workers read [warm_ptr, warm_ptr + warm_bytes) into
+  // the caches in chunks while the caller goes on; the next call cancels what is left.
+  const uint8_t *warm_ptr = nullptr;
+  size_t warm_bytes = 0;
+  bool warm_active = false;  // under call_mu
+  alignas(64) std::atomic<size_t> warm_next{0};
+  alignas(64) std::atomic<bool> warm_cancel{false};
   std::atomic<bool> stop{false};
   std::mutex err_mu;
   std::exception_ptr err;
@@ -129,7 +136,34 @@ struct ThreadPool::Impl {
     }
   }
 
+  void run_warm() {
+    constexpr size_t kChunk = 64 << 10;
+    uint64_t sum = 0;
+    for (;;) {
+      const size_t b0 = warm_next.fetch_add(kChunk, std::memory_order_relaxed);
+      if (b0 >= warm_bytes || warm_cancel.load(std::memory_order_relaxed)) break;
+      const size_t b1 = std::min(warm_bytes, b0 + kChunk);
+      for (size_t b = b0; b < b1; b += 64) sum += warm_ptr[b];  // one load per cache line
+    }
+    static std::atomic<uint64_t> sink{0};
+    sink.fetch_add(sum, std::memory_order_relaxed);
+  }
+
+  // Cancel a background warm-up and wait for the workers to leave it (under call_mu).
+  void finish_warm() {
+    if (!warm_active) return;
+    warm_cancel.store(true, std::memory_order_relaxed);
+    wait_pending();
+    warm_active = false;
+    warm_ptr = nullptr;
+    warm_cancel.store(false, std::memory_order_relaxed);
+  }
+
   void run_tasks(int thread) {
+    if (warm_ptr != nullptr) {
+      run_warm();
+      return;
+    }
     const bool was = t_in_task;
     t_in_task = true;
     if (sfn != nullptr) {
@@ -217,6 +251,7 @@ struct ThreadPool::Impl {
   }
 
   void stop_workers() {
+    finish_warm();
     if (!workers.empty()) {
       stop.store(true, std::memory_order_release);
       kick();
@@ -264,6 +299,7 @@ struct ThreadPool::Impl {
   // worker's CPU the two would share that core for the whole call, so it moves to its own
   // CPU for the call and gets its mask back after.
   void dispatch() {
+    finish_warm();
     err = nullptr;
     cpu_set_t saved;
     const bool moved = move_caller(&saved);
@@ -384,6 +420,21 @@ void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   p.n_tasks = n_tasks;
   p.next.store(0, std::memory_order_relaxed);
   p.dispatch();
+}
+
+void ThreadPool::warm_async(const void *p, size_t bytes) {
+  Impl &q = *impl_;
+  std::unique_lock<std::mutex> lk(q.call_mu, std::defer_lock);
+  if (p == nullptr || bytes == 0 || t_in_task || !lk.try_lock()) return;
+  q.check_fork();
+  if (q.workers.empty()) return;
+  q.finish_warm();
+  q.warm_ptr = static_cast<const uint8_t *>(p);
+  q.warm_bytes = bytes;
+  q.warm_next.store(0, std::memory_order_relaxed);
+  q.pending.store(static_cast<int>(q.workers.size()), std::memory_order_relaxed);
+  q.warm_active = true;
+  q.kick();
 }
 
 int ThreadPool::group_threads(int g) const {

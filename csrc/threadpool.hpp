@@ -13,6 +13,7 @@
 // scheduling: each node's threads take their node's slice of the experts).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -52,6 +53,12 @@ class ThreadPool {
   using SlotTask = std::function<void(int64_t slot, int64_t task, int thread)>;
   void parallel_for_groups(const std::vector<int64_t> &n_tasks, const std::vector<int> &group,
                            const SlotTask &fn);
+  // Start the workers reading [p, p + bytes) into the caches (one load per cache line) and
+  // return at once: decode calls it for the next matrix before the Python work between two
+  // ops, so that matrix comes from cache. The next call (or warm_async) cancels what is left
+  // and waits for the workers to leave it (at most one 64 KiB chunk each). Does nothing
+  // without workers, from inside a task or while another call runs.
+  void warm_async(const void *p, size_t bytes);
   // Threads of group g (g taken modulo the number of groups).
   int group_threads(int g) const;
 

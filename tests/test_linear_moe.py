@@ -26,7 +26,7 @@ from gguf.quants import quantize as gguf_quantize
 from numoe import _cpu, pool
 from numoe.gguf import open_gguf
 from numoe.gguf_write import Raw, write_gguf
-from numoe.layers.linear import Embedding, Linear
+from numoe.layers.linear import Embedding, Linear, linear_many
 from numoe.layers.moe import Experts
 
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
@@ -191,6 +191,63 @@ def test_linear_groups_are_per_head_matmuls():
         np.testing.assert_array_equal(
             y[:, g * n_out : (g + 1) * n_out], one.forward(x[:, g * n_in : (g + 1) * n_in].copy())
         )
+
+
+def test_linear_forward_many_equals_each_op():
+    """q, k, v in one pool call: the same bits as three calls, across activation types (the
+    K-quants' Q8_K, Q8_0's Q8_0, F16's float) and token counts."""
+    rng = np.random.default_rng(4)
+    n_in = 512
+    parts = [(Q.Q4_K, 300), (Q.Q8_0, 64), (Q.Q6_K, 64), (Q.F16, 40), (Q.Q5_K, 8)]
+    ops = []
+    for qtype, n_out in parts:
+        raw, _ = encode(qtype, n_out, n_in, rng)
+        ops.append(_cpu.Linear(raw.reshape(-1), int(qtype), n_out, n_in))
+    for T in (1, 5, 64):
+        x = rng.standard_normal((T, n_in)).astype(np.float32)
+        ys = _cpu.Linear.forward_many(ops, x)
+        assert len(ys) == len(ops)
+        for op, y in zip(ops, ys):
+            np.testing.assert_array_equal(y, op.forward(x))
+    other = _cpu.Linear(encode(Q.Q8_0, 4, 256, rng)[0].reshape(-1), int(Q.Q8_0), 4, 256)
+    with pytest.raises(ValueError, match="input width"):
+        _cpu.Linear.forward_many([ops[0], other], x)
+
+
+def test_warm_leaves_results_unchanged():
+    """Background warm-ups (decode's: the next matrix read by idle workers) are cancelled by
+    the next call, never change its result and never block it, with or without workers."""
+    rng = np.random.default_rng(6)
+    raw, _ = encode(Q.Q4_K, 256, 512, rng)
+    op = _cpu.Linear(raw.reshape(-1), int(Q.Q4_K), 256, 512)
+    big = _cpu.Linear(np.zeros((1 << 17) * 544, np.uint8), int(Q.Q8_0), 1 << 17, 512)  # 68 MiB
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    try:
+        for cpus in (CPUS, [CPUS[0]]):
+            _cpu.set_threads(cpus)
+            want = op.forward(x)
+            for max_bytes in (None, 0, 100, 1 << 40):
+                for w in (op, big):
+                    w.warm() if max_bytes is None else w.warm(max_bytes)
+                    np.testing.assert_array_equal(op.forward(x), want)
+            big.warm()
+            big.warm()  # a second warm-up replaces the first
+            np.testing.assert_array_equal(_cpu.Linear.forward_many([op, op], x)[1], want)
+    finally:
+        _cpu.set_threads(CPUS)
+    Linear(torch.zeros(4, 8)).warm()  # a float (device) weight: nothing to warm
+
+
+def test_linear_many_layer_adds_biases():
+    rng = np.random.default_rng(5)
+    lins = []
+    for n_out in (32, 8):
+        raw, _ = encode(Q.Q8_0, n_out, 64, rng)
+        op = _cpu.Linear(raw.reshape(-1), int(Q.Q8_0), n_out, 64)
+        lins.append(Linear(op=op, bias=torch.randn(n_out)))
+    x = torch.randn(3, 64)
+    for y, lin in zip(linear_many(lins, x), lins):
+        torch.testing.assert_close(y, lin(x), rtol=0, atol=0)
 
 
 def test_linear_rows_and_checks():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear import Linear, load_weight
+from .linear import Linear, linear_many, load_weight
 from .norms import rms_norm
 
 
@@ -61,11 +61,18 @@ class GQAAttention:
             self.k_norm = load_weight(g, f"{p}_k_norm.weight", (Dh,), device)
         self.rope = rope
 
+    def warm(self) -> None:
+        """Start reading the first projection into the caches (see Linear.warm)."""
+        self.q.warm()
+
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T = x.shape[0]
-        q = self.q(x).view(T, self.H, self.Dh)  # [T, H, Dh]
-        k = self.k(x).view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
-        v = self.v(x).view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
+        q, k, v = linear_many([self.q, self.k, self.v], x)
+        if T == 1:
+            self.o.warm()  # read by idle workers while the norms, rope and attention run
+        q = q.view(T, self.H, self.Dh)  # [T, H, Dh]
+        k = k.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
+        v = v.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
         if self.q_norm is not None:
             q = rms_norm(q, self.q_norm, self.eps)
             k = rms_norm(k, self.k_norm, self.eps)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..gguf import GGUFFile
-from .linear import Linear
+from .linear import Linear, linear_many
 
 
 class FeedForward:
@@ -32,5 +32,10 @@ class FeedForward:
             Linear.load(g, f"{prefix}_down{suffix}", n_embd, n_ff, device),
         )
 
+    def warm(self) -> None:
+        """Start reading the gate projection into the caches (see Linear.warm)."""
+        self.gate.warm()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        g, u = linear_many([self.gate, self.up], x)  # [T, F] each
+        return self.down(F.silu(g) * u)

@@ -111,6 +111,12 @@ class Linear:
             lin.bias = load_weight(g, f"{name}.bias", (n_out,), device)
         return lin
 
+    def warm(self, max_bytes: int | None = None) -> None:
+        """Have the idle pool workers read this weight into the caches in the background
+        (up to max_bytes); the next pool call cancels the rest. No-op off the CPU."""
+        if self.op is not None:
+            self.op.warm() if max_bytes is None else self.op.warm(max_bytes)
+
     @property
     def shape(self) -> tuple[int, ...]:
         if self.groups > 1:
@@ -137,6 +143,22 @@ class Linear:
         if self.bias is not None:
             y = y + self.bias
         return y
+
+
+def linear_many(lins: list[Linear], x: torch.Tensor) -> list[torch.Tensor]:
+    """[lin(x) for lin in lins] for x [T, in]: when every one is a CPU op without groups
+    (e.g. an attention's q, k and v), x is quantized once and all their rows share one pool
+    call (a decode step saves a pool wake-up and a tail per extra matrix)."""
+    if len(lins) < 2 or x.dim() != 2 or any(lin.op is None or lin.groups != 1 for lin in lins):
+        return [lin(x) for lin in lins]
+    ys = _cpu.Linear.forward_many([lin.op for lin in lins], as_numpy(x))  # [T, out_i] each
+    out = []
+    for lin, y in zip(lins, ys):
+        y = torch.from_numpy(y)
+        if x.device.type != "cpu":
+            y = y.to(x.device)
+        out.append(y if lin.bias is None else y + lin.bias)
+    return out
 
 
 class Embedding:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf import GGUFFile
-from .linear import Linear, load_weight
+from .linear import Linear, linear_many, load_weight
 from .norms import rms_norm
 
 
@@ -100,15 +100,22 @@ class MLAttention:
             self.v_b = HeadLinear(kv_b[:, dn:].contiguous())  # [H, dv, R]
         self.o = Linear.load(g, f"{p}_output", D, H * dv, device)
 
+    def warm(self) -> None:
+        """Start reading the first projection into the caches (see Linear.warm)."""
+        (self.q_a if self.q is None else self.q).warm()
+
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T, H = x.shape[0], self.H
+        # x's two projections in one pool call: kv [T, R + dr], q or q_a
+        q, kv = linear_many([self.q_a if self.q is None else self.q, self.kv_a], x)
+        if T == 1:  # the next matrix, read by idle workers while Python works
+            (self.q_b if self.q is None else self.o).warm()
         if self.q is None:
-            q = self.q_b(rms_norm(self.q_a(x), self.q_a_norm, self.eps))
-        else:
-            q = self.q(x)
+            q = self.q_b(rms_norm(q, self.q_a_norm, self.eps))
+            if T == 1:
+                self.o.warm()
         q = q.view(T, H, self.dn + self.dr)  # [T, H, dn + dr]
         q_nope, q_rope = q[..., : self.dn], q[..., self.dn :]
-        kv = self.kv_a(x)  # [T, R + dr]
         latent = rms_norm(kv[:, : self.R], self.kv_a_norm, self.eps)  # [T, R]
         k_rope = self.rope.apply(kv[:, None, self.R :], cos, sin)[:, 0]  # [T, dr]
         q_rope = self.rope.apply(q_rope, cos, sin)  # [T, H, dr]

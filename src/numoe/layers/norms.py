@@ -5,9 +5,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _cpu
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, in float32 (one fused
-    torch op: a decode step calls this 2-4 times per layer)."""
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, in float32.
+
+    Float32 CPU tensors take numoe's C++ op (a decode step calls this 2-4 times per layer,
+    and a torch op between weight streams costs several times its warm time); anything
+    else takes torch's fused op (`rms_norm_torch`, the reference)."""
+    if (
+        x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dim() >= 1
+        and x.stride(-1) == 1
+        and (x.dim() == 2 or x.is_contiguous())  # 2-D: rows may be apart (a column slice)
+    ):
+        y = _cpu.rms_norm(x.detach().numpy(), weight.numpy(), eps)  # [rows, n]
+        return torch.from_numpy(y).view(x.shape)
+    return rms_norm_torch(x, weight, eps)
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The torch reference of `rms_norm` (one fused op, any device)."""
     y = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
     return y.to(x.dtype)

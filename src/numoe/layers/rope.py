@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _cpu
+
 
 def base_inv_freq(dim: int, base: float) -> torch.Tensor:  # [dim/2]
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
@@ -69,7 +71,24 @@ class Rope:
         )
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [T, H, dim] -> rotated [T, H, dim] (same layout as the input)."""
+        """x [T, H, dim] -> rotated [T, H, dim] (same layout as the input).
+
+        Float32 CPU tensors take numoe's C++ op (one call instead of ~7 torch
+        ops, each slow between weight streams); the rest `apply_torch`, the reference."""
+        if (
+            x.device.type == "cpu"
+            and x.dtype == cos.dtype == sin.dtype == torch.float32
+            and x.dim() == 3
+            and x.stride(-1) == 1  # any other strides: MLA's rope part of a wider tensor
+            and cos.is_contiguous()
+            and sin.is_contiguous()
+        ):
+            y = _cpu.rope(x.detach().numpy(), cos.numpy(), sin.numpy(), self.dim, self.neox)
+            return torch.from_numpy(y).view(x.shape)  # [T, H, dim]
+        return self.apply_torch(x, cos, sin)
+
+    def apply_torch(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The torch reference of `apply` (any device, any layout)."""
         c, s = cos[:, None, :], sin[:, None, :]  # [T, 1, dim/2]
         if self.neox:
             a, b = x[..., : self.dim // 2], x[..., self.dim // 2 :]

@@ -21,7 +21,14 @@ class Block:
         self.attn, self.ffn, self.eps = attn, ffn, cfg.rms_eps
 
     def __call__(self, x, cache, pos, cos, sin):  # [T, D] -> [T, D]
+        # Decode: each op's weights start streaming into the caches (idle pool workers)
+        # before the Python work in front of it; the op then reads them from cache.
+        decode = x.shape[0] == 1
+        if decode:
+            self.attn.warm()
         x = x + self.attn(rms_norm(x, self.attn_norm, self.eps), cache, pos, cos, sin)
+        if decode:
+            self.ffn.warm()
         return x + self.ffn(rms_norm(x, self.ffn_norm, self.eps))
 
 
@@ -60,6 +67,8 @@ class DecoderModel:
             if n_logits == 0:
                 return None
             x = x[-n_logits:]  # [n_logits, D]
+        if x.shape[0] == 1:
+            self.output.warm()
         x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 

@@ -1,0 +1,144 @@
+"""numoe's C++ decode-step ops (RMS norm, rotary embedding, routing) against their torch
+references and hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from numoe import _cpu
+from numoe.layers.moe import route, route_torch
+from numoe.layers.norms import rms_norm, rms_norm_torch
+from numoe.layers.rope import Rope
+
+
+@pytest.mark.parametrize("shape", [(1, 2048), (3, 32, 128), (5, 64), (2, 4, 128)])
+def test_rms_norm_matches_torch(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * 3
+    w = torch.randn(shape[-1], generator=g)
+    y = rms_norm(x, w, 1e-6)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, rms_norm_torch(x, w, 1e-6), rtol=2e-6, atol=1e-6)
+
+
+def test_rms_norm_hand_case():
+    x = torch.tensor([[3.0, 4.0]])  # mean of squares 12.5
+    y = rms_norm(x, torch.tensor([1.0, 2.0]), 0.0)
+    s = 1 / math.sqrt(12.5)
+    torch.testing.assert_close(y, torch.tensor([[3 * s, 8 * s]]))
+
+
+def test_rms_norm_leaves_other_dtypes_to_torch():
+    x = torch.randn(2, 16, dtype=torch.float64)
+    w = torch.ones(16, dtype=torch.float64)
+    assert rms_norm(x, w, 1e-6).dtype == torch.float64
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("T,H,dim", [(1, 32, 128), (7, 4, 64), (3, 1, 2)])
+def test_rope_equals_torch_exactly(neox, T, H, dim):
+    rope = Rope.plain(dim, 10000.0, neox)
+    g = torch.Generator().manual_seed(T * H + dim)
+    x = torch.randn(T, H, dim, generator=g)
+    cos, sin = rope.cos_sin(11, T, torch.device("cpu"))
+    y = rope.apply(x, cos, sin)
+    assert torch.equal(y, rope.apply_torch(x, cos, sin))  # each product rounded as torch does
+    assert not torch.equal(y, x)  # rotated, and the input left as it was
+    assert torch.equal(
+        x, torch.randn(T, H, dim, generator=torch.Generator().manual_seed(T * H + dim))
+    )
+
+
+def test_ops_read_strided_slices():
+    """MLA's latent kv[:, :R] and rope part q[..., dn:] are slices of wider tensors."""
+    g = torch.Generator().manual_seed(3)
+    kv = torch.randn(5, 48, generator=g)
+    w = torch.randn(32, generator=g)
+    torch.testing.assert_close(
+        rms_norm(kv[:, :32], w, 1e-6), rms_norm_torch(kv[:, :32], w, 1e-6), rtol=2e-6, atol=1e-6
+    )
+    rope = Rope.plain(16, 10000.0, False)
+    cos, sin = rope.cos_sin(0, 5, torch.device("cpu"))
+    q = torch.randn(5, 3, 40, generator=g)
+    for x in (q[..., 24:], kv[:, None, 32:]):
+        assert not x.is_contiguous()
+        assert torch.equal(rope.apply(x, cos, sin), rope.apply_torch(x, cos, sin))
+
+
+def test_rope_hand_case():
+    # one pair at angle pi/2: (a, b) -> (-b, a)
+    x = np.array([[[1.0, 2.0]]], dtype=np.float32)
+    c, s = np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)
+    assert _cpu.rope(x, c, s, 2, True).tolist() == [[-2.0, 1.0]]
+
+
+def test_rope_bad_shapes():
+    x = np.zeros((1, 2, 8), np.float32)
+    with pytest.raises(ValueError, match="cos and sin"):
+        _cpu.rope(x, np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), 8, True)
+    with pytest.raises(ValueError, match="even"):
+        _cpu.rope(x, np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32), 5, True)
+    with pytest.raises(ValueError, match="head_dim"):
+        _cpu.rope(np.zeros((1, 8), np.float32), x[0], x[0], 8, True)
+
+
+CASES = [
+    {"k": 2, "gating": "softmax"},  # Mixtral
+    {"k": 8, "gating": "softmax", "norm": True},  # Qwen3-MoE
+    {"k": 6, "gating": "softmax", "n_group": 8, "topk_group": 3, "scale": 16.0},  # DeepSeek-V2
+    {
+        "k": 8,
+        "gating": "sigmoid",
+        "norm": True,
+        "scale": 2.5,
+        "n_group": 8,
+        "topk_group": 4,
+        "bias": True,
+    },  # V3
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("T", [1, 7])
+def test_route_matches_torch(case, T):
+    E = 64
+    g = torch.Generator().manual_seed(T + case["k"])
+    logits = torch.randn(T, E, generator=g) * 2
+    kw = dict(case)
+    kw["bias"] = torch.rand(E, generator=g) * 0.1 if case.get("bias") else None
+    ids, w = route(logits, **kw)
+    ids_ref, w_ref = route_torch(logits, **kw)
+    assert ids.dtype == torch.int64 and w.dtype == torch.float32
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_route_hand_case():
+    # softmax of [0, ln 3, ln 2, -inf-ish]: 1/6, 3/6, 2/6, ~0; top-2 = experts 1, 2
+    logits = torch.tensor([[0.0, math.log(3), math.log(2), -50.0]])
+    ids, w = route(logits, 2)
+    assert ids.tolist() == [[1, 2]]
+    torch.testing.assert_close(w, torch.tensor([[0.5, 1 / 3]]))
+    ids, w = route(logits, 2, norm=True, scale=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.2, 0.8]]))
+
+
+def test_route_ties_go_to_the_lower_index():
+    ids, _ = route(torch.zeros(1, 8), 3)
+    assert ids.tolist() == [[0, 1, 2]]
+
+
+def test_route_bad_input():
+    x = torch.zeros(1, 8)
+    with pytest.raises(ValueError, match="gating"):
+        route(x, 2, gating="relu")
+    with pytest.raises(ValueError, match="k must be"):
+        route(x, 9)
+    with pytest.raises(ValueError, match="bias"):
+        route(x, 2, bias=torch.zeros(7))
+    with pytest.raises(ValueError, match="n_group"):
+        route(x, 2, n_group=3, topk_group=1)
+    with pytest.raises(ValueError, match="fewer than k"):
+        route(x, 4, n_group=4, topk_group=1)
