@@ -1,0 +1,159 @@
+"""Where a decode step's time goes: per kind of C++ op (the linear ops by shape and type, the
+fused projections, the MoE op), ms per token, GB/s of the weights it reads and % of the
+machine's read bandwidth, and the rest (Python and torch between the ops). With --compare,
+tg tokens/s of numoe's decode features switched off one at a time, runs alternating in one
+process (medians and ratios: this machine's bandwidth drifts between runs).
+
+    python benchmarks/decode_profile.py -m model.gguf [-n 64] [-t 2] [--compare] [-r 4]
+
+--compare toggles (monkeypatched here, for the measurement only):
+  all        numoe as it ships
+  no-warm    Linear.warm does nothing: no weights read by idle workers between ops
+  torch-ops  RMS norm, rotary embedding and routing by torch; q/k/v etc. as separate calls
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+from numoe.bench import Test, run_test
+from numoe.gguf import open_gguf
+from numoe.layers import attention, ffn, linear, mla, moe, norms, rope
+from numoe.models import base, load
+from numoe.placement import Placement
+from numoe.pool import set_threads
+from numoe.roofline import read_bandwidth
+
+LINEAR_USERS = (attention, mla, ffn)  # modules that call linear_many
+NORM_USERS = (attention, mla, base)  # modules that call rms_norm
+
+
+def op_name(lin) -> str:
+    op = lin.op
+    return f"linear {op.n_out}x{op.n_in} {type_name(op.type_id)}" if op else "linear (torch)"
+
+
+def type_name(type_id: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    return GGMLQuantizationType(type_id).name
+
+
+def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
+    """Seconds per token of n decode steps, and per op kind [seconds, calls, bytes per call]."""
+    acc = defaultdict(lambda: [0.0, 0, 0])
+    on = [False]
+    call, many, experts = linear.Linear.__call__, linear.linear_many, moe.Experts.__call__
+
+    def timed(key, nbytes, f, *a):
+        if not on[0]:
+            return f(*a)
+        t0 = time.perf_counter()
+        y = f(*a)
+        e = acc[key]
+        e[0] += time.perf_counter() - t0
+        e[1] += 1
+        e[2] = nbytes
+        return y
+
+    def lin_call(self, x):
+        return timed(op_name(self), self.op.nbytes if self.op else 0, call, self, x)
+
+    def lin_many(lins, x):
+        key = " + ".join(op_name(lin).removeprefix("linear ") for lin in lins)
+        nbytes = sum(lin.op.nbytes for lin in lins if lin.op)
+        return timed(f"fused {key}", nbytes, many, lins, x)
+
+    def ex_call(self, x, ids, w):
+        per = self.op.expert_nbytes if self.op is not None else 0
+        return timed("MoE op (k experts)", per * ids.shape[1], experts, self, x, ids, w)
+
+    linear.Linear.__call__ = lin_call
+    moe.Experts.__call__ = ex_call
+    for m in LINEAR_USERS:
+        m.linear_many = lin_many
+    try:
+        # warm-up: a prefill touches every expert (so no page of the map faults in later)
+        run_test(model, Test(512, 0), n_vocab, 512, 1, warmup=False)
+        run_test(model, Test(0, 8), n_vocab, 512, 1, warmup=False)
+        on[0] = True
+        total = run_test(model, Test(0, n), n_vocab, 512, 1, warmup=False)[0]
+    finally:
+        linear.Linear.__call__, moe.Experts.__call__ = call, experts
+        for m in LINEAR_USERS:
+            m.linear_many = many
+    return total / n, {k: [v[0] / n, v[1] / n, v[2]] for k, v in acc.items()}
+
+
+def set_features(mode: str, saved: dict) -> None:
+    """'all', 'no-warm' or 'torch-ops' (see the module docstring)."""
+    linear.Linear.warm = saved["warm"] if mode != "no-warm" else (lambda self, *a: None)
+    torch_ops = mode == "torch-ops"
+    for m in NORM_USERS:
+        m.rms_norm = norms.rms_norm_torch if torch_ops else saved["rms_norm"]
+    rope.Rope.apply = rope.Rope.apply_torch if torch_ops else saved["rope"]
+    moe.route = moe.route_torch if torch_ops else saved["route"]
+    for m in LINEAR_USERS:
+        m.linear_many = (
+            (lambda lins, x: [lin(x) for lin in lins]) if torch_ops else saved["linear_many"]
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("-n", "--n-gen", type=int, default=64)
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--compare", action="store_true")
+    ap.add_argument("-r", "--reps", type=int, default=4, help="rounds of --compare")
+    args = ap.parse_args()
+
+    probe = read_bandwidth()
+    if args.threads:
+        set_threads(args.threads)
+    g = open_gguf(args.model)
+    cfg, model = load(g, Placement.parse("cpu"))
+    bw = probe.gbps
+    how = "cached" if probe.cached else "measured"
+    print(
+        f"{args.model}: read bandwidth {bw:.1f} GB/s ({probe.threads} threads, {how} {probe.measured})"
+    )
+
+    per_tok, ops = profile(model, cfg.n_vocab, args.n_gen)
+    print(f"\ndecode: {per_tok * 1e3:.2f} ms/token ({1 / per_tok:.2f} tok/s), {args.n_gen} steps")
+    print(f"{'op':58} {'ms/token':>9} {'calls':>6} {'GB/s':>6} {'% bw':>6}")
+    in_ops = 0.0
+    for key, (sec, calls, nbytes) in sorted(ops.items(), key=lambda kv: -kv[1][0]):
+        in_ops += sec
+        gbps = nbytes * calls / sec / 1e9 if sec else 0.0
+        print(f"{key:58} {sec * 1e3:9.2f} {calls:6.1f} {gbps:6.1f} {100 * gbps / bw:6.1f}")
+    print(f"{'Python and torch between the ops':58} {(per_tok - in_ops) * 1e3:9.2f}")
+
+    if args.compare:
+        saved = {
+            "warm": linear.Linear.warm,
+            "rms_norm": norms.rms_norm,
+            "rope": rope.Rope.apply,
+            "route": moe.route,
+            "linear_many": linear.linear_many,
+        }
+        modes = ["all", "no-warm", "torch-ops"]
+        res = {m: [] for m in modes}
+        test = Test(0, args.n_gen)
+        for _ in range(args.reps):
+            for m in modes:
+                set_features(m, saved)
+                res[m] += [args.n_gen / s for s in run_test(model, test, cfg.n_vocab, 512, 2)]
+        set_features("all", saved)
+        ref = statistics.median(res["all"])
+        print(f"\ntg{args.n_gen}, medians of {2 * args.reps} runs, alternating:")
+        for m in modes:
+            v = statistics.median(res[m])
+            print(f"  {m:10} {v:7.2f} tok/s  x{v / ref:.3f} of all")
+
+
+if __name__ == "__main__":
+    main()
