@@ -9,7 +9,8 @@ process (medians and ratios: this machine's bandwidth drifts between runs).
 --compare toggles (monkeypatched here, for the measurement only):
   all        numoe as it ships
   no-warm    Linear.warm does nothing: no weights read by idle workers between ops
-  torch-ops  RMS norm, rotary embedding and routing by torch; q/k/v etc. as separate calls
+  torch-ops  RMS norm, rotary embedding, routing and one token's GQA attention by torch; q/k/v
+             etc. as separate calls
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def set_features(mode: str, saved: dict) -> None:
     for m in NORM_USERS:
         m.rms_norm = norms.rms_norm_torch if torch_ops else saved["rms_norm"]
     rope.Rope.apply = rope.Rope.apply_torch if torch_ops else saved["rope"]
+    attention.GQAAttention._cpu_decode = (
+        (lambda self, *a: False) if torch_ops else saved["gqa_decode"]
+    )
     moe.route = moe.route_torch if torch_ops else saved["route"]
     for m in LINEAR_USERS:
         m.linear_many = (
@@ -137,6 +141,7 @@ def main() -> None:
             "warm": linear.Linear.warm,
             "rms_norm": norms.rms_norm,
             "rope": rope.Rope.apply,
+            "gqa_decode": attention.GQAAttention._cpu_decode,
             "route": moe.route,
             "linear_many": linear.linear_many,
         }

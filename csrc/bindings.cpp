@@ -507,6 +507,62 @@ void bind_ops(nb::module_ &m) {
       "topk_group"_a = 1, "norm"_a = false, "scale"_a = 1.0f,
       "Router logits float32 [T, E] -> (ids int64 [T*k], weights float32 [T*k]), best first "
       "(see numoe.layers.moe.route).");
+  using MutFloats = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+  m.def(
+      "gqa_decode",
+      [](MutFloats &q, MutFloats &k, const Floats &v, MutFloats &k_cache, MutFloats &v_cache,
+         int64_t pos, float scale, const std::optional<Floats> &q_norm,
+         const std::optional<Floats> &k_norm, float eps, const std::optional<Floats> &cos,
+         const std::optional<Floats> &sin, int64_t rope_dim, bool neox) {
+        auto bad = [](const std::string &what) {
+          return std::invalid_argument("gqa_decode: " + what);
+        };
+        if (k_cache.ndim() != 3 || v_cache.ndim() != 3 || k_cache.shape(0) != v_cache.shape(0) ||
+            k_cache.shape(1) != v_cache.shape(1))
+          throw bad("caches must be [n_ctx, Hkv, dk] and [n_ctx, Hkv, dv]");
+        const int64_t n_ctx = k_cache.shape(0), Hkv = k_cache.shape(1);
+        const int64_t dk = k_cache.shape(2), dv = v_cache.shape(2);
+        if (Hkv <= 0 || dk <= 0 || dv <= 0) throw bad("empty cache dimensions");
+        if (static_cast<int64_t>(k.size()) != Hkv * dk ||
+            static_cast<int64_t>(v.size()) != Hkv * dv)
+          throw bad("k and v must hold one token of Hkv heads");
+        const int64_t H = static_cast<int64_t>(q.size()) / dk;
+        if (H * dk != static_cast<int64_t>(q.size()) || H % Hkv != 0)
+          throw bad("q must hold H * dk values, H a multiple of Hkv");
+        if (pos < 0 || pos >= n_ctx) throw bad("position outside the cache");
+        for (const auto *nrm : {&q_norm, &k_norm})
+          if (*nrm && static_cast<int64_t>((*nrm)->size()) != dk) throw bad("norms must be [dk]");
+        if (rope_dim < 0 || rope_dim % 2 != 0 || rope_dim > dk) throw bad("bad rope_dim");
+        if (rope_dim > 0 && (!cos || !sin || static_cast<int64_t>(cos->size()) != rope_dim / 2 ||
+                             static_cast<int64_t>(sin->size()) != rope_dim / 2))
+          throw bad("cos and sin must hold rope_dim / 2 values");
+        numoe::ops::GqaDecode a{
+            q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), H, Hkv,
+            dk,       dv,       pos,      scale};
+        a.q_norm = q_norm ? q_norm->data() : nullptr;
+        a.k_norm = k_norm ? k_norm->data() : nullptr;
+        a.eps = eps;
+        if (rope_dim > 0) {
+          a.cos = cos->data();
+          a.sin = sin->data();
+        }
+        a.rope_dim = rope_dim;
+        a.neox = neox;
+        float *y;
+        auto arr = new_floats2(1, static_cast<size_t>(H * dv), &y);
+        {
+          nb::gil_scoped_release release;
+          numoe::ops::gqa_decode(a, y);
+        }
+        return arr;
+      },
+      "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "k_cache"_a.noconvert(),
+      "v_cache"_a.noconvert(), "pos"_a, "scale"_a, "q_norm"_a.noconvert() = nb::none(),
+      "k_norm"_a.noconvert() = nb::none(), "eps"_a = 0.0f, "cos"_a.noconvert() = nb::none(),
+      "sin"_a.noconvert() = nb::none(), "rope_dim"_a = 0, "neox"_a = true,
+      "One token's grouped-query attention (ops::gqa_decode): q [H*dk], k [Hkv*dk] normed and "
+      "rotated in place, k and v stored at row pos of the caches [n_ctx, Hkv, d], -> out "
+      "[1, H*dv].");
 }
 
 // ---- node memory (csrc/numa_mem.*) ----

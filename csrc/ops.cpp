@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "threadpool.hpp"
+
 namespace numoe::ops {
 
 void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64_t n_rows,
@@ -98,6 +100,47 @@ void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, con
     }
     for (int64_t j = 0; j < k; ++j) wt[j] = (norm ? wt[j] / (sum + 1e-20f) : wt[j]) * scale;
   }
+}
+
+void gqa_decode(const GqaDecode &a, float *out) {
+  if (a.q_norm) rms_norm(a.q, a.dk, a.q_norm, a.eps, a.H, a.dk, a.q);
+  if (a.k_norm) rms_norm(a.k, a.dk, a.k_norm, a.eps, a.Hkv, a.dk, a.k);
+  if (a.rope_dim > 0) {
+    rope(a.q, 1, a.H, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
+    rope(a.k, 1, a.Hkv, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
+  }
+  std::copy(a.k, a.k + a.Hkv * a.dk, a.k_cache + a.pos * a.Hkv * a.dk);
+  std::copy(a.v, a.v + a.Hkv * a.dv, a.v_cache + a.pos * a.Hkv * a.dv);
+  const int64_t S = a.pos + 1, g = a.H / a.Hkv;
+  const int64_t k_stride = a.Hkv * a.dk, v_stride = a.Hkv * a.dv;
+  // Heads per task: about 4 tasks per thread, more heads per task when the context is short.
+  const int64_t per = std::max<int64_t>(
+      1, std::min(a.H / std::max(1, 4 * pool_threads()), (1 << 16) / std::max<int64_t>(S, 1)));
+  parallel_for((a.H + per - 1) / per, [&](int64_t task, int) {
+    std::vector<float> p(static_cast<size_t>(S));
+    for (int64_t h = task * per; h < std::min(a.H, (task + 1) * per); ++h) {
+      const float *qh = a.q + h * a.dk;
+      const float *kc = a.k_cache + (h / g) * a.dk;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < S; ++s) {
+        const float *ks = kc + s * k_stride;
+        float d = 0.f;
+#pragma omp simd reduction(+ : d)
+        for (int64_t i = 0; i < a.dk; ++i) d += qh[i] * ks[i];
+        p[s] = d * a.scale;
+        m = std::max(m, p[s]);
+      }
+      float sum = 0.f;
+      for (int64_t s = 0; s < S; ++s) sum += p[s] = std::exp(p[s] - m);
+      float *o = out + h * a.dv;
+      std::fill(o, o + a.dv, 0.f);
+      const float *vc = a.v_cache + (h / g) * a.dv;
+      for (int64_t s = 0; s < S; ++s) {
+        const float w = p[s] / sum, *vs = vc + s * v_stride;
+        for (int64_t i = 0; i < a.dv; ++i) o[i] += w * vs[i];
+      }
+    }
+  });
 }
 
 }  // namespace numoe::ops

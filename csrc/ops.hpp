@@ -29,4 +29,25 @@ void rope(float *x, int64_t T, int64_t H, int64_t head_dim, int64_t dim, const f
 void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, const float *bias,
            int64_t n_group, int64_t topk_group, bool norm, float scale, int64_t *ids, float *w);
 
+// One decode step of grouped-query attention for one token at position pos (H query heads
+// over Hkv = H / g key/value heads): q [H, dk] and k [Hkv, dk] get their optional per-head RMS
+// norm (q_norm, k_norm [dk]) and the rotary embedding on their first rope_dim elements (cos,
+// sin [rope_dim / 2]; rope_dim 0: none); k and v [Hkv, dv] are stored at row pos of the cache
+// (k_cache [n_ctx, Hkv, dk], v_cache [n_ctx, Hkv, dv]); then out [H, dv] = softmax(scale *
+// q_h . K[0..pos]) . V[0..pos] per head (head h reads key/value head h / g). Heads run on the
+// pool. q and k are modified in place.
+struct GqaDecode {
+  float *q, *k;
+  const float *v;
+  float *k_cache, *v_cache;
+  int64_t H, Hkv, dk, dv, pos;
+  float scale;
+  const float *q_norm = nullptr, *k_norm = nullptr;
+  float eps = 0.f;
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t rope_dim = 0;
+  bool neox = true;
+};
+void gqa_decode(const GqaDecode &a, float *out);
+
 }  // namespace numoe::ops

@@ -142,3 +142,56 @@ def test_route_bad_input():
         route(x, 2, n_group=3, topk_group=1)
     with pytest.raises(ValueError, match="fewer than k"):
         route(x, 4, n_group=4, topk_group=1)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("H,Hkv,pos", [(8, 2, 0), (8, 2, 37), (4, 4, 5), (6, 1, 300)])
+def test_gqa_decode_matches_torch(qk_norm, neox, H, Hkv, pos):
+    """One token's attention in C++: norms, rope, the cache store and softmax(q K^T) V against
+    the torch path (rms_norm_torch, Rope.apply_torch, causal_attention)."""
+    from numoe.layers.attention import causal_attention
+
+    Dh, n_ctx = 32, 320
+    g = torch.Generator().manual_seed(H * 1000 + pos + qk_norm)
+    q, k, v = (torch.randn(1, n * Dh, generator=g) for n in (H, Hkv, Hkv))
+    kc, vc = torch.randn(n_ctx, Hkv, Dh, generator=g), torch.randn(n_ctx, Hkv, Dh, generator=g)
+    qn, kn = torch.rand(Dh, generator=g) + 0.5, torch.rand(Dh, generator=g) + 0.5
+    rope = Rope.plain(Dh, 10000.0, neox)
+    cos, sin = rope.cos_sin(pos, 1, torch.device("cpu"))
+    scale = Dh**-0.5
+
+    qr, kr = q.view(1, H, Dh), k.view(1, Hkv, Dh)
+    if qk_norm:
+        qr, kr = rms_norm_torch(qr, qn, 1e-6), rms_norm_torch(kr, kn, 1e-6)
+    qr, kr = rope.apply_torch(qr, cos, sin), rope.apply_torch(kr, cos, sin)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    kc_ref[pos], vc_ref[pos] = kr[0], v.view(Hkv, Dh)
+    want = causal_attention(qr, kc_ref[: pos + 1], vc_ref[: pos + 1], pos, scale)  # [1, H, Dh]
+
+    norms = {"q_norm": qn.numpy(), "k_norm": kn.numpy()} if qk_norm else {}
+    out = _cpu.gqa_decode(
+        q.numpy(), k.numpy(), v.numpy(), kc.numpy(), vc.numpy(), pos, scale, eps=1e-6,
+        cos=cos[0].numpy(), sin=sin[0].numpy(), rope_dim=Dh, neox=neox, **norms,
+    )  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(out).view(1, H, Dh), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc, kc_ref, rtol=1e-6, atol=1e-6)  # stored at pos, rest kept
+    assert torch.equal(vc, vc_ref)
+
+
+def test_gqa_decode_checks():
+    z = np.zeros
+    kc, vc = z((4, 2, 8), np.float32), z((4, 2, 8), np.float32)
+    q, kv = z(32, np.float32), z(16, np.float32)
+    with pytest.raises(ValueError, match="position"):
+        _cpu.gqa_decode(q, kv.copy(), kv, kc, vc, 4, 1.0)
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        _cpu.gqa_decode(z(24, np.float32), kv.copy(), kv, kc, vc, 0, 1.0)
+    with pytest.raises(ValueError, match="one token"):
+        _cpu.gqa_decode(q, z(8, np.float32), kv, kc, vc, 0, 1.0)
+    with pytest.raises(ValueError, match="cos and sin"):
+        _cpu.gqa_decode(q, kv.copy(), kv, kc, vc, 0, 1.0, rope_dim=8)
+    with pytest.raises(ValueError, match="norms"):
+        _cpu.gqa_decode(q, kv.copy(), kv, kc, vc, 0, 1.0, q_norm=z(4, np.float32))
+    with pytest.raises(ValueError, match="caches"):
+        _cpu.gqa_decode(q, kv.copy(), kv, kc, z((4, 1, 8), np.float32), 0, 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _cpu
 from .linear import Linear, linear_many, load_weight
 from .norms import rms_norm
 
@@ -70,6 +71,9 @@ class GQAAttention:
         q, k, v = linear_many([self.q, self.k, self.v], x)
         if T == 1:
             self.o.warm()  # read by idle workers while the norms, rope and attention run
+        if T == 1 and self._cpu_decode(q, cache, cos):
+            out = self._decode(q, k, v, cache, pos, cos, sin)  # [1, H*Dh]
+            return self.o(out)
         q = q.view(T, self.H, self.Dh)  # [T, H, Dh]
         k = k.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
         v = v.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
@@ -81,3 +85,38 @@ class GQAAttention:
         k_all, v_all = cache.update(self.blk, pos, k, v)  # [S, Hkv, Dh]
         out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
         return self.o(out.reshape(T, self.H * self.Dh))
+
+    def _cpu_decode(self, q: torch.Tensor, cache, cos: torch.Tensor) -> bool:
+        """Whether one token's attention can take the C++ op (float32 CPU tensors, a full-
+        width rope)."""
+        return (
+            q.device.type == "cpu"
+            and q.dtype == cos.dtype == cache.k.dtype == torch.float32
+            and self.rope.dim == self.Dh
+            and (self.q_norm is None or self.q_norm.dtype == torch.float32)
+        )
+
+    def _decode(self, q, k, v, cache, pos, cos, sin) -> torch.Tensor:
+        """q [1, H*Dh], k, v [1, Hkv*Dh] (fresh: normed and rotated in place) -> [1, H*Dh]:
+        norms, rope, the cache store and the attention in one C++ call (numoe._cpu.gqa_decode;
+        the torch path above is its reference)."""
+        cache.check(pos, 1)
+        norms = {}
+        if self.q_norm is not None:
+            norms = {"q_norm": self.q_norm.numpy(), "k_norm": self.k_norm.numpy()}
+        out = _cpu.gqa_decode(
+            q.detach().numpy(),
+            k.detach().numpy(),
+            v.detach().contiguous().numpy(),
+            cache.k[self.blk].numpy(),
+            cache.v[self.blk].numpy(),
+            pos,
+            self.Dh**-0.5,
+            eps=self.eps,
+            cos=cos[0].numpy(),
+            sin=sin[0].numpy(),
+            rope_dim=self.rope.dim,
+            neox=self.rope.neox,
+            **norms,
+        )
+        return torch.from_numpy(out)
