@@ -84,6 +84,16 @@ def test_md_table_has_the_documented_columns(tiny_model, capsys):
     assert f"read bandwidth: {PROBE_GBPS:.2f} GB/s" in out and "cached" in out
 
 
+def test_md_columns_line_up_with_a_long_file_name(tiny_model, capsys, tmp_path):
+    long = tmp_path / ("a-model-file-name-longer-than-the-column" + ".gguf")
+    long.symlink_to(tiny_model)
+    assert main(["bench", "-m", str(long), "-p", "8", "-n", "4", "-r", "1", "-t", "1"]) == 0
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert len(table) == 4 and long.name in table[2]
+    bars = {tuple(i for i, ch in enumerate(ln) if ch == "|") for ln in table}
+    assert len(bars) == 1  # every line has its column bars at the same places
+
+
 def test_json_rows_are_consistent(tiny_model, capsys):
     rows = _json_rows(capsys, "-m", tiny_model, "-p", "8,16", "-n", "4", "-r", "2", "-t", "1,2")
     assert [r["test"] for r in rows] == ["pp8", "pp16", "tg4"] * 2  # threads outer, as -t

@@ -309,23 +309,31 @@ def md_cells(row: dict) -> list[str]:
     ]
 
 
-def _md_line(cells: list[str]) -> str:
+def md_widths(row: dict) -> list[int]:
+    """Column widths for a table whose first row is `row`: the defaults, or wider where one of
+    its cells is (a long file name); later rows keep them (rows print as they come)."""
+    return [max(w, len(c)) for (_, w, _), c in zip(MD_COLUMNS, md_cells(row), strict=True)]
+
+
+def _md_line(cells: list[str], widths: list[int]) -> str:
     out = []
-    for (_, w, right), c in zip(MD_COLUMNS, cells, strict=True):
+    for (_, _, right), w, c in zip(MD_COLUMNS, widths, cells, strict=True):
         out.append(c.rjust(w) if right else c.ljust(w))
     return "| " + " | ".join(out) + " |"
 
 
-def md_header() -> str:
-    head = _md_line([h for h, _, _ in MD_COLUMNS])
+def md_header(widths: list[int] | None = None) -> str:
+    widths = widths or [w for _, w, _ in MD_COLUMNS]
+    head = _md_line([h for h, _, _ in MD_COLUMNS], widths)
     rule = "|" + "|".join(
-        ("-" * (w + 1) + ":") if right else ("-" * (w + 2)) for _, w, right in MD_COLUMNS
+        ("-" * (w + 1) + ":") if right else ("-" * (w + 2))
+        for (_, _, right), w in zip(MD_COLUMNS, widths, strict=True)
     )
     return head + "\n" + rule + "|"
 
 
-def md_row(row: dict) -> str:
-    return _md_line(md_cells(row))
+def md_row(row: dict, widths: list[int] | None = None) -> str:
+    return _md_line(md_cells(row), widths or [w for _, w, _ in MD_COLUMNS])
 
 
 def csv_text(rows: list[dict], header: bool = True) -> str:

@@ -95,14 +95,18 @@ class Printer:
     """Rows to stdout as they come (md, csv) or all at the end (json)."""
 
     def __init__(self, fmt: str, stream=None):
-        self.fmt, self.rows = fmt, []
+        self.fmt, self.rows, self.widths = fmt, [], None
         self.stream = stream if stream is not None else sys.stdout
 
     def add(self, row: dict) -> None:
         from .. import bench
 
         if self.fmt == "md":
-            text = (bench.md_header() + "\n" if not self.rows else "") + bench.md_row(row)
+            if not self.rows:
+                self.widths = bench.md_widths(row)
+            text = (bench.md_header(self.widths) + "\n" if not self.rows else "") + bench.md_row(
+                row, self.widths
+            )
             print(text, file=self.stream, flush=True)
         elif self.fmt == "csv":
             self.stream.write(bench.csv_text([row], header=not self.rows))
