@@ -137,6 +137,10 @@ struct PyLinear {
   numoe::LinearOp op;
   PyLinear(Bytes d, int type, int64_t n_out, int64_t n_in, int64_t groups)
       : data(std::move(d)), op(check(data, type, n_out, n_in, groups), type, n_out, n_in, groups) {}
+  // A background warm-up may be reading these bytes (Linear.warm): stop it before they go.
+  ~PyLinear() { numoe::ThreadPool::instance().cancel_warm(); }
+  PyLinear(const PyLinear &) = delete;
+  PyLinear &operator=(const PyLinear &) = delete;
   static const uint8_t *check(const Bytes &d, int type, int64_t n_out, int64_t n_in,
                               int64_t groups) {
     if (n_out <= 0 || groups <= 0) throw std::invalid_argument("n_out and groups must be positive");

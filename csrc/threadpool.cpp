@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -108,7 +109,8 @@ struct ThreadPool::Impl {
   std::unique_ptr<std::atomic<int64_t>[]> slot_next;
   size_t slot_cap = 0;
   // Background warm-up (warm_async): the workers read [warm_ptr, warm_ptr + warm_bytes) into
-  // the caches in chunks while the caller goes on; the next call cancels what is left.
+  // the caches in chunks while the caller goes on; a pool call pauses it (the workers leave
+  // it at their next chunk) and resumes what is left after the call.
   const uint8_t *warm_ptr = nullptr;
   size_t warm_bytes = 0;
   bool warm_active = false;  // under call_mu
@@ -136,8 +138,10 @@ struct ThreadPool::Impl {
     }
   }
 
+  static constexpr size_t kWarmChunk = 64 << 10;
+
   void run_warm() {
-    constexpr size_t kChunk = 64 << 10;
+    constexpr size_t kChunk = kWarmChunk;
     uint64_t sum = 0;
     for (;;) {
       const size_t b0 = warm_next.fetch_add(kChunk, std::memory_order_relaxed);
@@ -149,14 +153,41 @@ struct ThreadPool::Impl {
     sink.fetch_add(sum, std::memory_order_relaxed);
   }
 
-  // Cancel a background warm-up and wait for the workers to leave it (under call_mu).
-  void finish_warm() {
-    if (!warm_active) return;
+  // Start a background warm-up (under call_mu, none running, workers present).
+  void start_warm(const uint8_t *p, size_t bytes) {
+    warm_ptr = p;
+    warm_bytes = bytes;
+    warm_next.store(0, std::memory_order_relaxed);
+    pending.store(static_cast<int>(workers.size()), std::memory_order_relaxed);
+    warm_active = true;
+    kick();
+  }
+
+  // Stop a background warm-up and wait for the workers to leave it (under call_mu). Returns
+  // the part not read yet ({nullptr, 0} if none; a few chunks may be read twice).
+  std::pair<const uint8_t *, size_t> finish_warm() {
+    if (!warm_active) return {nullptr, 0};
     warm_cancel.store(true, std::memory_order_relaxed);
     wait_pending();
+    const size_t claimed = std::min(warm_next.load(std::memory_order_relaxed), warm_bytes);
+    const size_t done = claimed - std::min(claimed, workers.size() * kWarmChunk);
+    std::pair<const uint8_t *, size_t> rest{warm_ptr + done, warm_bytes - done};
+    if (rest.second == 0) rest.first = nullptr;
     warm_active = false;
     warm_ptr = nullptr;
     warm_cancel.store(false, std::memory_order_relaxed);
+    return rest;
+  }
+
+  // A forked child: the parent's workers do not exist here; forget their state.
+  void reset_after_fork() {
+    workers.clear();  // no join: those threads live in the parent only
+    gen.store(0);
+    sleepers.store(0);
+    pending.store(0);
+    warm_active = false;
+    warm_ptr = nullptr;
+    warm_cancel.store(false);
   }
 
   void run_tasks(int thread) {
@@ -299,7 +330,7 @@ struct ThreadPool::Impl {
   // worker's CPU the two would share that core for the whole call, so it moves to its own
   // CPU for the call and gets its mask back after.
   void dispatch() {
-    finish_warm();
+    const auto warm_rest = finish_warm();  // paused for the call, resumed after it
     err = nullptr;
     cpu_set_t saved;
     const bool moved = move_caller(&saved);
@@ -310,6 +341,7 @@ struct ThreadPool::Impl {
     fn = nullptr;
     sfn = nullptr;
     if (moved) sched_setaffinity(0, sizeof(saved), &saved);
+    if (warm_rest.first != nullptr) start_warm(warm_rest.first, warm_rest.second);
     if (err) {
       std::exception_ptr e = err;
       err = nullptr;
@@ -333,10 +365,7 @@ struct ThreadPool::Impl {
   void check_fork() {
     if (getpid() == pid) return;
     pid = getpid();
-    workers.clear();  // no join: those threads live in the parent only
-    gen.store(0);
-    sleepers.store(0);
-    pending.store(0);
+    reset_after_fork();
     start_workers();
   }
 };
@@ -374,7 +403,7 @@ void ThreadPool::set_threads(const std::vector<std::vector<int>> &groups) {
   if (getpid() == impl_->pid)
     impl_->stop_workers();
   else
-    impl_->workers.clear();
+    impl_->reset_after_fork();
   impl_->pid = getpid();
   impl_->plan = plan;
   impl_->start_workers();
@@ -429,12 +458,13 @@ void ThreadPool::warm_async(const void *p, size_t bytes) {
   q.check_fork();
   if (q.workers.empty()) return;
   q.finish_warm();
-  q.warm_ptr = static_cast<const uint8_t *>(p);
-  q.warm_bytes = bytes;
-  q.warm_next.store(0, std::memory_order_relaxed);
-  q.pending.store(static_cast<int>(q.workers.size()), std::memory_order_relaxed);
-  q.warm_active = true;
-  q.kick();
+  q.start_warm(static_cast<const uint8_t *>(p), bytes);
+}
+
+void ThreadPool::cancel_warm() {
+  Impl &q = *impl_;
+  std::lock_guard<std::mutex> lk(q.call_mu);
+  if (getpid() == q.pid) q.finish_warm();
 }
 
 int ThreadPool::group_threads(int g) const {

@@ -55,10 +55,14 @@ class ThreadPool {
                            const SlotTask &fn);
   // Start the workers reading [p, p + bytes) into the caches (one load per cache line) and
   // return at once: decode calls it for the next matrix before the Python work between two
-  // ops, so that matrix comes from cache. The next call (or warm_async) cancels what is left
-  // and waits for the workers to leave it (at most one 64 KiB chunk each). Does nothing
-  // without workers, from inside a task or while another call runs.
+  // ops, so that matrix comes from cache. A parallel call pauses it (its workers leave it at
+  // the end of their 64 KiB chunk) and resumes the rest after; calls that run serially on the
+  // caller (one task, nested, or while another thread's call runs) run beside it. The next
+  // warm_async replaces it. Does nothing without workers, from inside a task or while another
+  // call runs. The bytes must stay mapped until cancel_warm (or a later warm_async) returns.
   void warm_async(const void *p, size_t bytes);
+  // Stop a background warm-up and wait for the workers to leave it (before its memory goes).
+  void cancel_warm();
   // Threads of group g (g taken modulo the number of groups).
   int group_threads(int g) const;
 

@@ -238,6 +238,16 @@ def test_warm_leaves_results_unchanged():
     Linear(torch.zeros(4, 8)).warm()  # a float (device) weight: nothing to warm
 
 
+def test_warm_stops_before_its_bytes_go():
+    """An op dropped while idle workers read its bytes: the read stops before they are freed."""
+    for _ in range(20):
+        nbytes = (1 << 15) * 544  # 17 MiB of Q8_0 rows
+        op = _cpu.Linear(np.ones(nbytes, np.uint8), int(Q.Q8_0), 1 << 15, 512)
+        op.warm()
+        del op  # frees the only reference to the array
+        np.zeros(nbytes, np.uint8).fill(1)  # reuse the memory
+
+
 def test_linear_many_layer_adds_biases():
     rng = np.random.default_rng(5)
     lins = []

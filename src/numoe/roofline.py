@@ -72,7 +72,8 @@ class Probe:
     cached: bool  # read from the cache file rather than measured now
 
 
-def _largest_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+def largest_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Bytes of CPU 0's largest cache (sysfs), 0 when unknown."""
     best = 0
     for d in Path(root).glob("index*"):
         try:
@@ -100,7 +101,7 @@ def _mem_available() -> int | None:
 def probe_bytes() -> int:
     """Buffer size: twice the largest CPU cache (so most reads come from memory), 256 to 512
     MiB, and no more than an eighth of the available memory."""
-    n = min(max(2 * _largest_cache(), 256 * MiB), 512 * MiB)
+    n = min(max(2 * largest_cache(), 256 * MiB), 512 * MiB)
     avail = _mem_available()
     if avail:
         n = min(n, max(avail // 8, 16 * MiB))

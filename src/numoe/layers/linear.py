@@ -9,6 +9,8 @@ dequantized.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -48,6 +50,31 @@ def raw_bytes(t: TensorInfo) -> np.ndarray:
     if not np.shares_memory(flat, t.data):  # reshape copied: the view was not contiguous
         raise GGUFError(f"tensor '{t.name}': bytes are not contiguous")
     return flat
+
+
+@functools.cache
+def warm_max_bytes() -> int:
+    """The most one warm-up reads: half the largest CPU cache, 4 to 64 MiB (reading more
+    would evict what it read first)."""
+    from ..roofline import largest_cache
+
+    return min(max(largest_cache() // 2, 4 << 20), 64 << 20)
+
+
+def cpu_f32(*ts: torch.Tensor | None) -> bool:
+    """Whether numoe's C++ float ops may take these tensors (None: an absent optional one):
+    float32 on the CPU, last dimension contiguous, and no autograd to keep."""
+    grad = torch.is_grad_enabled()
+    return all(
+        t is None
+        or (
+            t.device.type == "cpu"
+            and t.dtype == torch.float32
+            and (t.dim() == 0 or t.stride(-1) == 1)
+            and not (grad and t.requires_grad)
+        )
+        for t in ts
+    )
 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
@@ -112,10 +139,11 @@ class Linear:
         return lin
 
     def warm(self, max_bytes: int | None = None) -> None:
-        """Have the idle pool workers read this weight into the caches in the background
-        (up to max_bytes); the next pool call cancels the rest. No-op off the CPU."""
+        """Have the idle pool workers read this weight into the caches in the background, up
+        to max_bytes (default `warm_max_bytes()`); pool calls in between pause it, the next
+        warm-up replaces it (numoe._cpu ThreadPool::warm_async). No-op off the CPU."""
         if self.op is not None:
-            self.op.warm() if max_bytes is None else self.op.warm(max_bytes)
+            self.op.warm(warm_max_bytes() if max_bytes is None else max_bytes)
 
     @property
     def shape(self) -> tuple[int, ...]:
