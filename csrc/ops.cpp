@@ -42,9 +42,9 @@ void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, con
            int64_t n_group, int64_t topk_group, bool norm, float scale, int64_t *ids, float *w) {
   if (k <= 0 || k > E) throw std::invalid_argument("route: k must be in 1..E");
   if (gating != 0 && gating != 1) throw std::invalid_argument("route: unknown gating function");
-  if (n_group < 1 || E % n_group != 0 || topk_group < 1)
+  const bool grouped = n_group > 1 && topk_group < n_group;  // else grouping is off
+  if (grouped && (E % n_group != 0 || topk_group < 1))
     throw std::invalid_argument("route: n_group must divide E and topk_group be positive");
-  const bool grouped = n_group > 1 && topk_group < n_group;
   const int64_t per = E / n_group;
   const bool top2 = gating == 1 || bias != nullptr;  // a group's score: its best two
   if (grouped && topk_group * per < k)
@@ -53,9 +53,14 @@ void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, con
     throw std::invalid_argument("route: groups of one expert have no best two");
   std::vector<float> scores(E), choice(E), gscore(n_group);
   std::vector<int64_t> order(std::max(E, n_group));
-  // a before b: larger value first, then lower index
-  auto better = [](const std::vector<float> &v) {
-    return [&v](int64_t a, int64_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
+  // a before b: larger value first (NaN above all, as torch.topk ranks it), then lower index
+  auto better = [](const std::vector<float> &vals) {
+    return [p = &vals](int64_t a, int64_t b) {
+      const float x = (*p)[a], y = (*p)[b];
+      const bool nx = std::isnan(x), ny = std::isnan(y);
+      if (nx != ny) return nx;
+      return (!nx && x > y) || ((nx || x == y) && a < b);
+    };
   };
   for (int64_t t = 0; t < T; ++t) {
     const float *l = logits + t * E;
@@ -117,7 +122,8 @@ void gqa_decode(const GqaDecode &a, float *out) {
   const int64_t per = std::max<int64_t>(
       1, std::min(a.H / std::max(1, 4 * pool_threads()), (1 << 16) / std::max<int64_t>(S, 1)));
   parallel_for((a.H + per - 1) / per, [&](int64_t task, int) {
-    std::vector<float> p(static_cast<size_t>(S));
+    static thread_local std::vector<float> p;  // scores of one head, reused
+    if (p.size() < static_cast<size_t>(S)) p.resize(static_cast<size_t>(S));
     for (int64_t h = task * per; h < std::min(a.H, (task + 1) * per); ++h) {
       const float *qh = a.q + h * a.dk;
       const float *kc = a.k_cache + (h / g) * a.dk;

@@ -130,6 +130,19 @@ def test_route_ties_go_to_the_lower_index():
     assert ids.tolist() == [[0, 1, 2]]
 
 
+def test_route_grouping_off_and_nan():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 8, generator=g)
+    for kw in ({"n_group": 3, "topk_group": 3}, {"n_group": 1, "topk_group": 0}):
+        ids, w = route(x, 2, **kw)  # grouping off: ignored, as in the torch reference
+        ids_ref, w_ref = route_torch(x, 2, **kw)
+        assert torch.equal(ids, ids_ref)
+        torch.testing.assert_close(w, w_ref)
+    x[1, 5] = float("nan")
+    ids, _ = route(x, 2, gating="sigmoid")
+    assert ids[1, 0] == 5  # NaN ranks first, as in torch.topk; no undefined sort order
+
+
 def test_route_bad_input():
     x = torch.zeros(1, 8)
     with pytest.raises(ValueError, match="gating"):

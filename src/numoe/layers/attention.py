@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _cpu
-from .linear import Linear, linear_many, load_weight
+from .linear import Linear, cpu_f32, linear_many, load_weight
 from .norms import rms_norm
 
 
@@ -71,7 +71,7 @@ class GQAAttention:
         q, k, v = linear_many([self.q, self.k, self.v], x)
         if T == 1:
             self.o.warm()  # read by idle workers while the norms, rope and attention run
-        if T == 1 and self._cpu_decode(q, cache, cos):
+        if T == 1 and self._cpu_decode(q, cache, cos, sin):
             out = self._decode(q, k, v, cache, pos, cos, sin)  # [1, H*Dh]
             return self.o(out)
         q = q.view(T, self.H, self.Dh)  # [T, H, Dh]
@@ -86,14 +86,14 @@ class GQAAttention:
         out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
         return self.o(out.reshape(T, self.H * self.Dh))
 
-    def _cpu_decode(self, q: torch.Tensor, cache, cos: torch.Tensor) -> bool:
+    def _cpu_decode(self, q: torch.Tensor, cache, cos: torch.Tensor, sin: torch.Tensor) -> bool:
         """Whether one token's attention can take the C++ op (float32 CPU tensors, a full-
         width rope)."""
         return (
-            q.device.type == "cpu"
-            and q.dtype == cos.dtype == cache.k.dtype == torch.float32
+            cpu_f32(q, cos, sin, cache.k, cache.v, self.q_norm, self.k_norm)
             and self.rope.dim == self.Dh
-            and (self.q_norm is None or self.q_norm.dtype == torch.float32)
+            and cos.is_contiguous()
+            and sin.is_contiguous()
         )
 
     def _decode(self, q, k, v, cache, pos, cos, sin) -> torch.Tensor:

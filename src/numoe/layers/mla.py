@@ -40,6 +40,9 @@ class HeadLinear:
         y = torch.matmul(x.transpose(0, 1), self.weight.transpose(1, 2))  # [H, T, out]
         return y.transpose(0, 1)
 
+    def warm(self) -> None:
+        """A float copy: nothing in the file map to warm (see Linear.warm)."""
+
 
 def latent_attention(
     q_lat: torch.Tensor,
@@ -108,12 +111,12 @@ class MLAttention:
         T, H = x.shape[0], self.H
         # x's two projections in one pool call: kv [T, R + dr], q or q_a
         q, kv = linear_many([self.q_a if self.q is None else self.q, self.kv_a], x)
-        if T == 1:  # the next matrix, read by idle workers while Python works
-            (self.q_b if self.q is None else self.o).warm()
+        # decode: each next matrix is read by idle workers while the Python in front runs
+        warm = (lambda lin: lin.warm()) if T == 1 else (lambda lin: None)
+        warm(self.k_b if self.q is not None else self.q_b)
         if self.q is None:
             q = self.q_b(rms_norm(q, self.q_a_norm, self.eps))
-            if T == 1:
-                self.o.warm()
+            warm(self.k_b)
         q = q.view(T, H, self.dn + self.dr)  # [T, H, dn + dr]
         q_nope, q_rope = q[..., : self.dn], q[..., self.dn :]
         latent = rms_norm(kv[:, : self.R], self.kv_a_norm, self.eps)  # [T, R]
@@ -121,6 +124,8 @@ class MLAttention:
         q_rope = self.rope.apply(q_rope, cos, sin)  # [T, H, dr]
         lat_all, kr_all = cache.update(self.blk, pos, latent, k_rope)  # [S, R], [S, dr]
         q_lat = self.k_b(q_nope)  # [T, H, R], W_uk absorbed into the query
+        warm(self.v_b)
         o_lat = latent_attention(q_lat, q_rope, lat_all, kr_all, pos, self.scale)
         out = self.v_b(o_lat)  # [T, H, dv]
+        warm(self.o)
         return self.o(out.reshape(T, H * self.dv))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import _cpu, numa, numa_experts, pool
 from ..gguf import GGUFError, GGUFFile, dequantize
-from .linear import Linear, _tensor, as_numpy, raw_bytes
+from .linear import Linear, _tensor, as_numpy, cpu_f32, linear_many, raw_bytes
 
 
 def route(
@@ -30,11 +30,10 @@ def route(
     between weight streams); the rest `route_torch`, the reference, which documents the
     arguments."""
     if (
-        logits.device.type == "cpu"
-        and logits.dtype == torch.float32
+        cpu_f32(logits, bias)
         and logits.dim() == 2
         and logits.is_contiguous()
-        and (bias is None or (bias.device.type == "cpu" and bias.dtype == torch.float32))
+        and (bias is None or bias.is_contiguous())
     ):
         T = logits.shape[0]
         ids, w = _cpu.route(
@@ -241,10 +240,16 @@ class SparseMoE:
         self.router.warm()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
-        ids, w = route(self.router(x), **self.route_args)  # [T, k], [T, k]
+        if self.shared is None:
+            logits = self.router(x)  # [T, E]
+        else:  # the router and the shared expert's gate and up read x in one pool call
+            logits, g, u = linear_many([self.router, self.shared.gate, self.shared.up], x)
+        ids, w = route(logits, **self.route_args)  # [T, k], [T, k]
         out = self.experts(x, ids, w)  # [T, D]
         if self.shared is not None:
-            s = self.shared(x)  # [T, D]
+            if x.shape[0] == 1:
+                self.shared.down.warm()  # read by idle workers while silu(g) * u runs
+            s = self.shared.down(F.silu(g) * u)  # [T, D]
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(x @ self.shared_gate)[:, None]
             out = out + s

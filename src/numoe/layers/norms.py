@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _cpu
+from .linear import cpu_f32
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -15,12 +16,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     and a torch op between weight streams costs several times its warm time); anything
     else takes torch's fused op (`rms_norm_torch`, the reference)."""
     if (
-        x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and weight.device.type == "cpu"
+        cpu_f32(x, weight)
         and x.dim() >= 1
-        and x.stride(-1) == 1
+        and weight.is_contiguous()
         and (x.dim() == 2 or x.is_contiguous())  # 2-D: rows may be apart (a column slice)
     ):
         y = _cpu.rms_norm(x.detach().numpy(), weight.numpy(), eps)  # [rows, n]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _cpu
+from .linear import cpu_f32
 
 
 def base_inv_freq(dim: int, base: float) -> torch.Tensor:  # [dim/2]
@@ -76,10 +77,8 @@ class Rope:
         Float32 CPU tensors take numoe's C++ op (one call instead of ~7 torch
         ops, each slow between weight streams); the rest `apply_torch`, the reference."""
         if (
-            x.device.type == "cpu"
-            and x.dtype == cos.dtype == sin.dtype == torch.float32
+            cpu_f32(x, cos, sin)  # x: any strides but the last (MLA's rope part of a row)
             and x.dim() == 3
-            and x.stride(-1) == 1  # any other strides: MLA's rope part of a wider tensor
             and cos.is_contiguous()
             and sin.is_contiguous()
         ):
