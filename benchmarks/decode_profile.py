@@ -28,7 +28,7 @@ from numoe.placement import Placement
 from numoe.pool import set_threads
 from numoe.roofline import read_bandwidth
 
-LINEAR_USERS = (attention, mla, ffn)  # modules that call linear_many
+LINEAR_USERS = (attention, mla, ffn, moe)  # modules that call linear_many
 NORM_USERS = (attention, mla, base)  # modules that call rms_norm
 
 

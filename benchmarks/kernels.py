@@ -8,7 +8,8 @@ also prefill (T > 1) tables.
 Shapes: a 4096 x 4096 matrix, and expert-shaped 768 x 2048 matrices (Qwen3-30B-A3B gate/up),
 one Linear op each, called one after another. Each case cycles through enough copies of
 its weights (--mib in total) that they come from DRAM, not L3. The MoE row is the fused
-MoE op at T = 1 on a Qwen3-30B-A3B-shaped layer (top-8, D 2048, F 768; 32 experts, each
+MoE op at T = 1 on a Qwen3-30B-A3B-shaped layer (top-8, D 2048, F 768; 32 experts or enough
+to be twice the largest cache, each
 call routed to 8 not used by the previous calls; gate/up in the type, down Q6_K for the
 K-types as in Q4_K_M, else the same type), bytes = the 8 experts' gate+up+down. Read bandwidth: every pool thread sums its share of a 1 GiB array
 (numoe._cpu.read_bandwidth_bytes), and numpy's sum over the same array for reference.
@@ -32,6 +33,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 from numoe import _cpu
+from numoe.roofline import largest_cache
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
@@ -53,6 +55,11 @@ def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:
     for off in HALF_FIELDS[qtype]:
         raw[:, off : off + 2] = np.full(nb, 0.01, np.float16).view(np.uint8).reshape(-1, 2)
     return raw.reshape(-1)
+
+
+def nbytes(qtype: Q, n_elems: int) -> int:
+    info = _cpu.quant_type_info(int(qtype))
+    return n_elems // info["block_size"] * info["type_size"]
 
 
 def median_time(fn, reps: int) -> float:
@@ -79,10 +86,14 @@ def linear_case(qtype: Q, rows: int, cols: int, total_bytes: int, rng):
     return run, n * one.nbytes
 
 
-def moe_case(qtype: Q, rng, E=32, k=8, D=2048, Fd=768):
+def moe_case(qtype: Q, rng, k=8, D=2048, Fd=768):
     """One MoE layer of E experts; successive calls route to disjoint sets of k experts, so
-    a pass reads every expert once (E * 3 matrices: more than L3)."""
+    a pass reads every expert once. E: at least 32, and enough that the E * 3 matrices are
+    twice the largest CPU cache (else a pass comes from L3: 260 MiB on some Xeons)."""
     down_t = Q.Q6_K if qtype in K_TYPES else qtype
+    per_expert = 2 * nbytes(qtype, Fd * D) + nbytes(down_t, D * Fd)  # gate + up + down
+    E = max(32, -(-2 * largest_cache() // per_expert))
+    E = -(-E // k) * k  # whole groups of k
     g = random_bytes(qtype, E * Fd * D, rng)
     u = random_bytes(qtype, E * Fd * D, rng)
     d = random_bytes(down_t, E * D * Fd, rng)
