@@ -213,7 +213,7 @@ def decode_table(args, plans: dict, total: int, rng) -> None:
         ]
         if not args.no_moe:
             down = "Q6_K" if qtype in K_TYPES else name
-            cases.append((f"{name}/{down} MoE 8 of 32", moe_case(qtype, rng)))
+            cases.append((f"{name}/{down} MoE top-8 (>2x LLC)", moe_case(qtype, rng)))
         for label, (fn, nbytes) in cases:
             row = []
             for n in args.threads:
