@@ -121,13 +121,20 @@ def main() -> None:
     paths = (
         [Path(m) for m in a.model] if a.model else [ensure_model(cache, *m) for m in DEFAULT_MODELS]
     )
-    bw = measure_read_bandwidth()  # every allowed physical core, each node on its memory
-    threads = set_threads(a.threads)
-    print(f"read bandwidth (numoe's probe, all physical cores): {bw:.1f} GB/s\n")
+    # The read bandwidth of a shared machine drifts (17-22 GB/s within an hour on a 2-core
+    # VM): each model's % uses the larger of two probes, just before and just after its runs
+    # (every allowed physical core, each node on its memory).
+    probes = []
     print("| model | size GB | test | numoe t/s | llama.cpp t/s | ratio | numoe GB/s | % of bw |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for path in paths:
+        before = measure_read_bandwidth()
+        threads = set_threads(a.threads)
         ours = bench_numoe(path, threads, a.n_prompt, a.n_gen, a.reps)
+        after = measure_read_bandwidth()
+        threads = set_threads(a.threads)
+        probes += [before, after]
+        bw = max(before, after)
         peer = (
             bench_peer(a.peer_python, path, threads, a.n_prompt, a.n_gen, a.reps)
             if a.peer_python
@@ -145,8 +152,13 @@ def main() -> None:
         print(
             f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB; numoe RSS growth "
             f"{ours['rss'] / 1e9:.2f} GB = {ours['rss'] / ours['file_bytes']:.2f}x the file; "
-            f"weights: {format_placement(ours['placement'])} |  |  |  |  |  |  |"
+            f"weights: {format_placement(ours['placement'])}; read bandwidth {before:.1f} GB/s "
+            f"before, {after:.1f} after |  |  |  |  |  |  |"
         )
+    print(
+        f"\nread bandwidth probes (numoe's, all physical cores): {min(probes):.1f}-"
+        f"{max(probes):.1f} GB/s; % of bw uses the larger of the two around each model's runs"
+    )
     if a.clean and not a.model:
         for path in paths:
             path.unlink(missing_ok=True)
