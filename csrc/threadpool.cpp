@@ -138,7 +138,7 @@ struct ThreadPool::Impl {
     }
   }
 
-  static constexpr size_t kWarmChunk = 64 << 10;
+  static constexpr size_t kWarmChunk = 16 << 10;
 
   void run_warm() {
     constexpr size_t kChunk = kWarmChunk;
@@ -465,6 +465,14 @@ void ThreadPool::cancel_warm() {
   Impl &q = *impl_;
   std::lock_guard<std::mutex> lk(q.call_mu);
   if (getpid() == q.pid) q.finish_warm();
+}
+
+void ThreadPool::warm_done(const void *p, size_t bytes) {
+  Impl &q = *impl_;
+  std::unique_lock<std::mutex> lk(q.call_mu, std::defer_lock);
+  if (t_in_task || !lk.try_lock() || getpid() != q.pid) return;
+  const uint8_t *lo = static_cast<const uint8_t *>(p);
+  if (q.warm_active && q.warm_ptr < lo + bytes && lo < q.warm_ptr + q.warm_bytes) q.finish_warm();
 }
 
 int ThreadPool::group_threads(int g) const {
