@@ -11,6 +11,7 @@ from .common import (
     HELP_FMT,
     FlagError,
     activate,
+    add_model_args,
     add_thread_args,
     count_list,
     load_model,
@@ -29,23 +30,6 @@ DESCRIPTION = (
     "memory and the weights per NUMA node. Thread settings not given as flags come from "
     "NUMOE_* variables, then the config file (numoe tune writes it)."
 )
-
-
-def add_model_flags(p) -> None:
-    """-m, --device, -b: what bench and tune load and how."""
-    g = p.add_argument_group("model and devices")
-    g.add_argument(
-        "-m", "--model", "--gguf-path", dest="model", default=None,
-        help="GGUF file (default: the built-in random-weight tiny model)",
-    )  # fmt: skip
-    g.add_argument(
-        "--device", default="cpu",
-        help="device for attention, dense layers, shared experts and the output head: cpu, "
-        "cuda or cuda:N; routed experts always run on the CPU",
-    )  # fmt: skip
-    g.add_argument(
-        "-b", "--batch-size", type=positive_int, default=512, help="prefill chunk, in tokens"
-    )
 
 
 def add_run_flags(p, n_prompt: str, n_gen: str, reps: int) -> None:
@@ -85,7 +69,7 @@ def add_parser(sub) -> None:
         description=DESCRIPTION,
         formatter_class=HELP_FMT,
     )
-    add_model_flags(p)
+    add_model_args(p, run=False)
     add_thread_args(p.add_argument_group("threads and NUMA"), sweep="bench")
     add_run_flags(p, "512", "128", 5)
     p.set_defaults(func=main)

@@ -135,7 +135,9 @@ def resolve_settings(args, names=None) -> dict:
     return config.resolve(args, tuple(config.SETTINGS) if names is None else names)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:
+    """-m, --device, -b; with `run` (run, chat) also the thread flags and -c (bench and tune
+    add their own sweepable thread flags)."""
     g = p.add_argument_group("model and devices")
     g.add_argument(
         "-m", "--model", "--gguf-path", dest="model", default=None,
@@ -146,8 +148,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="device for attention, dense layers, shared experts and the output head: "
         "cpu, cuda or cuda:N; routed experts always run on the CPU",
     )  # fmt: skip
-    add_thread_args(g)
-    g.add_argument("-c", "--ctx-size", type=positive_int, default=4096, help="context tokens")
+    if run:
+        add_thread_args(g)
+        g.add_argument("-c", "--ctx-size", type=positive_int, default=4096, help="context tokens")
     g.add_argument(
         "-b", "--batch-size", type=positive_int, default=512, help="prefill chunk, in tokens"
     )

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from .bench import Printer, add_model_flags, add_run_flags, probe_line, sweep
-from .common import HELP_FMT, FlagError, add_thread_args, resolve_settings
+from .bench import Printer, add_run_flags, probe_line, sweep
+from .common import HELP_FMT, FlagError, add_model_args, add_thread_args, resolve_settings
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
         "each setting came from.",
         formatter_class=HELP_FMT,
     )
-    add_model_flags(p)
+    add_model_args(p, run=False)
     add_thread_args(p.add_argument_group("threads and NUMA"), sweep="tune")
     add_run_flags(p, "0", "64", 3)
     p.add_argument(
