@@ -43,7 +43,7 @@ import torch
 from . import __version__
 from .engine import Session
 from .progress import size
-from .roofline import bytes_per_token, n_params
+from .roofline import bytes_per_token, n_params, proc_bytes
 
 # JSON/CSV fields in order: llama-bench's names where one exists, then numoe's own.
 FIELDS = (
@@ -181,14 +181,8 @@ def reset_peak_rss() -> bool:
 
 def peak_rss() -> int:
     """Peak resident memory in bytes since the last reset (VmHWM), else since the start."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    hwm = proc_bytes("/proc/self/status", "VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def bytes_per_node(g) -> dict[str, int]:

@@ -87,15 +87,20 @@ def largest_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     return best
 
 
-def _mem_available() -> int | None:
+def proc_bytes(path: str, key: str) -> int | None:
+    """A 'Key:   N kB' field of a /proc file (meminfo, self/status) in bytes; None if absent."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _mem_available() -> int | None:
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def probe_bytes() -> int:
