@@ -629,6 +629,15 @@ void bind_numa_mem(nb::module_ &m) {
       "a"_a.noconvert(),
       "madvise(MADV_DONTNEED) the whole pages inside uint8 array `a`, which must lie in a "
       "read-only file mapping (ValueError otherwise): they leave RSS. Returns bytes released.");
+  m.def(
+      "prefault_pages",
+      [](const Bytes &a) {
+        nb::gil_scoped_release release;
+        return numoe::prefault_pages(a.data(), a.size());
+      },
+      "a"_a.noconvert(),
+      "Map every page of uint8 array `a` now (MADV_POPULATE_READ, else one read per page on the "
+      "pool); True when madvise did it.");
 }
 
 }  // namespace

@@ -256,6 +256,29 @@ std::map<int, int64_t> pages_per_node(const void *ptr, size_t bytes, bool map_ca
   return out;
 }
 
+bool prefault_pages(const void *ptr, size_t bytes) {
+  if (bytes == 0) return true;
+  const uintptr_t p = check_range(ptr, bytes, "prefault");
+  const size_t pg = page_size();
+  const uintptr_t lo = p / pg * pg;
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+  if (madvise(reinterpret_cast<void *>(lo), p + bytes - lo, MADV_POPULATE_READ) == 0) return true;
+  constexpr size_t kChunk = 2 << 20;
+  const int64_t n = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+  std::atomic<uint64_t> sink{0};
+  parallel_for(n, [&](int64_t t, int) {
+    const volatile uint8_t *b = static_cast<const uint8_t *>(ptr);
+    const size_t b0 = static_cast<size_t>(t) * kChunk, b1 = std::min(bytes, b0 + kChunk);
+    uint64_t s = 0;
+    for (size_t i = b0; i < b1; i += pg) s += b[i];
+    s += b[b1 - 1];
+    sink.fetch_add(s, std::memory_order_relaxed);
+  });
+  return false;
+}
+
 size_t release_file_pages(const void *ptr, size_t bytes) {
   if (bytes == 0) return 0;
   const uintptr_t p = check_range(ptr, bytes, "release");

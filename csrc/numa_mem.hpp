@@ -76,6 +76,12 @@ std::map<int, int64_t> pages_per_node(const void *ptr, size_t bytes, bool map_ca
 // read-only file mapping of this process (anonymous or writable memory would lose data).
 size_t release_file_pages(const void *ptr, size_t bytes);
 
+// Map every page of [ptr, ptr + bytes) into this process now, reading it from the file if
+// it is not cached (as llama.cpp's MAP_POPULATE): madvise(MADV_POPULATE_READ) where the kernel
+// has it (5.14+), else one read per page on the pool. A decode step then never takes a page
+// fault on the first use of an expert. Returns true when madvise did it.
+bool prefault_pages(const void *ptr, size_t bytes);
+
 // Nodes this machine has (online, from sysfs; {0} without node directories).
 std::map<int, int64_t> node_memory();  // node -> MemTotal bytes (0 when unknown)
 

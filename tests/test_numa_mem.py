@@ -209,3 +209,34 @@ def test_doctor_prints_the_page_cache(tiny, capsys):
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "page cache now:" in x)
     assert "on node" in line or "not cached" in line
+
+
+def test_prefault_maps_every_page(tmp_path):
+    """numa_mem.prefault: after it, no page of the file is missing from the process (the
+    page-placement report's "not resident" is 0)."""
+    from numoe import numa_mem
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(np.arange(3 << 20, dtype=np.uint32).tobytes()[: (3 << 20) * 4 - 100])
+    mm = np.memmap(p, dtype=np.uint8, mode="r")
+    assert numa_mem.pages_per_node(mm).get("not resident", 0) > 0  # nothing touched yet
+    assert _cpu.prefault_pages(mm) in (True, False)
+    assert numa_mem.pages_per_node(mm).get("not resident", 0) == 0
+    assert int(mm[-1]) == np.frombuffer(p.read_bytes()[-1:], np.uint8)[0]
+
+    class Huge:  # what prefault reads of a GGUFFile, larger than the available memory
+        file_size = 1 << 60
+        mmap = mm
+
+    assert numa_mem.prefault(Huge()) is False  # left alone: pages come in on first use
+
+
+def test_load_prefaults_the_file(tiny_model):
+    from numoe import numa_mem
+    from numoe.gguf import open_gguf
+    from numoe.models import load
+    from numoe.placement import Placement
+
+    g = open_gguf(tiny_model)
+    load(g, Placement.parse("cpu"))
+    assert numa_mem.pages_per_node(g.mmap).get("not resident", 0) == 0

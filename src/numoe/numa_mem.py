@@ -9,6 +9,7 @@ The C++ side (``csrc/numa_mem.*``, in ``numoe._cpu``):
 - ``pages_per_node(a, map_cached=False)``: where the pages of a uint8 array are (move_pages in
   query mode; mincore when that is refused), node -> bytes plus ``NOT_RESIDENT``.
 - ``release_file_pages(a)``: drop the pages of a read-only file mapping from RSS after a copy.
+- ``prefault(g)``: map a whole GGUF file now (llama.cpp's MAP_POPULATE) when it fits in memory.
 
 This module names the special keys and builds the placement report of a GGUF file.
 """
@@ -47,6 +48,19 @@ def pages_per_node(a, map_cached: bool = False) -> dict:
     (the values add up to a.nbytes). map_cached: also count page-cache pages of a file mapping
     that this process has not mapped yet (reads one byte of each; no disk reads)."""
     return _named(_cpu.pages_per_node(_bytes_view(a), map_cached))
+
+
+def prefault(g) -> bool:
+    """Map every page of GGUF file `g` into this process now (MADV_POPULATE_READ, else one
+    read per page on the pool), reading from disk what is not cached, when the file fits in
+    the available memory; False when it does not (pages then come in on first use)."""
+    from .roofline import proc_bytes
+
+    avail = proc_bytes("/proc/meminfo", "MemAvailable")
+    if avail is not None and g.file_size > avail * 0.9:
+        return False
+    _cpu.prefault_pages(_bytes_view(g.mmap))
+    return True
 
 
 def release(a) -> int:

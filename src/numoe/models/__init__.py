@@ -26,8 +26,18 @@ def get(arch: str) -> ModuleType:
     return importlib.import_module(f".{ARCHITECTURES[arch]}", __name__)
 
 
-def load(g: GGUFFile, placement: Placement):
-    """(config, model) for an opened GGUF file."""
+def load(g: GGUFFile, placement: Placement, prefault: bool = True):
+    """(config, model) for an opened GGUF file.
+
+    prefault: map the whole file into the process first (numa_mem.prefault: what llama.cpp's
+    MAP_POPULATE does) when it fits in the available memory and the routed experts are read
+    from the map (policy off), so no decode step pays page faults on an expert's first use."""
     mod = get(g.arch)
     cfg = mod.config_from_gguf(g)
+    if prefault:
+        from .. import numa, numa_mem
+
+        active = numa.active()
+        if active is None or active[1].name == "off":
+            numa_mem.prefault(g)
     return cfg, mod.Model(cfg, g, placement)
