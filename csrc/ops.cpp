@@ -45,14 +45,15 @@ void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, con
   const bool grouped = n_group > 1 && topk_group < n_group;  // else grouping is off
   if (grouped && (E % n_group != 0 || topk_group < 1))
     throw std::invalid_argument("route: n_group must divide E and topk_group be positive");
-  const int64_t per = E / n_group;
+  const int64_t per = grouped ? E / n_group : E;     // experts per group
   const bool top2 = gating == 1 || bias != nullptr;  // a group's score: its best two
   if (grouped && topk_group * per < k)
     throw std::invalid_argument("route: the kept groups hold fewer than k experts");
   if (grouped && top2 && per < 2)
     throw std::invalid_argument("route: groups of one expert have no best two");
-  std::vector<float> scores(E), choice(E), gscore(n_group);
-  std::vector<int64_t> order(std::max(E, n_group));
+  const int64_t G = grouped ? n_group : 1;
+  std::vector<float> scores(E), choice(E), gscore(G);
+  std::vector<int64_t> order(std::max(E, G));
   // a before b: larger value first (NaN above all, as torch.topk ranks it), then lower index
   auto better = [](const std::vector<float> &vals) {
     return [p = &vals](int64_t a, int64_t b) {

@@ -133,7 +133,12 @@ def test_route_ties_go_to_the_lower_index():
 def test_route_grouping_off_and_nan():
     g = torch.Generator().manual_seed(8)
     x = torch.randn(3, 8, generator=g)
-    for kw in ({"n_group": 3, "topk_group": 3}, {"n_group": 1, "topk_group": 0}):
+    for kw in (
+        {"n_group": 3, "topk_group": 3},
+        {"n_group": 1, "topk_group": 0},
+        {"n_group": 0, "topk_group": 1},
+        {"n_group": -2, "topk_group": 1},
+    ):
         ids, w = route(x, 2, **kw)  # grouping off: ignored, as in the torch reference
         ids_ref, w_ref = route_torch(x, 2, **kw)
         assert torch.equal(ids, ids_ref)
