@@ -343,12 +343,13 @@ void bind_kernels(nb::module_ &m) {
           "forward_many",
           [](const std::vector<PyLinear *> &ops, const Floats &x) {
             if (ops.empty()) throw std::invalid_argument("forward_many: no ops");
+            for (const PyLinear *p : ops)
+              if (p == nullptr) throw std::invalid_argument("forward_many: None in ops");
             const int64_t T = rows_of(x, ops[0]->op.n_in() * ops[0]->op.groups(), "x");
             std::vector<const numoe::LinearOp *> raw;
             std::vector<float *> ys;
             nb::list out;
             for (PyLinear *p : ops) {
-              if (p == nullptr) throw std::invalid_argument("forward_many: None in ops");
               float *y;
               out.append(new_floats2(static_cast<size_t>(T),
                                      static_cast<size_t>(p->op.groups() * p->op.n_out()), &y));
@@ -431,7 +432,7 @@ void bind_ops(nb::module_ &m) {
   // (MLA's latent, its rope part) is read in place.
   using Strided = nb::ndarray<const float, nb::device::cpu>;
   auto inner_contiguous = [](const Strided &x, const char *what) {
-    if (x.ndim() < 1 || x.stride(x.ndim() - 1) != 1)
+    if (x.ndim() < 1 || (x.size() > 0 && x.stride(x.ndim() - 1) != 1))
       throw std::invalid_argument(std::string(what) + ": the last dimension must be contiguous");
   };
   m.def(

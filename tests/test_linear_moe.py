@@ -209,6 +209,9 @@ def test_linear_forward_many_equals_each_op():
         assert len(ys) == len(ops)
         for op, y in zip(ops, ys):
             np.testing.assert_array_equal(y, op.forward(x))
+    for bad, words in (([], "no ops"), ([None], "None"), ([ops[0], None], "None")):
+        with pytest.raises(ValueError, match=words):
+            _cpu.Linear.forward_many(bad, x)
     other = _cpu.Linear(encode(Q.Q8_0, 4, 256, rng)[0].reshape(-1), int(Q.Q8_0), 4, 256)
     with pytest.raises(ValueError, match="input width"):
         _cpu.Linear.forward_many([ops[0], other], x)

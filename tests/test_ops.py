@@ -74,6 +74,14 @@ def test_rope_hand_case():
     assert _cpu.rope(x, c, s, 2, True).tolist() == [[-2.0, 1.0]]
 
 
+def test_empty_inputs():
+    assert _cpu.rms_norm(np.zeros((0, 4), np.float32), np.ones(4, np.float32), 1e-6).shape == (0, 4)
+    z = np.zeros((0, 2), np.float32)
+    assert _cpu.rope(np.zeros((0, 2, 4), np.float32), z, z, 4, True).shape == (0, 8)
+    ids, w = _cpu.route(np.zeros((0, 8), np.float32), 2, "softmax")
+    assert ids.size == w.size == 0
+
+
 def test_rope_bad_shapes():
     x = np.zeros((1, 2, 8), np.float32)
     with pytest.raises(ValueError, match="cos and sin"):
