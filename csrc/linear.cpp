@@ -140,7 +140,13 @@ LinearOp::Plan LinearOp::plan(int64_t T, int threads) const {
     }
   }
   const int64_t blocks_per_group = ceil_div(out, rb), tok_blocks = ceil_div(T, tb);
-  return {rb, tb, blocks_per_group, tok_blocks, blocks_per_group * G * tok_blocks};
+  return {rb,
+          tb,
+          blocks_per_group,
+          tok_blocks,
+          blocks_per_group * G * tok_blocks,
+          quant::get_vec_dot(type_),
+          quant::get_vec_dot_n(type_)};
 }
 
 void LinearOp::run_task(const Plan &p, int64_t task, const uint8_t *act, int64_t T,
@@ -151,10 +157,9 @@ void LinearOp::run_task(const Plan &p, int64_t task, const uint8_t *act, int64_t
   const int64_t r0 = b * p.rb, r1 = std::min(out, r0 + p.rb);
   const int64_t t0 = tk * p.tb, nt = std::min(T, t0 + p.tb) - t0;
   const size_t act_stride = static_cast<size_t>(G) * act_row_bytes_;
-  gemm_rows(quant::get_vec_dot(type_), quant::get_vec_dot_n(type_), static_cast<int>(in),
-            w_ + static_cast<size_t>(g * out) * row_bytes_, row_bytes_, r0, r1,
-            act + static_cast<size_t>(g) * act_row_bytes_ + t0 * act_stride, act_stride, nullptr,
-            nt, y + g * out + t0 * y_stride, y_stride);
+  gemm_rows(p.dot, p.dot_n, static_cast<int>(in), w_ + static_cast<size_t>(g * out) * row_bytes_,
+            row_bytes_, r0, r1, act + static_cast<size_t>(g) * act_row_bytes_ + t0 * act_stride,
+            act_stride, nullptr, nt, y + g * out + t0 * y_stride, y_stride);
 }
 
 void LinearOp::forward(const float *x, int64_t T, float *y) const {

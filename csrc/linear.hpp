@@ -55,17 +55,18 @@ class LinearOp {
   // std::invalid_argument for an id out of range (checked before any row is read).
   void rows(const int64_t *ids, int64_t n, float *out) const;
 
-  // How a call with T tokens splits into pool tasks (row blocks x token blocks).
+  // How a call with T tokens splits into pool tasks (row blocks x token blocks), and the
+  // kernels of this ISA level its tasks run (looked up once per call, not per task).
   struct Plan {
     int64_t rb, tb, blocks_per_group, tok_blocks, n_tasks;
+    quant::vec_dot_fn dot;
+    quant::vec_dot_n_fn dot_n;
   };
   Plan plan(int64_t T, int threads) const;
-  // Task `task` of `p`: act = x quantized to act_type() (T rows of act_row_bytes() each).
+  // Task `task` of `p`: act = x quantized to the activation type (T rows).
   void run_task(const Plan &p, int64_t task, const uint8_t *act, int64_t T, float *y) const;
 
   int type() const { return type_; }
-  int act_type() const { return act_type_; }
-  size_t act_row_bytes() const { return act_row_bytes_; }
   int64_t n_out() const { return n_out_; }
   int64_t n_in() const { return n_in_; }
   int64_t groups() const { return groups_; }
