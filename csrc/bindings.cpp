@@ -373,7 +373,8 @@ void bind_kernels(nb::module_ &m) {
           },
           "max_bytes"_a = SIZE_MAX,
           "Have the idle pool workers read the first max_bytes of W into the caches in the "
-          "background (ThreadPool::warm_async); the next pool call cancels the rest.")
+          "background (ThreadPool::warm_async): other pool calls pause it, this op's next call "
+          "and the next warm-up end it.")
       .def_prop_ro("type_id", [](PyLinear &s) { return s.op.type(); })
       .def_prop_ro("n_out", [](PyLinear &s) { return s.op.n_out(); })
       .def_prop_ro("n_in", [](PyLinear &s) { return s.op.n_in(); })

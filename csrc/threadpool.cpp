@@ -110,10 +110,10 @@ struct ThreadPool::Impl {
   size_t slot_cap = 0;
   // Background warm-up (warm_async): the workers read [warm_ptr, warm_ptr + warm_bytes) into
   // the caches in chunks while the caller goes on; a pool call pauses it (the workers leave
-  // it at their next chunk) and resumes what is left after the call.
+  // it at their next chunk) and resumes what is left after the call. warm_ptr is set (under
+  // call_mu) exactly while one runs.
   const uint8_t *warm_ptr = nullptr;
   size_t warm_bytes = 0;
-  bool warm_active = false;  // under call_mu
   alignas(64) std::atomic<size_t> warm_next{0};
   alignas(64) std::atomic<bool> warm_cancel{false};
   std::atomic<bool> stop{false};
@@ -141,12 +141,11 @@ struct ThreadPool::Impl {
   static constexpr size_t kWarmChunk = 16 << 10;
 
   void run_warm() {
-    constexpr size_t kChunk = kWarmChunk;
     uint64_t sum = 0;
     for (;;) {
-      const size_t b0 = warm_next.fetch_add(kChunk, std::memory_order_relaxed);
+      const size_t b0 = warm_next.fetch_add(kWarmChunk, std::memory_order_relaxed);
       if (b0 >= warm_bytes || warm_cancel.load(std::memory_order_relaxed)) break;
-      const size_t b1 = std::min(warm_bytes, b0 + kChunk);
+      const size_t b1 = std::min(warm_bytes, b0 + kWarmChunk);
       for (size_t b = b0; b < b1; b += 64) sum += warm_ptr[b];  // one load per cache line
     }
     static std::atomic<uint64_t> sink{0};
@@ -159,21 +158,19 @@ struct ThreadPool::Impl {
     warm_bytes = bytes;
     warm_next.store(0, std::memory_order_relaxed);
     pending.store(static_cast<int>(workers.size()), std::memory_order_relaxed);
-    warm_active = true;
     kick();
   }
 
   // Stop a background warm-up and wait for the workers to leave it (under call_mu). Returns
   // the part not read yet ({nullptr, 0} if none; a few chunks may be read twice).
   std::pair<const uint8_t *, size_t> finish_warm() {
-    if (!warm_active) return {nullptr, 0};
+    if (warm_ptr == nullptr) return {nullptr, 0};
     warm_cancel.store(true, std::memory_order_relaxed);
     wait_pending();
     const size_t claimed = std::min(warm_next.load(std::memory_order_relaxed), warm_bytes);
     const size_t done = claimed - std::min(claimed, workers.size() * kWarmChunk);
     std::pair<const uint8_t *, size_t> rest{warm_ptr + done, warm_bytes - done};
     if (rest.second == 0) rest.first = nullptr;
-    warm_active = false;
     warm_ptr = nullptr;
     warm_cancel.store(false, std::memory_order_relaxed);
     return rest;
@@ -185,7 +182,6 @@ struct ThreadPool::Impl {
     gen.store(0);
     sleepers.store(0);
     pending.store(0);
-    warm_active = false;
     warm_ptr = nullptr;
     warm_cancel.store(false);
   }
@@ -472,7 +468,8 @@ void ThreadPool::warm_done(const void *p, size_t bytes) {
   std::unique_lock<std::mutex> lk(q.call_mu, std::defer_lock);
   if (t_in_task || !lk.try_lock() || getpid() != q.pid) return;
   const uint8_t *lo = static_cast<const uint8_t *>(p);
-  if (q.warm_active && q.warm_ptr < lo + bytes && lo < q.warm_ptr + q.warm_bytes) q.finish_warm();
+  if (q.warm_ptr != nullptr && q.warm_ptr < lo + bytes && lo < q.warm_ptr + q.warm_bytes)
+    q.finish_warm();
 }
 
 int ThreadPool::group_threads(int g) const {
