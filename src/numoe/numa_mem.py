@@ -54,9 +54,9 @@ def prefault(g) -> bool:
     """Map every page of GGUF file `g` into this process now (MADV_POPULATE_READ, else one
     read per page on the pool), reading from disk what is not cached, when the file fits in
     the available memory; False when it does not (pages then come in on first use)."""
-    from .roofline import proc_bytes
+    from .roofline import mem_available
 
-    avail = proc_bytes("/proc/meminfo", "MemAvailable")
+    avail = mem_available()
     if avail is not None and g.file_size > avail * 0.9:
         return False
     _cpu.prefault_pages(_bytes_view(g.mmap))

@@ -99,7 +99,8 @@ def proc_bytes(path: str, key: str) -> int | None:
     return None
 
 
-def _mem_available() -> int | None:
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None if unknown."""
     return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
@@ -107,7 +108,7 @@ def probe_bytes() -> int:
     """Buffer size: twice the largest CPU cache (so most reads come from memory), 256 to 512
     MiB, and no more than an eighth of the available memory."""
     n = min(max(2 * largest_cache(), 256 * MiB), 512 * MiB)
-    avail = _mem_available()
+    avail = mem_available()
     if avail:
         n = min(n, max(avail // 8, 16 * MiB))
     return n // MiB * MiB

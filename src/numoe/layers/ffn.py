@@ -37,5 +37,9 @@ class FeedForward:
         self.gate.warm()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
-        g, u = linear_many([self.gate, self.up], x)  # [T, F] each
+        return self.finish(*linear_many([self.gate, self.up], x))
+
+    def finish(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # [T, F] x2 -> [T, D]
+        """down(silu(g) * u) from gate and up outputs computed elsewhere (a shared expert's
+        share the router's pool call)."""
         return self.down(F.silu(g) * u)

@@ -249,7 +249,7 @@ class SparseMoE:
         if self.shared is not None:
             if x.shape[0] == 1:
                 self.shared.down.warm()  # read by idle workers while silu(g) * u runs
-            s = self.shared.down(F.silu(g) * u)  # [T, D]
+            s = self.shared.finish(g, u)  # [T, D]
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(x @ self.shared_gate)[:, None]
             out = out + s
