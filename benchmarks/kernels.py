@@ -33,6 +33,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 from numoe import _cpu
+from numoe.kernels import quant_type
 from numoe.roofline import largest_cache
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
@@ -55,11 +56,6 @@ def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:
     for off in HALF_FIELDS[qtype]:
         raw[:, off : off + 2] = np.full(nb, 0.01, np.float16).view(np.uint8).reshape(-1, 2)
     return raw.reshape(-1)
-
-
-def nbytes(qtype: Q, n_elems: int) -> int:
-    info = _cpu.quant_type_info(int(qtype))
-    return n_elems // info["block_size"] * info["type_size"]
 
 
 def median_time(fn, reps: int) -> float:
@@ -91,7 +87,7 @@ def moe_case(qtype: Q, rng, k=8, D=2048, Fd=768):
     a pass reads every expert once. E: at least 32, and enough that the E * 3 matrices are
     twice the largest CPU cache (else a pass comes from L3: 260 MiB on some Xeons)."""
     down_t = Q.Q6_K if qtype in K_TYPES else qtype
-    per_expert = 2 * nbytes(qtype, Fd * D) + nbytes(down_t, D * Fd)  # gate + up + down
+    per_expert = 2 * quant_type(qtype).row_bytes(Fd * D) + quant_type(down_t).row_bytes(D * Fd)
     E = max(32, -(-2 * largest_cache() // per_expert))
     E = -(-E // k) * k  # whole groups of k
     g = random_bytes(qtype, E * Fd * D, rng)
