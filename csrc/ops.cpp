@@ -10,6 +10,18 @@
 
 namespace numoe::ops {
 
+namespace {
+
+// v[0..n) -> softmax(v), in place (the maximum subtracted first).
+void softmax(float *v, int64_t n) {
+  const float m = *std::max_element(v, v + n);
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += v[i] = std::exp(v[i] - m);
+  for (int64_t i = 0; i < n; ++i) v[i] /= sum;
+}
+
+}  // namespace
+
 void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64_t n_rows,
               int64_t n, float *out) {
   for (int64_t r = 0; r < n_rows; ++r, x += x_stride, out += n) {
@@ -66,10 +78,8 @@ void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, con
   for (int64_t t = 0; t < T; ++t) {
     const float *l = logits + t * E;
     if (gating == 0) {
-      const float m = *std::max_element(l, l + E);
-      float sum = 0.f;
-      for (int64_t e = 0; e < E; ++e) sum += scores[e] = std::exp(l[e] - m);
-      for (int64_t e = 0; e < E; ++e) scores[e] /= sum;
+      std::copy(l, l + E, scores.begin());
+      softmax(scores.data(), E);
     } else {
       for (int64_t e = 0; e < E; ++e) scores[e] = 1.f / (1.f + std::exp(-l[e]));
     }
@@ -128,22 +138,19 @@ void gqa_decode(const GqaDecode &a, float *out) {
     for (int64_t h = task * per; h < std::min(a.H, (task + 1) * per); ++h) {
       const float *qh = a.q + h * a.dk;
       const float *kc = a.k_cache + (h / g) * a.dk;
-      float m = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < S; ++s) {
         const float *ks = kc + s * k_stride;
         float d = 0.f;
 #pragma omp simd reduction(+ : d)
         for (int64_t i = 0; i < a.dk; ++i) d += qh[i] * ks[i];
         p[s] = d * a.scale;
-        m = std::max(m, p[s]);
       }
-      float sum = 0.f;
-      for (int64_t s = 0; s < S; ++s) sum += p[s] = std::exp(p[s] - m);
+      softmax(p.data(), S);
       float *o = out + h * a.dv;
       std::fill(o, o + a.dv, 0.f);
       const float *vc = a.v_cache + (h / g) * a.dv;
       for (int64_t s = 0; s < S; ++s) {
-        const float w = p[s] / sum, *vs = vc + s * v_stride;
+        const float w = p[s], *vs = vc + s * v_stride;
         for (int64_t i = 0; i < a.dv; ++i) o[i] += w * vs[i];
       }
     }
