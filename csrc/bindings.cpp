@@ -752,7 +752,8 @@ NB_MODULE(_cpu, m) {
       },
       "weight_type"_a, "x"_a,
       "Quantize a float32 activation to the format vec_dot pairs with `weight_type` (Q8_0 for "
-      "Q8_0/Q4_0, Q8_K for Q4_K/Q5_K/Q6_K, raw float32 bytes for F32/F16/BF16).");
+      "Q8_0/Q4_0, Q8_K4 (Q8_K in their nibble order) for Q4_K/Q5_K, Q8_K for Q6_K, raw float32 "
+      "bytes for F32/F16/BF16).");
   m.def(
       "vec_dot",
       [](int type, const Bytes &w, const Bytes &act, int64_t n) {

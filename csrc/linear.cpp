@@ -50,8 +50,8 @@ uint8_t *scratch(int slot, size_t bytes) {
     std::unique_ptr<uint8_t[]> p;
     size_t size = 0;
   };
-  thread_local Buf bufs[8];
-  if (slot < 0 || slot >= 8) throw std::logic_error("scratch slot out of range");
+  thread_local Buf bufs[9];
+  if (slot < 0 || slot >= 9) throw std::logic_error("scratch slot out of range");
   Buf &b = bufs[slot];
   if (b.size < bytes) {
     const size_t n = std::max(bytes, b.size + b.size / 2);
@@ -180,15 +180,15 @@ void LinearOp::forward_many(const std::vector<const LinearOp *> &ops, const floa
   for (const LinearOp *op : ops)
     if (op->groups_ != 1 || op->n_in_ != width)
       throw std::invalid_argument("forward_many: the ops must share one input width, no groups");
-  // x quantized once per activation type (scratch slots 0, 6, 7: F32, Q8_0 and Q8_K are all
-  // the activation types there are)
-  static constexpr int kSlot[3] = {0, 6, 7};
+  // x quantized once per activation type (scratch slots 0, 6, 7, 8: F32, Q8_0, Q8_K and
+  // Q8_K4 are all the activation types there are)
+  static constexpr int kSlot[4] = {0, 6, 7, 8};
   std::vector<int> types;
   std::vector<const uint8_t *> acts(ops.size());
   for (size_t i = 0; i < ops.size(); ++i) {
     const int t = ops[i]->act_type_;
     const size_t j = std::find(types.begin(), types.end(), t) - types.begin();
-    if (j == 3) throw std::logic_error("forward_many: over 3 activation types");
+    if (j == 4) throw std::logic_error("forward_many: over 4 activation types");
     uint8_t *a = scratch(kSlot[j], static_cast<size_t>(T) * ops[i]->act_row_bytes_);
     if (j == types.size()) {  // a type not seen yet
       types.push_back(t);

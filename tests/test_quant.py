@@ -23,6 +23,9 @@ ISAS = _cpu.isa_available()
 WEIGHT_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K]
 FLOAT_TYPES = {T.F32, T.F16, T.BF16}
 K_TYPES = {T.Q4_K, T.Q5_K, T.Q6_K}
+K4_TYPES = {T.Q4_K, T.Q5_K}  # take Q8_K4: Q8_K in their nibble order
+Q8_K4 = 256  # numoe's own activation type id
+K4_ORDER = [0, 2, 1, 3, 4, 6, 5, 7]  # memory slot k holds sub-block K4_ORDER[k] (self-inverse)
 BLOCK = {
     T.F32: 1,
     T.F16: 1,
@@ -111,6 +114,18 @@ def ref_q8_K(x):
     return np.concatenate(out)
 
 
+def ref_q8_K4(x):
+    """ref_q8_K with each block's 32-value sub-blocks in Q4_K nibble order and bsums
+    replaced by 8 zeros and the 8 sub-block sums."""
+    blk = ref_q8_K(x).reshape(-1, 292).copy()
+    qs = blk[:, 4:260].reshape(-1, 8, 32)
+    bsums = blk[:, 260:].copy().view("<i2").astype(np.int32)  # [B, 16]
+    sub = (bsums[:, 0::2] + bsums[:, 1::2]).astype("<i2")  # [B, 8]
+    blk[:, 4:260] = qs[:, K4_ORDER].reshape(-1, 256)
+    blk[:, 260:] = np.concatenate([np.zeros_like(sub), sub], 1).view(np.uint8)
+    return blk.ravel()
+
+
 def act_dequant(qtype, act, n):
     """float64 values of a quantized activation."""
     if qtype in FLOAT_TYPES:
@@ -119,6 +134,8 @@ def act_dequant(qtype, act, n):
         blk = act.reshape(-1, 292)
         d = blk[:, :4].copy().view(np.float32)
         q = blk[:, 4:260].view(np.int8).astype(np.float32)
+        if qtype in K4_TYPES:
+            q = q.reshape(-1, 8, 32)[:, K4_ORDER].reshape(-1, 256)
         return (d * q).astype(np.float64).ravel()
     return gguf_dequantize(act, T.Q8_0).astype(np.float64).ravel()
 
@@ -189,9 +206,15 @@ def test_quantize_q8_K_matches_reference(isa):
     _cpu.set_isa(isa)
     rng = np.random.default_rng(2)
     x = activation_cases(rng, 4096)
-    got = _cpu.quantize_activation(int(T.Q4_K), x)
+    got = _cpu.quantize_activation(int(T.Q6_K), x)
     assert got.size == 4096 // 256 * 292
     assert np.array_equal(got, ref_q8_K(x))
+    for t in K4_TYPES:  # Q8_K4: the same blocks in Q4_K / Q5_K nibble order
+        assert np.array_equal(_cpu.quantize_activation(int(t), x), ref_q8_K4(x))
+    # its dequantize puts the values back in element order
+    assert np.array_equal(
+        _cpu.dequantize(Q8_K4, ref_q8_K4(x), 4096), act_dequant(T.Q6_K, got, 4096)
+    )
 
 
 def test_float_activation_is_f32_bytes():
@@ -375,7 +398,9 @@ def test_type_info():
     for t in WEIGHT_TYPES:
         info = kernels.quant_type(t)
         assert (info.name, info.block_size, info.type_size) == (t.name, BLOCK[t], TYPE_SIZE[t])
-    assert kernels.quant_type(T.Q4_K).act_type == int(T.Q8_K)
+    assert kernels.quant_type(T.Q4_K).act_type == Q8_K4
+    assert kernels.quant_type(Q8_K4).name == "Q8_K4"
+    assert kernels.quant_type(T.Q6_K).act_type == int(T.Q8_K)
     assert kernels.quant_type(T.Q4_0).act_type == int(T.Q8_0)
     assert kernels.quant_type(T.BF16).act_type == int(T.F32)
 
@@ -413,8 +438,9 @@ def test_bad_sizes():
         _cpu.quantize_activation(int(T.Q4_0), np.ones(48, np.float32))
     with pytest.raises(ValueError, match="weights"):
         _cpu.vec_dot_rows(int(T.Q4_K), raw, act, 512, 2)
-    with pytest.raises(ValueError, match="activation type"):
-        _cpu.vec_dot(int(T.Q8_K), raw, act, 256)
+    for a in (int(T.Q8_K), Q8_K4):
+        with pytest.raises(ValueError, match="activation type"):
+            _cpu.vec_dot(a, raw, act, 256)
     with pytest.raises(TypeError):  # raw bytes are never value-cast from another dtype
         _cpu.dequantize(int(T.Q4_K), raw.astype(np.float32), 256)
     with pytest.raises(TypeError):  # nor copied from a strided view

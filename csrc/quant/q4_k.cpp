@@ -1,5 +1,5 @@
 // Q4_K: super-blocks of 256 = 8 sub-blocks of 32 4-bit values, each with a 6-bit scale and
-// a 6-bit min (x = d*sc*q - dmin*m); dot against Q8_K.
+// a 6-bit min (x = d*sc*q - dmin*m); dot against Q8_K4 (Q8_K in the order of these nibbles).
 //
 // Layout: qs[32*j + l] holds element 64*j + l (low nibble) and 64*j + 32 + l (high nibble).
 #include "quant.hpp"
@@ -32,17 +32,18 @@ float vec_dot_q4_K_scalar(int n, const void *w, const void *act) {
     uint8_t sc[8], m[8];
     unpack_scales_mins_k4(x[i].scales, sc, m);
     const uint8_t *q = x[i].qs;
-    const int8_t *a = y[i].qs;
     int32_t isum = 0;
-    for (int j = 0; j < 4; ++j, q += 32, a += 64) {
+    for (int j = 0; j < 4; ++j, q += 32) {
+      // sub-blocks 2j, 2j + 1 of the activation (Q8_K4 order)
+      const int8_t *a0 = y[i].qs + 32 * k4_pos(2 * j), *a1 = y[i].qs + 32 * k4_pos(2 * j + 1);
       int32_t s0 = 0, s1 = 0;
       for (int l = 0; l < 32; ++l) {
-        s0 += (q[l] & 0xF) * a[l];
-        s1 += (q[l] >> 4) * a[l + 32];
+        s0 += (q[l] & 0xF) * a0[l];
+        s1 += (q[l] >> 4) * a1[l];
       }
       isum += sc[2 * j] * s0 + sc[2 * j + 1] * s1;
     }
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, isum, k4_min_sum(m, y[i].bsums));
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, isum, k4_min_sum(m, y[i]));
   }
   return s;
 }
@@ -64,26 +65,17 @@ struct q4_K_avx2 {
   }
 };
 
-// 64 elements per step: one 512-bit load of qs gives two 32-byte chunks; regroup the nibbles
-// so each register q[k] holds two consecutive sub-blocks (2k, 2k+1), matching a contiguous
-// 64-byte q8 load, with their int16 scales in sc[k].
-NUMOE_TARGET_AVX512VNNI inline void q4_K_unpack_avx512(const block_q4_K &x, __m128i sm,
+// 128 elements per 512-bit load of qs: its low nibbles are sub-blocks 4c, 4c + 2 and its
+// high nibbles 4c + 1, 4c + 3, as the Q8_K4 activation at 128c and 128c + 64 holds them.
+NUMOE_TARGET_AVX512VNNI inline void q4_K_unpack_avx512(const block_q4_K &x, __m256i w16,
                                                        __m512i q[4], __m512i sc[4]) {
-  using simd::word_idx;
-  const __m512i s16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int c = 0; c < 2; ++c) {
     const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
-    const __m512i lo = _mm512_and_si512(bits, m4);
-    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
-    q[2 * c] = _mm512_shuffle_i64x2(lo, hi, 0x44);      // sub-blocks 4c, 4c+1
-    q[2 * c + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // sub-blocks 4c+2, 4c+3
-    // int16 scales: 16 lanes of sub-block 2k, then 16 of 2k+1
-    for (int h = 0; h < 2; ++h)
-      sc[2 * c + h] =
-          _mm512_shuffle_epi8(s16, simd::concat(_mm256_set1_epi16(word_idx(4 * c + 2 * h)),
-                                                _mm256_set1_epi16(word_idx(4 * c + 2 * h + 1))));
+    q[2 * c] = _mm512_and_si512(bits, m4);
+    q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
   }
+  simd::k4_scale_words(w16, sc);
 }
 
 constexpr vec_dot_fn vec_dot_q4_K_avx2 = simd::k4_vec_dot_avx2<q4_K_avx2>;
@@ -105,7 +97,7 @@ const TypeInfo &info_q4_K() {
       "Q4_K",
       QK_K,
       sizeof(block_q4_K),
-      Q8_K,
+      Q8_K4,
       dequantize_q4_K,
 #ifdef NUMOE_X86
       {vec_dot_q4_K_scalar, vec_dot_q4_K_avx2, vec_dot_q4_K_avx512},

@@ -1,5 +1,5 @@
 // Q5_K: as Q4_K with a fifth bit per value in qh: element 32*s + l (sub-block s) takes bit s
-// of qh[l]. x = d*sc*q - dmin*m; dot against Q8_K.
+// of qh[l]. x = d*sc*q - dmin*m; dot against Q8_K4 (as Q4_K).
 #include "quant.hpp"
 #include "simd.hpp"
 
@@ -33,17 +33,18 @@ float vec_dot_q5_K_scalar(int n, const void *w, const void *act) {
     uint8_t sc[8], m[8];
     unpack_scales_mins_k4(x[i].scales, sc, m);
     const uint8_t *q = x[i].qs, *qh = x[i].qh;
-    const int8_t *a = y[i].qs;
     int32_t isum = 0;
-    for (int j = 0; j < 4; ++j, q += 32, a += 64) {
+    for (int j = 0; j < 4; ++j, q += 32) {
+      // sub-blocks 2j, 2j + 1 of the activation (Q8_K4 order)
+      const int8_t *a0 = y[i].qs + 32 * k4_pos(2 * j), *a1 = y[i].qs + 32 * k4_pos(2 * j + 1);
       int32_t s0 = 0, s1 = 0;
       for (int l = 0; l < 32; ++l) {
-        s0 += ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) * a[l];
-        s1 += ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) * a[l + 32];
+        s0 += ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) * a0[l];
+        s1 += ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) * a1[l];
       }
       isum += sc[2 * j] * s0 + sc[2 * j + 1] * s1;
     }
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, isum, k4_min_sum(m, y[i].bsums));
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, isum, k4_min_sum(m, y[i]));
   }
   return s;
 }
@@ -70,31 +71,23 @@ struct q5_K_avx2 {
   }
 };
 
-// As Q4_K's AVX-512 unpack; the high bits come from [qh | qh >> 1], shifted 2 per sub-block
-// pair. q[k] holds sub-blocks 2k, 2k+1 (matching a 64-byte q8 load), sc[k] their int16 scale
-// words.
-NUMOE_TARGET_AVX512VNNI inline void q5_K_unpack_avx512(const block_q5_K &x, __m128i sm,
+// As Q4_K's AVX-512 unpack (q[2c]: sub-blocks 4c, 4c + 2; q[2c + 1]: 4c + 1, 4c + 3); the
+// fifth bits come from [qh | qh >> 2]: bits 0 and 1 of each byte, then 4 and 5.
+NUMOE_TARGET_AVX512VNNI inline void q5_K_unpack_avx512(const block_q5_K &x, __m256i w16,
                                                        __m512i q[4], __m512i sc[4]) {
-  using simd::word_idx;
-  const __m512i s16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
-  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1), two = _mm512_set1_epi8(2);
   const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh));
-  __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 1));
+  // 16-bit shifts are safe: each byte only ever reads its own bits
+  __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
   for (int c = 0; c < 2; ++c) {
     const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
-    const __m512i lo = _mm512_and_si512(bits, m4);
-    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
-    q[2 * c] = _mm512_or_si512(_mm512_shuffle_i64x2(lo, hi, 0x44),  // sub-blocks 4c, 4c+1
+    q[2 * c] = _mm512_or_si512(_mm512_and_si512(bits, m4),
                                _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
-    hb = _mm512_srli_epi16(hb, 2);
-    q[2 * c + 1] = _mm512_or_si512(_mm512_shuffle_i64x2(lo, hi, 0xEE),  // 4c+2, 4c+3
-                                   _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
-    hb = _mm512_srli_epi16(hb, 2);
-    for (int h = 0; h < 2; ++h)
-      sc[2 * c + h] =
-          _mm512_shuffle_epi8(s16, simd::concat(_mm256_set1_epi16(word_idx(4 * c + 2 * h)),
-                                                _mm256_set1_epi16(word_idx(4 * c + 2 * h + 1))));
+    q[2 * c + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m4),
+                                   _mm512_slli_epi16(_mm512_and_si512(hb, two), 3));
+    hb = _mm512_srli_epi16(hb, 4);
   }
+  simd::k4_scale_words(w16, sc);
 }
 
 constexpr vec_dot_fn vec_dot_q5_K_avx2 = simd::k4_vec_dot_avx2<q5_K_avx2>;
@@ -116,7 +109,7 @@ const TypeInfo &info_q5_K() {
       "Q5_K",
       QK_K,
       sizeof(block_q5_K),
-      Q8_K,
+      Q8_K4,
       dequantize_q5_K,
 #ifdef NUMOE_X86
       {vec_dot_q5_K_scalar, vec_dot_q5_K_avx2, vec_dot_q5_K_avx512},

@@ -153,23 +153,21 @@ NUMOE_TARGET_AVX2 float vec_dot_q6_K_avx2(int n, const void *w, const void *act)
   return s;
 }
 
+// The 16 int16 scales of a Q6_K block.
+NUMOE_TARGET_AVX2 inline __m256i q6_K_scales16(const block_q6_K &x) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales)));
+}
+
 // 64 elements per register: the low nibbles of ql[0..63] are elements 0..63 of a half and the
 // high nibbles 64..127, so the high bits come from [qh | qh >> 2] (and >> 4 for the upper).
 // q[2h] / q[2h+1]: elements 0..63 / 64..127 of half h; sc[.]: their int16 scale words (128-bit
-// lane k of q[2h] holds group k of the half, of q[2h+1] group 4 + k).
-NUMOE_TARGET_AVX512VNNI inline void q6_K_unpack_avx512(const block_q6_K &x, __m512i q[4],
-                                                       __m512i sc[4]) {
+// lane k of q[2h] holds group 8h + k, of q[2h+1] group 8h + 4 + k), one permute of the
+// block's 16 scale words w16 each.
+NUMOE_TARGET_AVX512VNNI inline void q6_K_unpack_avx512(const block_q6_K &x, __m256i w16,
+                                                       __m512i q[4], __m512i sc[4]) {
   const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
-  const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales));
-  const __m512i ilo = _mm512_inserti64x4(
-      _mm512_castsi256_si512(
-          _mm256_setr_m128i(_mm_set1_epi16(word_idx(0)), _mm_set1_epi16(word_idx(1)))),
-      _mm256_setr_m128i(_mm_set1_epi16(word_idx(2)), _mm_set1_epi16(word_idx(3))), 1);
-  const __m512i ihi = _mm512_add_epi8(ilo, _mm512_set1_epi8(8));
+  const __m512i w = _mm512_castsi256_si512(w16);
   for (int h = 0; h < 2; ++h) {
-    // int16 scales of groups 8h..8h+7 in every 128-bit lane
-    const __m512i s16 =
-        _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(h ? _mm_unpackhi_epi64(sc8, sc8) : sc8));
     const __m512i l = _mm512_loadu_si512(x.ql + 64 * h);
     const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh + 32 * h));
     const __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
@@ -177,18 +175,28 @@ NUMOE_TARGET_AVX512VNNI inline void q6_K_unpack_avx512(const block_q6_K &x, __m5
         _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
     q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
                                    _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
-    sc[2 * h] = _mm512_shuffle_epi8(s16, ilo);
-    sc[2 * h + 1] = _mm512_shuffle_epi8(s16, ihi);
+    for (int u = 0; u < 2; ++u) {
+      const int g = 8 * h + 4 * u;  // groups g .. g + 3 in 128-bit lanes 0..3
+      sc[2 * h + u] = _mm512_permutexvar_epi16(
+          _mm512_setr_epi64(g * 0x0001000100010001LL, g * 0x0001000100010001LL,
+                            (g + 1) * 0x0001000100010001LL, (g + 1) * 0x0001000100010001LL,
+                            (g + 2) * 0x0001000100010001LL, (g + 2) * 0x0001000100010001LL,
+                            (g + 3) * 0x0001000100010001LL, (g + 3) * 0x0001000100010001LL),
+          w);
+    }
   }
 }
 
-NUMOE_TARGET_AVX512VNNI inline __m256i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
+// isum of one super-block as 16 int32 lanes, exact: the values' sum plus the offset term
+// (bsums . -32 * scales) in lanes 0..7.
+NUMOE_TARGET_AVX512VNNI inline __m512i q6_K_block_avx512(const block_q6_K &x, const block_q8_K &y) {
+  const __m256i w16 = q6_K_scales16(x);
   __m512i q[4], sc[4];
-  q6_K_unpack_avx512(x, q, sc);
-  const __m512i acc = simd::k_isum_avx512(q, sc, y.qs);
-  return _mm256_sub_epi32(
-      _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1)),
-      offset_term(x.scales, y.bsums));
+  q6_K_unpack_avx512(x, w16, q, sc);
+  return _mm512_dpwssd_epi32(
+      simd::k_isum_avx512(q, sc, y.qs),
+      _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.bsums))),
+      _mm512_zextsi256_si512(_mm256_mullo_epi16(w16, _mm256_set1_epi16(-32))));
 }
 
 NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const void *act) {
@@ -198,13 +206,13 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const vo
   float s = 0.f;
   int i = 0;
   for (; i + 4 <= nb; i += 4) {
-    __m256i is[4];
+    __m512i is[4];
     for (int k = 0; k < 4; ++k) is[k] = q6_K_block_avx512(x[i + k], y[i + k]);
-    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is[0], is[1], is[2], is[3]));
+    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is));
   }
   for (; i < nb; ++i)
     s += fp16_to_fp32(x[i].d) * y[i].d *
-         static_cast<float>(simd::hsum_i32(q6_K_block_avx512(x[i], y[i])));
+         static_cast<float>(_mm512_reduce_add_epi32(q6_K_block_avx512(x[i], y[i])));
   return s;
 }
 
@@ -258,10 +266,9 @@ NUMOE_TARGET_AVX512VNNI void q6_K_n_avx512(int n, const void *w, const block_q8_
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     __m512i q[4], sc[4], is[8];
-    q6_K_unpack_avx512(x[i], q, sc);
-    const __m256i neg = _mm256_mullo_epi16(
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x[i].scales))),
-        _mm256_set1_epi16(-32));
+    const __m256i w16 = q6_K_scales16(x[i]);
+    q6_K_unpack_avx512(x[i], w16, q, sc);
+    const __m256i neg = _mm256_mullo_epi16(w16, _mm256_set1_epi16(-32));
     for (int j = 0; j < 8; ++j)
       is[j] = j < N ? _mm512_dpwssd_epi32(simd::k_isum_avx512(q, sc, y[j][i].qs),
                                           _mm512_zextsi256_si512(_mm256_loadu_si256(

@@ -1,5 +1,6 @@
 // Q8_K: the activation format for K-quant weights. Blocks of 256: float d, int8 qs[256]
 // and the sums of qs in groups of 16 (bsums, used for the K-quants' min/offset terms).
+// Q8_K4: the same values in Q4_K / Q5_K nibble order (see quant.hpp), for those weights.
 #include <cmath>
 
 #include "quant.hpp"
@@ -43,6 +44,35 @@ void quantize_q8_K_scalar(const float *x, void *dst, int64_t n) {
     }
     y[i].d = 1.f / iscale;
   }
+}
+
+// Q8_K blocks -> Q8_K4 in place: sub-block j moves to 32 * k4_pos(j) (swaps 1 <-> 2 and
+// 5 <-> 6), bsums become [0 x 8, the 8 sub-block sums].
+void q8_K_to_k4(block_q8_K *y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    int8_t t[32];
+    for (int j : {1, 5}) {
+      std::memcpy(t, y[i].qs + 32 * j, 32);
+      std::memcpy(y[i].qs + 32 * j, y[i].qs + 32 * (j + 1), 32);
+      std::memcpy(y[i].qs + 32 * (j + 1), t, 32);
+    }
+    int16_t *b = y[i].bsums;
+    for (int j = 7; j >= 0; --j) b[8 + j] = static_cast<int16_t>(b[2 * j] + b[2 * j + 1]);
+    std::memset(b, 0, 8 * sizeof(int16_t));
+  }
+}
+
+void dequantize_q8_K4(const void *src, float *dst, int64_t n) {
+  const block_q8_K *b = static_cast<const block_q8_K *>(src);
+  for (int64_t i = 0; i < n / QK_K; ++i)
+    for (int j = 0; j < QK_K; ++j)
+      dst[i * QK_K + j] = b[i].d * static_cast<float>(b[i].qs[32 * k4_pos(j / 32) + j % 32]);
+}
+
+template <quantize_fn Q8_K>
+void quantize_q8_K4(const float *x, void *dst, int64_t n) {
+  Q8_K(x, dst, n);
+  q8_K_to_k4(static_cast<block_q8_K *>(dst), n / QK_K);
 }
 
 #ifdef NUMOE_X86
@@ -100,6 +130,26 @@ const TypeInfo &info_q8_K() {
       {quantize_q8_K_scalar, quantize_q8_K_avx2, nullptr},
 #else
       {quantize_q8_K_scalar, nullptr, nullptr},
+#endif
+      {nullptr, nullptr, nullptr},
+  };
+  return t;
+}
+
+const TypeInfo &info_q8_K4() {
+  static const TypeInfo t = {
+      Q8_K4,
+      "Q8_K4",
+      QK_K,
+      sizeof(block_q8_K),
+      -1,
+      dequantize_q8_K4,
+      {nullptr, nullptr, nullptr},
+      false,
+#ifdef NUMOE_X86
+      {quantize_q8_K4<quantize_q8_K_scalar>, quantize_q8_K4<quantize_q8_K_avx2>, nullptr},
+#else
+      {quantize_q8_K4<quantize_q8_K_scalar>, nullptr, nullptr},
 #endif
       {nullptr, nullptr, nullptr},
   };

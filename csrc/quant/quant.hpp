@@ -5,7 +5,8 @@
 //
 // Activation pairing (ggml's vec_dot_type):
 //   Q4_0, Q8_0 weights  x  Q8_0 activation (blocks of 32)
-//   Q4_K, Q5_K, Q6_K    x  Q8_K activation (blocks of 256: float d, int8 qs, int16 bsums)
+//   Q4_K, Q5_K          x  Q8_K4 activation (Q8_K in the order of their nibbles, below)
+//   Q6_K                x  Q8_K activation (blocks of 256: float d, int8 qs, int16 bsums)
 //   F32, F16, BF16      x  F32 activation. BF16 keeps an f32 activation on purpose: decode is
 //   bound by weight bandwidth, the bf16->f32 widening is a shift, and rounding the activation
 //   to bf16 for vdpbf16ps would cost accuracy for no bandwidth gain.
@@ -101,7 +102,17 @@ enum Type : int {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  Q8_K4 = 256,  // numoe's own activation type (not a GGML id): Q8_K in Q4_K / Q5_K order
 };
+
+// Q8_K4: a block_q8_K laid out for Q4_K / Q5_K weights. A 64-byte load of their qs holds
+// sub-blocks 4c and 4c + 2 in its low nibbles and 4c + 1, 4c + 3 in its high nibbles, so
+// qs stores the 32-value sub-blocks in the order 0 2 1 3 4 6 5 7 (sub-block j at
+// 32 * k4_pos(j)) and a plain 64-byte load of the activation matches each nibble register:
+// no cross-lane regrouping per weight block. bsums[8 + j] is the sum of sub-block j and
+// bsums[0..7] are 0, so the min term is one madd of the block's 16 scale and min words
+// against bsums. d is Q8_K's; only the order differs (quantized once per op call).
+constexpr int k4_pos(int j) { return (j & 4) | ((j & 1) << 1) | ((j >> 1) & 1); }
 
 using dequantize_fn = void (*)(const void *src, float *dst, int64_t n);
 using vec_dot_fn = float (*)(int n, const void *w_row, const void *act_row);
@@ -161,6 +172,7 @@ const TypeInfo &info_q4_K();
 const TypeInfo &info_q5_K();
 const TypeInfo &info_q6_K();
 const TypeInfo &info_q8_K();
+const TypeInfo &info_q8_K4();
 
 // ---- scalar helpers shared by the formats ----
 
@@ -235,10 +247,11 @@ inline float k4_block_sum(half d, half dmin, float dy, int32_t isum, int32_t msu
          fp16_to_fp32(dmin) * dy * static_cast<float>(msum);
 }
 
-// sum_j m[j] * (bsums[2j] + bsums[2j+1]): the min correction of Q4_K / Q5_K.
-inline int32_t k4_min_sum(const uint8_t m[8], const int16_t *bsums) {
+// sum_j m[j] * (sum of sub-block j of a Q8_K4 activation y): the min correction of Q4_K /
+// Q5_K.
+inline int32_t k4_min_sum(const uint8_t m[8], const block_q8_K &y) {
   int32_t s = 0;
-  for (int j = 0; j < 8; ++j) s += m[j] * (bsums[2 * j] + bsums[2 * j + 1]);
+  for (int j = 0; j < 8; ++j) s += m[j] * y.bsums[8 + j];
   return s;
 }
 

@@ -27,6 +27,8 @@ const TypeInfo *find(int type) {
       return &info_q6_K();
     case Q8_K:
       return &info_q8_K();
+    case Q8_K4:
+      return &info_q8_K4();
     default:
       return nullptr;
   }

@@ -74,13 +74,6 @@ NUMOE_TARGET_AVX2 inline __m128i k4_scales_mins(const uint8_t *q) {
   return _mm_or_si128(lo, hi);
 }
 
-// sum_j m[j] * (bsums[2j] + bsums[2j+1]) as 4 int32 partial sums; sm from k4_scales_mins.
-NUMOE_TARGET_AVX2 inline __m128i k4_min_terms(__m128i sm, const int16_t *bsums) {
-  const __m128i b = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(bsums)),
-                                   _mm_loadu_si128(reinterpret_cast<const __m128i *>(bsums + 8)));
-  return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm)), b);
-}
-
 // Horizontal sums of four int32 vectors: lane k = sum of v[k].
 NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
   const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
@@ -190,6 +183,19 @@ inline void opaque(V &v) {
 NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(const __m256i v[4]) {
   return hsum4_i32(v[0], v[1], v[2], v[3]);
 }
+// The same for four zmm vectors.
+NUMOE_TARGET_AVX512 inline __m128i hsum4_i32(const __m512i v[4]) {
+  // per 128-bit lane: [v0.a v1.a v0.b v1.b], [v2.a v3.a v2.b v3.b]
+  const __m512i t0 =
+      _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+  const __m512i t1 =
+      _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+  // per 128-bit lane: [v0 v1 v2 v3], then fold the four lanes
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 NUMOE_TARGET_AVX2 inline __m256i hsum8_i32(const __m256i v[8]) {
   const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
   const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
@@ -219,13 +225,6 @@ NUMOE_TARGET_AVX2 inline __m256 q8_K_d8(const block_q8_K *const *y, int i) {
                         y[7][i].d);
 }
 
-// The 8 mins of k4_scales_mins as 16 int16, each twice (m[g / 2]): sum_g m16[g] * bsums[g]
-// is the min term of a Q4_K / Q5_K super-block (one madd against the bsums).
-NUMOE_TARGET_AVX2 inline __m256i k4_min_pairs(__m128i sm) {
-  return _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
-      sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
-}
-
 // s += k4_block_sum(d, dmin, dy[j], isum[j], msum[j]) in lane j: the scalar combine of one
 // Q4_K / Q5_K super-block for 8 activations, bit-identical per lane (no FMA).
 NUMOE_TARGET_AVX2 inline __m256 k4_combine8(__m256 s, half d, half dmin, __m256 dy, __m256i isum,
@@ -243,7 +242,7 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
   for (int j = 0; j < N; ++j) out[j] = r[j];
 }
 
-// ---- Q4_K / Q5_K bodies, from a format's unpacking ----
+// ---- Q4_K / Q5_K bodies, from a format's unpacking, against Q8_K4 activations ----
 // Per super-block, isum = sum_j sc[j] * (q . a over sub-block j) and the min term msum are
 // formed as exact int32 lanes; four super-blocks are reduced together and combined in the
 // scalar order (k4_combine4), so every ISA gives the scalar result bit for bit. The
@@ -253,27 +252,40 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
 //
 // AVX2 unpacker U: U::block the block type; U u(x) per super-block, then u.next(c, lo, hi)
 // for c = 0..3 gives the unsigned values of sub-blocks 2c (lo) and 2c + 1 (hi).
-// AVX-512 Unpack(x, sm, q, sc): q[k] the unsigned values of sub-blocks 2k, 2k + 1 (matching
-// a 64-byte q8 load), sc[k] their int16 scale words (sm from k4_scales_mins).
+// AVX-512 Unpack(x, w16, q, sc): q[k] the unsigned values that a 64-byte load of the Q8_K4
+// activation at 64k pairs with (sub-blocks 4c, 4c+2 for k = 2c; 4c+1, 4c+3 for k = 2c+1),
+// sc[k] their int16 scale words (k4_scale_words); w16 from k4_words. No cross-lane shuffle
+// of the values: the activation is in their order.
 
 // int16 word k of a 128-bit lane, repeated (pshufb index).
 constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
 
+// The 16 int16 words [sc0..sc7, m0..m7] of a Q4_K / Q5_K block from its 12 scale bytes.
+NUMOE_TARGET_AVX2 inline __m256i k4_words(const uint8_t *scales) {
+  return _mm256_cvtepu8_epi16(k4_scales_mins(scales));
+}
+
+// sum_j m[j] * (sum of sub-block j of y) as 8 int32 partial sums (lanes 0..3 are 0: y's
+// bsums[0..7] are 0 against the scale words).
+NUMOE_TARGET_AVX2 inline __m256i k4_min_terms(__m256i w16, const block_q8_K &y) {
+  return _mm256_madd_epi16(w16, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.bsums)));
+}
+
 template <typename U>
 NUMOE_TARGET_AVX2 inline void k4_block_avx2(const typename U::block &x, const block_q8_K &y,
-                                            __m256i &isum, __m128i &msum) {
-  const __m128i sm = k4_scales_mins(x.scales);
-  msum = k4_min_terms(sm, y.bsums);
-  const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+                                            __m256i &isum, __m256i &msum) {
+  const __m256i w16 = k4_words(x.scales);
+  msum = k4_min_terms(w16, y);
+  const __m256i sc = _mm256_permute2x128_si256(w16, w16, 0x00);  // the scales, both lanes
   U u(x);
   __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
   for (int j = 0; j < 4; ++j) {
     __m256i lo, hi;
     u.next(j, lo, hi);
     const __m256i p0 = _mm256_maddubs_epi16(
-        lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j)));
+        lo, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 32 * k4_pos(2 * j))));
     const __m256i p1 = _mm256_maddubs_epi16(
-        hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 64 * j + 32)));
+        hi, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 32 * k4_pos(2 * j + 1))));
     acc0 = _mm256_add_epi32(
         acc0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * j)))));
     acc1 = _mm256_add_epi32(
@@ -292,15 +304,13 @@ NUMOE_TARGET_AVX2 float k4_vec_dot_avx2(int n, const void *w, const void *act) {
   float s = 0.f;
   int i = 0;
   for (; i + 4 <= nb; i += 4) {
-    __m256i is[4];
-    __m128i ms[4];
+    __m256i is[4], ms[4];
     for (int k = 0; k < 4; ++k) k4_block_avx2<U>(x[i + k], y[i + k], is[k], ms[k]);
-    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
-                    hsum4_i32(is[0], is[1], is[2], is[3]), hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i, hsum4_i32(is),
+                    hsum4_i32(ms));
   }
   for (; i < nb; ++i) {
-    __m256i is;
-    __m128i ms;
+    __m256i is, ms;
     k4_block_avx2<U>(x[i], y[i], is, ms);
     s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, hsum_i32(is), hsum_i32(ms));
   }
@@ -313,9 +323,8 @@ NUMOE_TARGET_AVX2 void k4_n_avx2(int n, const void *w, const block_q8_K *const *
   const typename U::block *x = static_cast<const typename U::block *>(w);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
-    const __m128i sm = k4_scales_mins(x[i].scales);
-    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-    const __m256i m16 = k4_min_pairs(sm);
+    const __m256i w16 = k4_words(x[i].scales);
+    const __m256i sc = _mm256_permute2x128_si256(w16, w16, 0x00);
     __m256i acc[8], ms[8];
     for (int j = 0; j < 8; ++j) acc[j] = ms[j] = _mm256_setzero_si256();
     U u(x[i]);
@@ -325,25 +334,25 @@ NUMOE_TARGET_AVX2 void k4_n_avx2(int n, const void *w, const block_q8_K *const *
       const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c)));
       const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(word_idx(2 * c + 1)));
       for (int j = 0; j < N; ++j) {
-        const int8_t *a = y[j][i].qs + 64 * c;
-        const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)a));
-        const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 32)));
+        const int8_t *a0 = y[j][i].qs + 32 * k4_pos(2 * c),
+                     *a1 = y[j][i].qs + 32 * k4_pos(2 * c + 1);
+        const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)a0));
+        const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)a1));
         acc[j] = _mm256_add_epi32(
             acc[j], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
         opaque(acc[j]);
       }
     }
-    for (int j = 0; j < N; ++j)
-      ms[j] = _mm256_madd_epi16(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16);
+    for (int j = 0; j < N; ++j) ms[j] = k4_min_terms(w16, y[j][i]);
     s = k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), hsum8_i32(acc),
                     hsum8_i32(ms));
   }
   store_n(s, N, out);
 }
 
-// sum_j sc[j] * (q . a over sub-block j) as 16 int32 lanes, with q[k] the unsigned values of
-// the 64 elements 64k..64k+63 and sc[k] their int16 scale words (Q4_K, Q5_K, Q6_K).
+// sum_j sc[j] * (q . a over sub-block j) as 16 int32 lanes, with q[k] the unsigned values
+// that pair with the 64 activation bytes at a + 64k and sc[k] their int16 scale words
+// (Q4_K, Q5_K, Q6_K).
 NUMOE_TARGET_AVX512VNNI inline __m512i k_isum_avx512(const __m512i q[4], const __m512i sc[4],
                                                      const int8_t *a) {
   __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
@@ -355,18 +364,28 @@ NUMOE_TARGET_AVX512VNNI inline __m512i k_isum_avx512(const __m512i q[4], const _
   return _mm512_add_epi32(acc0, acc1);
 }
 
+// The int16 scale words of a Q4_K / Q5_K unpacking's q[k] (w16 from k4_words): 16 lanes of
+// sub-block 4c (k = 2c) or 4c + 1 (k = 2c + 1), then 16 of the sub-block two above it. One
+// permute per register.
+NUMOE_TARGET_AVX512 inline void k4_scale_words(__m256i w16, __m512i sc[4]) {
+  const __m512i w = _mm512_castsi256_si512(w16);
+  for (int k = 0; k < 4; ++k) {
+    const int16_t j = static_cast<int16_t>(4 * (k / 2) + k % 2);
+    sc[k] = _mm512_permutexvar_epi16(concat(_mm256_set1_epi16(j), _mm256_set1_epi16(j + 2)), w);
+  }
+}
+
 template <typename B>
-using k4_unpack512_fn = void (*)(const B &x, __m128i sm, __m512i q[4], __m512i sc[4]);
+using k4_unpack512_fn = void (*)(const B &x, __m256i w16, __m512i q[4], __m512i sc[4]);
 
 template <typename B, k4_unpack512_fn<B> Unpack>
-NUMOE_TARGET_AVX512VNNI inline void k4_block_avx512(const B &x, const block_q8_K &y, __m256i &isum,
-                                                    __m128i &msum) {
-  const __m128i sm = k4_scales_mins(x.scales);
-  msum = k4_min_terms(sm, y.bsums);
+NUMOE_TARGET_AVX512VNNI inline void k4_block_avx512(const B &x, const block_q8_K &y, __m512i &isum,
+                                                    __m256i &msum) {
+  const __m256i w16 = k4_words(x.scales);
+  msum = k4_min_terms(w16, y);
   __m512i q[4], sc[4];
-  Unpack(x, sm, q, sc);
-  const __m512i acc = k_isum_avx512(q, sc, y.qs);
-  isum = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+  Unpack(x, w16, q, sc);
+  isum = k_isum_avx512(q, sc, y.qs);
 }
 
 template <typename B, k4_unpack512_fn<B> Unpack>
@@ -377,17 +396,21 @@ NUMOE_TARGET_AVX512VNNI float k4_vec_dot_avx512(int n, const void *w, const void
   float s = 0.f;
   int i = 0;
   for (; i + 4 <= nb; i += 4) {
-    __m256i is[4];
-    __m128i ms[4];
-    for (int k = 0; k < 4; ++k) k4_block_avx512<B, Unpack>(x[i + k], y[i + k], is[k], ms[k]);
+    __m512i v[8];  // the four isums, then the four msums
+    for (int k = 0; k < 4; ++k) {
+      __m256i ms;
+      k4_block_avx512<B, Unpack>(x[i + k], y[i + k], v[k], ms);
+      v[4 + k] = _mm512_zextsi256_si512(ms);
+    }
+    const __m256i r = hsum8_i32(v);
     s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
-                    hsum4_i32(is[0], is[1], is[2], is[3]), hsum4_i32(ms[0], ms[1], ms[2], ms[3]));
+                    _mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
   for (; i < nb; ++i) {
-    __m256i is;
-    __m128i ms;
+    __m512i is;
+    __m256i ms;
     k4_block_avx512<B, Unpack>(x[i], y[i], is, ms);
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, hsum_i32(is), hsum_i32(ms));
+    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, _mm512_reduce_add_epi32(is), hsum_i32(ms));
   }
   return s;
 }
@@ -398,16 +421,13 @@ NUMOE_TARGET_AVX512VNNI void k4_n_avx512(int n, const void *w, const block_q8_K 
   const B *x = static_cast<const B *>(w);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
-    const __m128i sm = k4_scales_mins(x[i].scales);
-    const __m256i m16 = k4_min_pairs(sm);
+    const __m256i w16 = k4_words(x[i].scales);
     __m512i q[4], sc[4], is[8];
     __m256i ms[8];
-    Unpack(x[i], sm, q, sc);
+    Unpack(x[i], w16, q, sc);
     for (int j = 0; j < 8; ++j) {
       is[j] = j < N ? k_isum_avx512(q, sc, y[j][i].qs) : _mm512_setzero_si512();
-      ms[j] = j < N ? _mm256_madd_epi16(
-                          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y[j][i].bsums)), m16)
-                    : _mm256_setzero_si256();
+      ms[j] = j < N ? k4_min_terms(w16, y[j][i]) : _mm256_setzero_si256();
     }
     s = k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), hsum8_i32(is), hsum8_i32(ms));
   }
