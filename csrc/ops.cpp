@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "isa.hpp"
+#include "quant/simd.hpp"  // NUMOE_X86, NUMOE_TARGET_AVX2, hsum
 #include "threadpool.hpp"
 
 namespace numoe::ops {
@@ -19,6 +21,64 @@ void softmax(float *v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) sum += v[i] = std::exp(v[i] - m);
   for (int64_t i = 0; i < n; ++i) v[i] /= sum;
 }
+
+// One KV head's share of a decode step: the g query heads q [g, dk] that read it, their
+// scores p [g, S] over the S cached positions and outputs out [g, dv]. Each cached k / v row
+// is read once for all g heads. The scalar reference body:
+void attend_scalar(const float *q, int64_t g, const float *kc, int64_t k_stride, const float *vc,
+                   int64_t v_stride, int64_t S, int64_t dk, int64_t dv, float scale, float *p,
+                   float *out) {
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * dk, *ks = kc + s * k_stride;
+      float d = 0.f;
+      for (int64_t i = 0; i < dk; ++i) d += qh[i] * ks[i];
+      p[h * S + s] = d * scale;
+    }
+  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
+  std::fill(out, out + g * dv, 0.f);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) {
+      const float w = p[h * S + s], *vs = vc + s * v_stride;
+      float *o = out + h * dv;
+      for (int64_t i = 0; i < dv; ++i) o[i] += w * vs[i];
+    }
+}
+
+#ifdef NUMOE_X86
+// The same with 8-wide FMAs (dk, dv multiples of 8; summation order differs from the scalar
+// body, so results agree to float rounding).
+NUMOE_TARGET_AVX2 void attend_avx2(const float *q, int64_t g, const float *kc, int64_t k_stride,
+                                   const float *vc, int64_t v_stride, int64_t S, int64_t dk,
+                                   int64_t dv, float scale, float *p, float *out) {
+  for (int64_t s = 0; s < S; ++s) {
+    const float *ks = kc + s * k_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * dk;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 16 <= dk; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i + 8), _mm256_loadu_ps(ks + i + 8), a1);
+      }
+      if (i < dk) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), a0);
+      p[h * S + s] = quant::simd::hsum(_mm256_add_ps(a0, a1)) * scale;
+    }
+  }
+  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
+  std::fill(out, out + g * dv, 0.f);
+  for (int64_t s = 0; s < S; ++s) {
+    const float *vs = vc + s * v_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const __m256 w = _mm256_set1_ps(p[h * S + s]);
+      float *o = out + h * dv;
+      for (int64_t i = 0; i < dv; i += 8)
+        _mm256_storeu_ps(o + i,
+                         _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + i), _mm256_loadu_ps(o + i)));
+    }
+  }
+}
+#endif
 
 }  // namespace
 
@@ -128,32 +188,20 @@ void gqa_decode(const GqaDecode &a, float *out) {
   std::copy(a.k, a.k + a.Hkv * a.dk, a.k_cache + a.pos * a.Hkv * a.dk);
   std::copy(a.v, a.v + a.Hkv * a.dv, a.v_cache + a.pos * a.Hkv * a.dv);
   const int64_t S = a.pos + 1, g = a.H / a.Hkv;
-  const int64_t k_stride = a.Hkv * a.dk, v_stride = a.Hkv * a.dv;
-  // Heads per task: about 4 tasks per thread, more heads per task when the context is short.
-  const int64_t per = std::max<int64_t>(
-      1, std::min(a.H / std::max(1, 4 * pool_threads()), (1 << 16) / std::max<int64_t>(S, 1)));
-  parallel_for((a.H + per - 1) / per, [&](int64_t task, int) {
-    static thread_local std::vector<float> p;  // scores of one head, reused
-    if (p.size() < static_cast<size_t>(S)) p.resize(static_cast<size_t>(S));
-    for (int64_t h = task * per; h < std::min(a.H, (task + 1) * per); ++h) {
-      const float *qh = a.q + h * a.dk;
-      const float *kc = a.k_cache + (h / g) * a.dk;
-      for (int64_t s = 0; s < S; ++s) {
-        const float *ks = kc + s * k_stride;
-        float d = 0.f;
-#pragma omp simd reduction(+ : d)
-        for (int64_t i = 0; i < a.dk; ++i) d += qh[i] * ks[i];
-        p[s] = d * a.scale;
-      }
-      softmax(p.data(), S);
-      float *o = out + h * a.dv;
-      std::fill(o, o + a.dv, 0.f);
-      const float *vc = a.v_cache + (h / g) * a.dv;
-      for (int64_t s = 0; s < S; ++s) {
-        const float w = p[s], *vs = vc + s * v_stride;
-        for (int64_t i = 0; i < a.dv; ++i) o[i] += w * vs[i];
-      }
-    }
+  auto attend = attend_scalar;
+#ifdef NUMOE_X86
+  if (current_isa() >= Isa::avx2 && a.dk % 8 == 0 && a.dv % 8 == 0) attend = attend_avx2;
+#endif
+  // Tasks: a KV head and hp of its g query heads each (its K and V rows read once for
+  // them); a group is split only when there are fewer groups than twice the threads.
+  const int64_t chunks = std::min<int64_t>(g, (2 * pool_threads() + a.Hkv - 1) / a.Hkv);
+  const int64_t hp = (g + chunks - 1) / chunks, per_group = (g + hp - 1) / hp;
+  parallel_for(a.Hkv * per_group, [&](int64_t task, int) {
+    const int64_t j = task / per_group, h0 = (task % per_group) * hp, n = std::min(hp, g - h0);
+    static thread_local std::vector<float> p;  // scores of the task's heads, reused
+    if (p.size() < static_cast<size_t>(n * S)) p.resize(static_cast<size_t>(n * S));
+    attend(a.q + (j * g + h0) * a.dk, n, a.k_cache + j * a.dk, a.Hkv * a.dk, a.v_cache + j * a.dv,
+           a.Hkv * a.dv, S, a.dk, a.dv, a.scale, p.data(), out + (j * g + h0) * a.dv);
   });
 }
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from numoe import _cpu
+from numoe import _cpu, kernels
 from numoe.layers.moe import route, route_torch
 from numoe.layers.norms import rms_norm, rms_norm_torch
 from numoe.layers.rope import Rope
@@ -170,15 +170,19 @@ def test_route_bad_input():
         route(x, 4, n_group=4, topk_group=1)
 
 
+@pytest.mark.parametrize("isa", _cpu.isa_available())
 @pytest.mark.parametrize("qk_norm", [True, False])
 @pytest.mark.parametrize("neox", [True, False])
-@pytest.mark.parametrize("H,Hkv,pos", [(8, 2, 0), (8, 2, 37), (4, 4, 5), (6, 1, 300)])
-def test_gqa_decode_matches_torch(qk_norm, neox, H, Hkv, pos):
-    """One token's attention in C++: norms, rope, the cache store and softmax(q K^T) V against
-    the torch path (rms_norm_torch, Rope.apply_torch, causal_attention)."""
+@pytest.mark.parametrize(
+    "H,Hkv,Dh,pos", [(8, 2, 32, 0), (8, 2, 32, 37), (4, 4, 36, 5), (6, 1, 32, 300), (16, 2, 24, 9)]
+)
+def test_gqa_decode_matches_torch(isa, qk_norm, neox, H, Hkv, Dh, pos):
+    """One token's attention in C++ (each ISA's body; head groups split over the pool or
+    not): norms, rope, the cache store and softmax(q K^T) V against the torch path
+    (rms_norm_torch, Rope.apply_torch, causal_attention)."""
     from numoe.layers.attention import causal_attention
 
-    Dh, n_ctx = 32, 320
+    n_ctx = 320
     g = torch.Generator().manual_seed(H * 1000 + pos + qk_norm)
     q, k, v = (torch.randn(1, n * Dh, generator=g) for n in (H, Hkv, Hkv))
     kc, vc = torch.randn(n_ctx, Hkv, Dh, generator=g), torch.randn(n_ctx, Hkv, Dh, generator=g)
@@ -196,10 +200,11 @@ def test_gqa_decode_matches_torch(qk_norm, neox, H, Hkv, pos):
     want = causal_attention(qr, kc_ref[: pos + 1], vc_ref[: pos + 1], pos, scale)  # [1, H, Dh]
 
     norms = {"q_norm": qn.numpy(), "k_norm": kn.numpy()} if qk_norm else {}
-    out = _cpu.gqa_decode(
-        q.numpy(), k.numpy(), v.numpy(), kc.numpy(), vc.numpy(), pos, scale, eps=1e-6,
-        cos=cos[0].numpy(), sin=sin[0].numpy(), rope_dim=Dh, neox=neox, **norms,
-    )  # fmt: skip
+    with kernels.using_isa(isa):
+        out = _cpu.gqa_decode(
+            q.numpy(), k.numpy(), v.numpy(), kc.numpy(), vc.numpy(), pos, scale, eps=1e-6,
+            cos=cos[0].numpy(), sin=sin[0].numpy(), rope_dim=Dh, neox=neox, **norms,
+        )  # fmt: skip
     torch.testing.assert_close(torch.from_numpy(out).view(1, H, Dh), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kc, kc_ref, rtol=1e-6, atol=1e-6)  # stored at pos, rest kept
     assert torch.equal(vc, vc_ref)
