@@ -463,6 +463,23 @@ void bind_ops(nb::module_ &m) {
       "x float32 [..., n] (contiguous, or 2-D with rows apart) -> [rows, n]: "
       "x / sqrt(mean(x^2) + eps) * weight, per row.");
   m.def(
+      "add_rms_norm",
+      [](const Floats &x, const Floats &y, const Floats &w, float eps) {
+        if (w.ndim() != 1 || x.ndim() != 2 || x.shape(1) != w.shape(0) || y.ndim() != 2 ||
+            y.shape(0) != x.shape(0) || y.shape(1) != x.shape(1))
+          throw std::invalid_argument("add_rms_norm: x, y [rows, n] and weight [n] must agree");
+        const size_t rows = x.shape(0), n = x.shape(1);
+        float *s, *out;
+        auto sum = new_floats2(rows, n, &s);
+        auto arr = new_floats2(rows, n, &out);
+        numoe::ops::add_rms_norm(x.data(), y.data(), w.data(), eps, static_cast<int64_t>(rows),
+                                 static_cast<int64_t>(n), s, out);
+        return nb::make_tuple(sum, arr);
+      },
+      "x"_a.noconvert(), "y"_a.noconvert(), "weight"_a.noconvert(), "eps"_a,
+      "x, y float32 [rows, n] (contiguous) -> (x + y, rms_norm(x + y)): a residual add and the "
+      "next norm in one call.");
+  m.def(
       "rope",
       [inner_contiguous](const Strided &x, const Floats &cos, const Floats &sin, int64_t dim,
                          bool neox) {

@@ -92,6 +92,12 @@ void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64
   }
 }
 
+void add_rms_norm(const float *x, const float *y, const float *w, float eps, int64_t n_rows,
+                  int64_t n, float *sum, float *out) {
+  for (int64_t i = 0; i < n_rows * n; ++i) sum[i] = x[i] + y[i];
+  rms_norm(sum, n, w, eps, n_rows, n, out);
+}
+
 void rope(float *x, int64_t T, int64_t H, int64_t head_dim, int64_t dim, const float *cos,
           const float *sin, bool neox) {
   const int64_t half = dim / 2;

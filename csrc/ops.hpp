@@ -15,6 +15,11 @@ namespace numoe::ops {
 void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64_t n_rows,
               int64_t n, float *out);
 
+// sum = x + y and out = rms_norm(sum) for rows of n floats, all contiguous [n_rows, n]: a
+// residual add and the next norm in one pass (the adds round as torch's x + y).
+void add_rms_norm(const float *x, const float *y, const float *w, float eps, int64_t n_rows,
+                  int64_t n, float *sum, float *out);
+
 // Rotary embedding of x [T, H, head_dim] (contiguous) in place on the first `dim` elements of
 // each head: pairs (a, b) -> (a*c - b*s, a*s + b*c) with c, s = cos, sin [T, dim/2]. Pairs are
 // (i, i + dim/2) when neox, else (2i, 2i + 1). Each product rounded, as torch does.

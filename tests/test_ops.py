@@ -9,7 +9,7 @@ import torch
 
 from numoe import _cpu, kernels
 from numoe.layers.moe import route, route_torch
-from numoe.layers.norms import rms_norm, rms_norm_torch
+from numoe.layers.norms import add_rms_norm, rms_norm, rms_norm_torch
 from numoe.layers.rope import Rope
 
 
@@ -21,6 +21,24 @@ def test_rms_norm_matches_torch(shape):
     y = rms_norm(x, w, 1e-6)
     assert y.shape == x.shape
     torch.testing.assert_close(y, rms_norm_torch(x, w, 1e-6), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_add_rms_norm(rows):
+    """The fused residual add + norm: the sum exactly torch's x + y, the norm exactly the C++
+    rms_norm of that sum (and within float rounding of torch's); bad shapes raise."""
+    g = torch.Generator().manual_seed(rows)
+    x, y = torch.randn(rows, 256, generator=g) * 3, torch.randn(rows, 256, generator=g)
+    w = torch.randn(256, generator=g)
+    s, n = add_rms_norm(x, y, w, 1e-6)
+    assert torch.equal(s, x + y)
+    assert torch.equal(n, rms_norm(x + y, w, 1e-6))
+    torch.testing.assert_close(n, rms_norm_torch(x + y, w, 1e-6), rtol=2e-6, atol=1e-6)
+    s2, n2 = add_rms_norm(x[:, :128].contiguous(), y[:, ::2], w[:128], 1e-6)  # strided y: torch
+    assert torch.equal(s2, x[:, :128] + y[:, ::2])
+    torch.testing.assert_close(n2, rms_norm_torch(s2, w[:128], 1e-6), rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="must agree"):
+        _cpu.add_rms_norm(x.numpy(), y[:, :128].contiguous().numpy(), w.numpy(), 1e-6)
 
 
 def test_rms_norm_hand_case():

@@ -26,6 +26,16 @@ class KVCache(_Cache):
         self.n_ctx = n_ctx
         self.k = torch.zeros(n_layer, n_ctx, n_head_kv, d_k, device=device, dtype=dtype)
         self.v = torch.zeros(n_layer, n_ctx, n_head_kv, d_v, device=device, dtype=dtype)
+        self._numpy: list | None = None
+
+    def numpy_layer(self, layer: int):
+        """(k, v) of `layer` as writable numpy views [n_ctx, H_kv, D] when the cache is float32
+        on the CPU (the C++ decode op stores into them), else None. Made once per cache:
+        building views between weight streams costs more than the attention itself."""
+        if self._numpy is None:
+            cpu = self.k.device.type == "cpu" and self.k.dtype == torch.float32
+            self._numpy = [(k.numpy(), v.numpy()) for k, v in zip(self.k, self.v)] if cpu else []
+        return self._numpy[layer] if self._numpy else None
 
     def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
         """Store k [T, H_kv, D_k], v [T, H_kv, D_v] at pos; return views of 0..pos+T."""

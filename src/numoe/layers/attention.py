@@ -61,6 +61,20 @@ class GQAAttention:
             self.q_norm = load_weight(g, f"{p}_q_norm.weight", (Dh,), device)
             self.k_norm = load_weight(g, f"{p}_k_norm.weight", (Dh,), device)
         self.rope = rope
+        # One token's attention can take the C++ op (numoe._cpu.gqa_decode) when q/k/v come
+        # from CPU ops (float32, contiguous) and the rope spans the head; decided once, with
+        # the norms as numpy (per-step checks cost more than the op between weight streams).
+        self._cpu_norms = None
+        if (
+            all(lin.op is not None for lin in (self.q, self.k, self.v))
+            and rope.dim == Dh
+            and cpu_f32(self.q_norm, self.k_norm)
+        ):
+            self._cpu_norms = (
+                (self.q_norm.contiguous().numpy(), self.k_norm.contiguous().numpy())
+                if cfg.qk_norm
+                else (None, None)
+            )
 
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""
@@ -71,9 +85,10 @@ class GQAAttention:
         q, k, v = linear_many([self.q, self.k, self.v], x)
         if T == 1:
             self.o.warm()  # read by idle workers while the norms, rope and attention run
-        if T == 1 and self._cpu_decode(q, cache, cos, sin):
-            out = self._decode(q, k, v, cache, pos, cos, sin)  # [1, H*Dh]
-            return self.o(out)
+        if T == 1 and self._cpu_norms is not None and hasattr(cache, "numpy_layer"):
+            kv = cache.numpy_layer(self.blk)
+            if kv is not None:
+                return self.o(self._decode(q, k, v, kv, cache, pos, cos, sin))  # [1, H*Dh]
         q = q.view(T, self.H, self.Dh)  # [T, H, Dh]
         k = k.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
         v = v.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
@@ -86,37 +101,14 @@ class GQAAttention:
         out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
         return self.o(out.reshape(T, self.H * self.Dh))
 
-    def _cpu_decode(self, q: torch.Tensor, cache, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-        """Whether one token's attention can take the C++ op (float32 CPU tensors, a full-
-        width rope)."""
-        return (
-            cpu_f32(q, cos, sin, cache.k, cache.v, self.q_norm, self.k_norm)
-            and self.rope.dim == self.Dh
-            and cos.is_contiguous()
-            and sin.is_contiguous()
-        )
-
-    def _decode(self, q, k, v, cache, pos, cos, sin) -> torch.Tensor:
-        """q [1, H*Dh], k, v [1, Hkv*Dh] (fresh: normed and rotated in place) -> [1, H*Dh]:
-        norms, rope, the cache store and the attention in one C++ call (numoe._cpu.gqa_decode;
-        the torch path above is its reference)."""
+    def _decode(self, q, k, v, kv, cache, pos, cos, sin) -> torch.Tensor:
+        """q [1, H*Dh], k, v [1, Hkv*Dh] (fresh CPU float32: normed and rotated in place),
+        kv the cache layer's numpy views -> [1, H*Dh]: norms, rope, the cache store and the
+        attention in one C++ call (numoe._cpu.gqa_decode; the torch path above is its
+        reference). Arguments by position: keyword parsing is slow between weight streams."""
         cache.check(pos, 1)
-        norms = {}
-        if self.q_norm is not None:
-            norms = {"q_norm": self.q_norm.numpy(), "k_norm": self.k_norm.numpy()}
         out = _cpu.gqa_decode(
-            q.detach().numpy(),
-            k.detach().numpy(),
-            v.detach().contiguous().numpy(),
-            cache.k[self.blk].numpy(),
-            cache.v[self.blk].numpy(),
-            pos,
-            self.Dh**-0.5,
-            eps=self.eps,
-            cos=cos[0].numpy(),
-            sin=sin[0].numpy(),
-            rope_dim=self.rope.dim,
-            neox=self.rope.neox,
-            **norms,
-        )
+            q.numpy(), k.numpy(), v.numpy(), kv[0], kv[1], pos, self.Dh**-0.5, *self._cpu_norms,
+            self.eps, cos[0].numpy(), sin[0].numpy(), self.rope.dim, self.rope.neox,
+        )  # fmt: skip
         return torch.from_numpy(out)

@@ -7,12 +7,15 @@ import torch
 
 from ..gguf import GGUFFile
 from ..layers.linear import Embedding, Linear, load_weight
-from ..layers.norms import rms_norm
+from ..layers.norms import add_rms_norm, rms_norm
 from ..placement import Placement
 
 
 class Block:
-    """Pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x))."""
+    """Pre-norm residual block: x += attn(norm(x)); x += ffn(norm(x)).
+
+    The FFN branch is returned unadded, (x, f) for the output x + f, so that the next block
+    (or the final norm) adds it together with its norm (`add_rms_norm`: one op, not two)."""
 
     def __init__(self, g: GGUFFile, blk: int, cfg, device, attn, ffn):
         D = cfg.n_embd
@@ -20,16 +23,23 @@ class Block:
         self.ffn_norm = load_weight(g, f"blk.{blk}.ffn_norm.weight", (D,), device)
         self.attn, self.ffn, self.eps = attn, ffn, cfg.rms_eps
 
-    def __call__(self, x, cache, pos, cos, sin):  # [T, D] -> [T, D]
+    def __call__(self, x, cache, pos, cos, sin, y=None):
+        """x [T, D] plus y [T, D] (the previous block's FFN branch, or None) -> (x, f): the
+        residual stream after attention and this block's FFN branch, [T, D] each."""
         # Decode: each op's weights start streaming into the caches (idle pool workers)
         # before the Python work in front of it; the op then reads them from cache.
         decode = x.shape[0] == 1
         if decode:
             self.attn.warm()
-        x = x + self.attn(rms_norm(x, self.attn_norm, self.eps), cache, pos, cos, sin)
+        if y is None:
+            h = rms_norm(x, self.attn_norm, self.eps)
+        else:
+            x, h = add_rms_norm(x, y, self.attn_norm, self.eps)
+        a = self.attn(h, cache, pos, cos, sin)
         if decode:
             self.ffn.warm()
-        return x + self.ffn(rms_norm(x, self.ffn_norm, self.eps))
+        x, h = add_rms_norm(x, a, self.ffn_norm, self.eps)
+        return x, self.ffn(h)
 
 
 class DecoderModel:
@@ -61,15 +71,19 @@ class DecoderModel:
         tokens = tokens.to(dev)
         x = self.tok_embd(tokens)  # [T, D]
         cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
+        y = None  # the last block's FFN branch, added with the final norm
         for blk in self.blocks:
-            x = blk(x, cache, pos, cos, sin)
+            x, y = blk(x, cache, pos, cos, sin, y)
         if n_logits is not None:
             if n_logits == 0:
                 return None
-            x = x[-n_logits:]  # [n_logits, D]
+            x, y = x[-n_logits:], y[-n_logits:]  # [n_logits, D]
         if x.shape[0] == 1:
             self.output.warm()
-        x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
+        if y is None:  # no blocks
+            x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
+        else:
+            _, x = add_rms_norm(x.contiguous(), y.contiguous(), self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 
 
