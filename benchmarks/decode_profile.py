@@ -9,8 +9,10 @@ process (medians and ratios: this machine's bandwidth drifts between runs).
 --compare toggles (monkeypatched here, for the measurement only):
   all        numoe as it ships
   no-warm    Linear.warm does nothing: no weights read by idle workers between ops
-  torch-ops  RMS norm, rotary embedding, routing and one token's GQA attention by torch; q/k/v
-             etc. as separate calls
+  torch-attn one token's attention (GQA or MLA: norms, ropes, cache store, softmax(qK)V) by
+             torch instead of numoe._cpu.gqa_decode / mla_decode
+  torch-ops  torch-attn, and RMS norm (also after the residual add), rotary embedding and
+             routing by torch; q/k/v etc. as separate calls
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import time
 from collections import defaultdict
 
+from numoe import cache
 from numoe.bench import Test, run_test
 from numoe.gguf import open_gguf
 from numoe.layers import attention, ffn, linear, mla, moe, norms, rope
@@ -89,16 +92,21 @@ def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
     return total / n, {k: [v[0] / n, v[1] / n, v[2]] for k, v in acc.items()}
 
 
+def torch_add_rms_norm(x, y, w, eps):
+    s = x + y
+    return s, norms.rms_norm_torch(s, w, eps)
+
+
 def set_features(mode: str, saved: dict) -> None:
-    """'all', 'no-warm' or 'torch-ops' (see the module docstring)."""
+    """'all', 'no-warm', 'torch-attn' or 'torch-ops' (see the module docstring)."""
     linear.Linear.warm = saved["warm"] if mode != "no-warm" else (lambda self, *a: None)
     torch_ops = mode == "torch-ops"
+    torch_attn = torch_ops or mode == "torch-attn"
+    cache._Cache.numpy_layer = (lambda self, layer: None) if torch_attn else saved["numpy_layer"]
+    base.add_rms_norm = torch_add_rms_norm if torch_ops else saved["add_rms_norm"]
     for m in NORM_USERS:
         m.rms_norm = norms.rms_norm_torch if torch_ops else saved["rms_norm"]
     rope.Rope.apply = rope.Rope.apply_torch if torch_ops else saved["rope"]
-    attention.GQAAttention._cpu_decode = (
-        (lambda self, *a: False) if torch_ops else saved["gqa_decode"]
-    )
     moe.route = moe.route_torch if torch_ops else saved["route"]
     for m in LINEAR_USERS:
         m.linear_many = (
@@ -141,11 +149,12 @@ def main() -> None:
             "warm": linear.Linear.warm,
             "rms_norm": norms.rms_norm,
             "rope": rope.Rope.apply,
-            "gqa_decode": attention.GQAAttention._cpu_decode,
+            "numpy_layer": cache._Cache.numpy_layer,
+            "add_rms_norm": base.add_rms_norm,
             "route": moe.route,
             "linear_many": linear.linear_many,
         }
-        modes = ["all", "no-warm", "torch-ops"]
+        modes = ["all", "no-warm", "torch-attn", "torch-ops"]
         res = {m: [] for m in modes}
         test = Test(0, args.n_gen)
         for _ in range(args.reps):

@@ -586,6 +586,62 @@ void bind_ops(nb::module_ &m) {
       "One token's grouped-query attention (ops::gqa_decode): q [H*dk], k [Hkv*dk] normed and "
       "rotated in place, k and v stored at row pos of the caches [n_ctx, Hkv, d], -> out "
       "[1, H*dv].");
+  m.def(
+      "mla_decode",
+      [](const Floats &q_lat, MutFloats &q, int64_t d_nope, MutFloats &kv, const Floats &kv_norm,
+         float eps, MutFloats &latent_cache, MutFloats &k_rope_cache, int64_t pos, float scale,
+         const Floats &cos, const Floats &sin, bool neox) {
+        auto bad = [](const std::string &what) {
+          return std::invalid_argument("mla_decode: " + what);
+        };
+        if (latent_cache.ndim() != 2 || k_rope_cache.ndim() != 2 ||
+            latent_cache.shape(0) != k_rope_cache.shape(0))
+          throw bad("caches must be [n_ctx, R] and [n_ctx, dr]");
+        const int64_t n_ctx = latent_cache.shape(0), R = latent_cache.shape(1);
+        const int64_t dr = k_rope_cache.shape(1);
+        if (R <= 0 || dr <= 0 || dr % 2 != 0) throw bad("R must be positive and dr even");
+        const int64_t H = static_cast<int64_t>(q_lat.size()) / R;
+        if (H <= 0 || H * R != static_cast<int64_t>(q_lat.size()))
+          throw bad("q_lat must hold H * R values");
+        if (d_nope < 0 || static_cast<int64_t>(q.size()) != H * (d_nope + dr))
+          throw bad("q must hold H * (d_nope + dr) values");
+        if (static_cast<int64_t>(kv.size()) != R + dr) throw bad("kv must hold R + dr values");
+        if (static_cast<int64_t>(kv_norm.size()) != R) throw bad("kv_norm must be [R]");
+        if (static_cast<int64_t>(cos.size()) != dr / 2 ||
+            static_cast<int64_t>(sin.size()) != dr / 2)
+          throw bad("cos and sin must hold dr / 2 values");
+        if (pos < 0 || pos >= n_ctx) throw bad("position outside the cache");
+        numoe::ops::MlaDecode a{q_lat.data(),
+                                q.data() + d_nope,
+                                d_nope + dr,
+                                kv.data(),
+                                kv_norm.data(),
+                                eps,
+                                latent_cache.data(),
+                                k_rope_cache.data(),
+                                H,
+                                R,
+                                dr,
+                                pos,
+                                scale,
+                                cos.data(),
+                                sin.data(),
+                                neox};
+        float *y;
+        auto arr = new_floats2(1, static_cast<size_t>(H * R), &y);
+        {
+          nb::gil_scoped_release release;
+          numoe::ops::mla_decode(a, y);
+        }
+        return arr;
+      },
+      "q_lat"_a.noconvert(), "q"_a.noconvert(), "d_nope"_a, "kv"_a.noconvert(),
+      "kv_norm"_a.noconvert(), "eps"_a, "latent_cache"_a.noconvert(), "k_rope_cache"_a.noconvert(),
+      "pos"_a, "scale"_a, "cos"_a.noconvert(), "sin"_a.noconvert(), "neox"_a,
+      "One token's multi-head latent attention (ops::mla_decode): q_lat [H*R] (absorbed "
+      "query), q [H*(d_nope+dr)] whose rope parts are rotated in place, kv [R+dr] normed and "
+      "rotated in place and stored at row pos of the caches [n_ctx, R], [n_ctx, dr] -> out "
+      "[1, H*R].");
 }
 
 // ---- node memory (csrc/numa_mem.*) ----

@@ -22,63 +22,111 @@ void softmax(float *v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] /= sum;
 }
 
-// One KV head's share of a decode step: the g query heads q [g, dk] that read it, their
-// scores p [g, S] over the S cached positions and outputs out [g, dv]. Each cached k / v row
-// is read once for all g heads. The scalar reference body:
-void attend_scalar(const float *q, int64_t g, const float *kc, int64_t k_stride, const float *vc,
-                   int64_t v_stride, int64_t S, int64_t dk, int64_t dv, float scale, float *p,
-                   float *out) {
-  for (int64_t s = 0; s < S; ++s)
-    for (int64_t h = 0; h < g; ++h) {
-      const float *qh = q + h * dk, *ks = kc + s * k_stride;
-      float d = 0.f;
-      for (int64_t i = 0; i < dk; ++i) d += qh[i] * ks[i];
-      p[h * S + s] = d * scale;
-    }
-  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
-  std::fill(out, out + g * dv, 0.f);
-  for (int64_t s = 0; s < S; ++s)
-    for (int64_t h = 0; h < g; ++h) {
-      const float w = p[h * S + s], *vs = vc + s * v_stride;
-      float *o = out + h * dv;
-      for (int64_t i = 0; i < dv; ++i) o[i] += w * vs[i];
-    }
+// Vector kernels of the attention ops: dot(a, b, n) and y += w * x over n floats. The
+// scalar bodies are the references; the AVX2 ones (8-wide FMAs) sum in another order, so the
+// two agree to float rounding.
+using dot_fn = float (*)(const float *a, const float *b, int64_t n);
+using axpy_fn = void (*)(float w, const float *x, float *y, int64_t n);
+
+float dot_scalar(const float *a, const float *b, int64_t n) {
+  float d = 0.f;
+  for (int64_t i = 0; i < n; ++i) d += a[i] * b[i];
+  return d;
+}
+
+void axpy_scalar(float w, const float *x, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
 #ifdef NUMOE_X86
-// The same with 8-wide FMAs (dk, dv multiples of 8; summation order differs from the scalar
-// body, so results agree to float rounding).
-NUMOE_TARGET_AVX2 void attend_avx2(const float *q, int64_t g, const float *kc, int64_t k_stride,
-                                   const float *vc, int64_t v_stride, int64_t S, int64_t dk,
-                                   int64_t dv, float scale, float *p, float *out) {
-  for (int64_t s = 0; s < S; ++s) {
-    const float *ks = kc + s * k_stride;
-    for (int64_t h = 0; h < g; ++h) {
-      const float *qh = q + h * dk;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int64_t i = 0;
-      for (; i + 16 <= dk; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i + 8), _mm256_loadu_ps(ks + i + 8), a1);
-      }
-      if (i < dk) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), a0);
-      p[h * S + s] = quant::simd::hsum(_mm256_add_ps(a0, a1)) * scale;
-    }
+NUMOE_TARGET_AVX2 float dot_avx2(const float *a, const float *b, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
   }
-  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
-  std::fill(out, out + g * dv, 0.f);
-  for (int64_t s = 0; s < S; ++s) {
-    const float *vs = vc + s * v_stride;
-    for (int64_t h = 0; h < g; ++h) {
-      const __m256 w = _mm256_set1_ps(p[h * S + s]);
-      float *o = out + h * dv;
-      for (int64_t i = 0; i < dv; i += 8)
-        _mm256_storeu_ps(o + i,
-                         _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + i), _mm256_loadu_ps(o + i)));
-    }
+  if (i + 8 <= n) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    i += 8;
   }
+  float d = quant::simd::hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) d += a[i] * b[i];
+  return d;
+}
+
+NUMOE_TARGET_AVX2 void axpy_avx2(float w, const float *x, float *y, int64_t n) {
+  const __m256 vw = _mm256_set1_ps(w);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += w * x[i];
 }
 #endif
+
+struct VecKernels {
+  dot_fn dot;
+  axpy_fn axpy;
+};
+
+VecKernels vec_kernels() {
+#ifdef NUMOE_X86
+  if (current_isa() >= Isa::avx2) return {dot_avx2, axpy_avx2};
+#endif
+  return {dot_scalar, axpy_scalar};
+}
+
+// One decode step's attention for g query heads over S cached positions that they all read
+// (each cached row read once for the g heads): score(h, s) = scale * (q[h] . k[s] + qr[h] .
+// kr[s]) (the second part only when kr is set: MLA's shared rope key), p = softmax over s,
+// out[h] [dv] = sum_s p(h, s) v[s]. Rows: q[h] at q + h * q_stride, qr[h] at qr + h *
+// qr_stride, k[s] at k + s * k_stride, kr[s] at kr + s * kr_stride, v[s] at v + s * v_stride;
+// p [g, S] scratch; out [g, dv].
+struct Attend {
+  const float *q, *qr;
+  int64_t q_stride, qr_stride;
+  const float *k, *kr, *v;
+  int64_t k_stride, kr_stride, v_stride, dk, dr, dv, S;
+  float scale;
+};
+
+void attend(const Attend &a, int64_t g, float *p, float *out, VecKernels vk) {
+  const int64_t S = a.S;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) {
+      float d = vk.dot(a.q + h * a.q_stride, a.k + s * a.k_stride, a.dk);
+      if (a.kr != nullptr) d += vk.dot(a.qr + h * a.qr_stride, a.kr + s * a.kr_stride, a.dr);
+      p[h * S + s] = d * a.scale;
+    }
+  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
+  std::fill(out, out + g * a.dv, 0.f);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h)
+      vk.axpy(p[h * S + s], a.v + s * a.v_stride, out + h * a.dv, a.dv);
+}
+
+// n_groups groups of `group` query heads on the pool (out [n_groups * group, dv]): group j
+// reads its keys and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA:
+// one group, offsets 0). Tasks are whole groups; a group is split only when there are
+// fewer groups than twice the threads.
+void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_off, int64_t v_off,
+                  float *out) {
+  const int64_t chunks = std::min<int64_t>(group, (2 * pool_threads() + n_groups - 1) / n_groups);
+  const int64_t hp = (group + chunks - 1) / chunks, per_group = (group + hp - 1) / hp;
+  const VecKernels vk = vec_kernels();
+  parallel_for(n_groups * per_group, [&](int64_t task, int) {
+    const int64_t j = task / per_group, h0 = (task % per_group) * hp;
+    const int64_t n = std::min(hp, group - h0), h = j * group + h0;
+    static thread_local std::vector<float> p;  // scores of the task's heads, reused
+    if (p.size() < static_cast<size_t>(n * a.S)) p.resize(static_cast<size_t>(n * a.S));
+    Attend t = a;
+    t.q += h * a.q_stride;
+    if (t.qr != nullptr) t.qr += h * a.qr_stride;
+    t.k += j * k_off;
+    t.v += j * v_off;
+    attend(t, n, p.data(), out + h * a.dv, vk);
+  });
+}
 
 }  // namespace
 
@@ -193,22 +241,43 @@ void gqa_decode(const GqaDecode &a, float *out) {
   }
   std::copy(a.k, a.k + a.Hkv * a.dk, a.k_cache + a.pos * a.Hkv * a.dk);
   std::copy(a.v, a.v + a.Hkv * a.dv, a.v_cache + a.pos * a.Hkv * a.dv);
-  const int64_t S = a.pos + 1, g = a.H / a.Hkv;
-  auto attend = attend_scalar;
-#ifdef NUMOE_X86
-  if (current_isa() >= Isa::avx2 && a.dk % 8 == 0 && a.dv % 8 == 0) attend = attend_avx2;
-#endif
-  // Tasks: a KV head and hp of its g query heads each (its K and V rows read once for
-  // them); a group is split only when there are fewer groups than twice the threads.
-  const int64_t chunks = std::min<int64_t>(g, (2 * pool_threads() + a.Hkv - 1) / a.Hkv);
-  const int64_t hp = (g + chunks - 1) / chunks, per_group = (g + hp - 1) / hp;
-  parallel_for(a.Hkv * per_group, [&](int64_t task, int) {
-    const int64_t j = task / per_group, h0 = (task % per_group) * hp, n = std::min(hp, g - h0);
-    static thread_local std::vector<float> p;  // scores of the task's heads, reused
-    if (p.size() < static_cast<size_t>(n * S)) p.resize(static_cast<size_t>(n * S));
-    attend(a.q + (j * g + h0) * a.dk, n, a.k_cache + j * a.dk, a.Hkv * a.dk, a.v_cache + j * a.dv,
-           a.Hkv * a.dv, S, a.dk, a.dv, a.scale, p.data(), out + (j * g + h0) * a.dv);
-  });
+  // KV head j serves query heads j*g .. j*g+g-1; its cached rows at k_cache + j * dk.
+  Attend t{};
+  t.q = a.q;
+  t.q_stride = a.dk;
+  t.k = a.k_cache;
+  t.v = a.v_cache;
+  t.k_stride = a.Hkv * a.dk;
+  t.v_stride = a.Hkv * a.dv;
+  t.dk = a.dk;
+  t.dv = a.dv;
+  t.S = a.pos + 1;
+  t.scale = a.scale;
+  attend_heads(t, a.Hkv, a.H / a.Hkv, a.dk, a.dv, out);
+}
+
+void mla_decode(const MlaDecode &a, float *out) {
+  float *lat = a.kv, *kr = a.kv + a.R;
+  rms_norm(lat, a.R, a.kv_norm, a.eps, 1, a.R, lat);
+  rope(kr, 1, 1, a.dr, a.dr, a.cos, a.sin, a.neox);
+  rope(a.q_rope, 1, a.H, a.q_rope_stride, a.dr, a.cos, a.sin, a.neox);
+  std::copy(lat, lat + a.R, a.latent_cache + a.pos * a.R);
+  std::copy(kr, kr + a.dr, a.k_rope_cache + a.pos * a.dr);
+  // Multi-query: every head reads the same latent rows (keys and values) and rope keys.
+  Attend t{};
+  t.q = a.q_lat;
+  t.qr = a.q_rope;
+  t.q_stride = a.R;
+  t.qr_stride = a.q_rope_stride;
+  t.k = t.v = a.latent_cache;
+  t.kr = a.k_rope_cache;
+  t.k_stride = t.v_stride = a.R;
+  t.kr_stride = a.dr;
+  t.dk = t.dv = a.R;
+  t.dr = a.dr;
+  t.S = a.pos + 1;
+  t.scale = a.scale;
+  attend_heads(t, 1, a.H, 0, 0, out);
 }
 
 }  // namespace numoe::ops

@@ -55,4 +55,26 @@ struct GqaDecode {
 };
 void gqa_decode(const GqaDecode &a, float *out);
 
+// One decode step of multi-head latent attention in the absorbed form (numoe/layers/mla.py):
+// kv [R + dr] is the token's kv_a projection: its latent [R] gets the RMS norm kv_norm [R]
+// and its rope key [dr] the rotary embedding (cos, sin [dr / 2]), both in place, and both are
+// stored at row pos of latent_cache [n_ctx, R] and k_rope_cache [n_ctx, dr]; q_rope (head h's
+// dr values at q_rope + h * q_rope_stride) is rotated in place; then out [H, R] = softmax(
+// scale * (q_lat[h] . latent[s] + q_rope[h] . k_rope[s])) . latent[0..pos] per head, with
+// q_lat [H, R] the query absorbed through k_b. Heads run on the pool.
+struct MlaDecode {
+  const float *q_lat;
+  float *q_rope;
+  int64_t q_rope_stride;
+  float *kv;
+  const float *kv_norm;
+  float eps;
+  float *latent_cache, *k_rope_cache;
+  int64_t H, R, dr, pos;
+  float scale;
+  const float *cos, *sin;
+  bool neox;
+};
+void mla_decode(const MlaDecode &a, float *out);
+
 }  // namespace numoe::ops

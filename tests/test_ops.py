@@ -244,3 +244,67 @@ def test_gqa_decode_checks():
         _cpu.gqa_decode(q, kv.copy(), kv, kc, vc, 0, 1.0, q_norm=z(4, np.float32))
     with pytest.raises(ValueError, match="caches"):
         _cpu.gqa_decode(q, kv.copy(), kv, kc, z((4, 1, 8), np.float32), 0, 1.0)
+
+
+@pytest.mark.parametrize("isa", _cpu.isa_available())
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize(
+    "H,R,dn,dr,pos", [(4, 32, 16, 8, 0), (16, 64, 24, 16, 41), (3, 20, 8, 6, 7)]
+)
+def test_mla_decode_matches_torch(isa, neox, H, R, dn, dr, pos):
+    """One token's latent attention in C++ (each ISA's body): the latent's norm, both ropes,
+    the cache store and the attention against the torch path of MLAttention (rms_norm_torch,
+    Rope.apply_torch, latent_attention)."""
+    from numoe.layers.mla import latent_attention
+
+    n_ctx = 64
+    g = torch.Generator().manual_seed(H * 100 + pos)
+    q_lat = torch.randn(1, H, R, generator=g)
+    q = torch.randn(1, H * (dn + dr), generator=g)
+    kv = torch.randn(1, R + dr, generator=g)
+    norm = torch.rand(R, generator=g) + 0.5
+    lat_c, kr_c = torch.randn(n_ctx, R, generator=g), torch.randn(n_ctx, dr, generator=g)
+    rope = Rope.plain(dr, 10000.0, neox)
+    cos, sin = rope.cos_sin(pos, 1, torch.device("cpu"))
+    scale = 0.3
+
+    latent = rms_norm_torch(kv[:, :R], norm, 1e-6)  # [1, R]
+    k_rope = rope.apply_torch(kv[:, None, R:], cos, sin)[:, 0]  # [1, dr]
+    q_rope = rope.apply_torch(q.view(1, H, dn + dr)[..., dn:], cos, sin)  # [1, H, dr]
+    lat_ref, kr_ref = lat_c.clone(), kr_c.clone()
+    lat_ref[pos], kr_ref[pos] = latent[0], k_rope[0]
+    want = latent_attention(q_lat, q_rope, lat_ref[: pos + 1], kr_ref[: pos + 1], pos, scale)
+
+    with kernels.using_isa(isa):
+        out = _cpu.mla_decode(
+            q_lat.numpy(), q.numpy(), dn, kv.numpy(), norm.numpy(), 1e-6, lat_c.numpy(),
+            kr_c.numpy(), pos, scale, cos[0].numpy(), sin[0].numpy(), neox,
+        )  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(out).view(1, H, R), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lat_c, lat_ref, rtol=1e-6, atol=1e-6)  # stored at pos only
+    torch.testing.assert_close(kr_c, kr_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q.view(1, H, dn + dr)[..., dn:], q_rope)  # rotated in place
+
+
+def test_mla_decode_checks():
+    z = np.zeros
+    H, R, dn, dr = 2, 8, 4, 4
+    lat, kr = z((4, R), np.float32), z((4, dr), np.float32)
+    q_lat, q, kv, nrm, cs = z(H * R, np.float32), z(H * (dn + dr), np.float32), z(R + dr, np.float32), z(R, np.float32), z(dr // 2, np.float32)  # fmt: skip
+    ok = (q_lat, q, dn, kv, nrm, 1e-6, lat, kr, 0, 1.0, cs, cs, True)
+    assert _cpu.mla_decode(*ok).shape == (1, H * R)
+
+    def call(i, v, match):
+        args = list(ok)
+        args[i] = v
+        with pytest.raises(ValueError, match=match):
+            _cpu.mla_decode(*args)
+
+    call(8, 4, "position")
+    call(0, z(H * R + 1, np.float32), "q_lat")
+    call(2, dn + 1, "q must hold")
+    call(3, z(R, np.float32), "kv must hold")
+    call(4, z(R - 1, np.float32), "kv_norm")
+    call(10, z(dr, np.float32), "cos and sin")
+    call(7, z((5, dr), np.float32), "caches")
+    call(6, z((4, 3), np.float32), "q_lat")  # R from the cache: 16 values are not H * 3

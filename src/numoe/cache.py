@@ -11,12 +11,26 @@ class ContextFull(RuntimeError):
 
 class _Cache:
     n_ctx: int
+    _numpy: list | None = None
 
     def check(self, pos: int, n: int) -> None:
         if pos + n > self.n_ctx:
             raise ContextFull(
                 f"context full: {pos + n} tokens needed, {self.n_ctx} allocated (raise -c)"
             )
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def numpy_layer(self, layer: int):
+        """The cache's two tensors of `layer` as writable numpy views when they are float32
+        on the CPU (the C++ decode ops store into them), else None. Made once per cache:
+        building views between weight streams costs more than the attention itself."""
+        if self._numpy is None:
+            a, b = self._tensors()
+            cpu = a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
+            self._numpy = [(x.numpy(), y.numpy()) for x, y in zip(a, b)] if cpu else []
+        return self._numpy[layer] if self._numpy else None
 
 
 class KVCache(_Cache):
@@ -26,16 +40,9 @@ class KVCache(_Cache):
         self.n_ctx = n_ctx
         self.k = torch.zeros(n_layer, n_ctx, n_head_kv, d_k, device=device, dtype=dtype)
         self.v = torch.zeros(n_layer, n_ctx, n_head_kv, d_v, device=device, dtype=dtype)
-        self._numpy: list | None = None
 
-    def numpy_layer(self, layer: int):
-        """(k, v) of `layer` as writable numpy views [n_ctx, H_kv, D] when the cache is float32
-        on the CPU (the C++ decode op stores into them), else None. Made once per cache:
-        building views between weight streams costs more than the attention itself."""
-        if self._numpy is None:
-            cpu = self.k.device.type == "cpu" and self.k.dtype == torch.float32
-            self._numpy = [(k.numpy(), v.numpy()) for k, v in zip(self.k, self.v)] if cpu else []
-        return self._numpy[layer] if self._numpy else None
+    def _tensors(self):
+        return self.k, self.v
 
     def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
         """Store k [T, H_kv, D_k], v [T, H_kv, D_v] at pos; return views of 0..pos+T."""
@@ -54,6 +61,9 @@ class MLACache(_Cache):
         self.n_ctx = n_ctx
         self.latent = torch.zeros(n_layer, n_ctx, kv_lora_rank, device=device, dtype=dtype)
         self.k_rope = torch.zeros(n_layer, n_ctx, d_rope, device=device, dtype=dtype)
+
+    def _tensors(self):
+        return self.latent, self.k_rope
 
     def update(self, layer: int, pos: int, latent: torch.Tensor, k_rope: torch.Tensor):
         """Store latent [T, R], k_rope [T, D_rope] at pos; return views of 0..pos+T."""

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import _cpu
 from ..gguf import GGUFFile
-from .linear import Linear, linear_many, load_weight
+from .linear import Linear, cpu_f32, linear_many, load_weight
 from .norms import rms_norm
 
 
@@ -102,6 +103,13 @@ class MLAttention:
             self.k_b = HeadLinear(kv_b[:, :dn].transpose(1, 2).contiguous())  # [H, R, dn]
             self.v_b = HeadLinear(kv_b[:, dn:].contiguous())  # [H, dv, R]
         self.o = Linear.load(g, f"{p}_output", D, H * dv, device)
+        # One token's norm, ropes, cache store and attention can take the C++ op (numoe._cpu.
+        # mla_decode) when q and kv come from CPU ops (float32, contiguous) and the rope spans
+        # d_rope; decided once (per-step checks cost more than the op between weight streams).
+        first = [self.q_b if Q else self.q, self.kv_a]
+        self._cpu_norm = None
+        if all(lin.op is not None for lin in first) and rope.dim == dr and cpu_f32(self.kv_a_norm):
+            self._cpu_norm = self.kv_a_norm.contiguous().numpy()
 
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""
@@ -117,6 +125,10 @@ class MLAttention:
         if self.q is None:
             q = self.q_b(rms_norm(q, self.q_a_norm, self.eps))
             warm(self.k_b)
+        if T == 1 and self._cpu_norm is not None and hasattr(cache, "numpy_layer"):
+            lat_kr = cache.numpy_layer(self.blk)
+            if lat_kr is not None:
+                return self._decode(q, kv, lat_kr, cache, pos, cos, sin)
         q = q.view(T, H, self.dn + self.dr)  # [T, H, dn + dr]
         q_nope, q_rope = q[..., : self.dn], q[..., self.dn :]
         latent = rms_norm(kv[:, : self.R], self.kv_a_norm, self.eps)  # [T, R]
@@ -129,3 +141,19 @@ class MLAttention:
         out = self.v_b(o_lat)  # [T, H, dv]
         warm(self.o)
         return self.o(out.reshape(T, H * self.dv))
+
+    def _decode(self, q, kv, lat_kr, cache, pos, cos, sin) -> torch.Tensor:
+        """q [1, H*(dn+dr)], kv [1, R+dr] (fresh CPU float32: normed and rotated in place),
+        lat_kr the cache layer's numpy views -> [1, D]: W_uk absorbed into the query, then
+        the norm, ropes, cache store and attention in one C++ call (numoe._cpu.mla_decode;
+        the torch path in __call__ is its reference), then W_uv and the output projection."""
+        cache.check(pos, 1)
+        q_lat = self.k_b(q.view(1, self.H, -1)[..., : self.dn])  # [1, H, R]
+        self.v_b.warm()
+        o_lat = _cpu.mla_decode(
+            q_lat.contiguous().numpy(), q.numpy(), self.dn, kv.numpy(), self._cpu_norm, self.eps,
+            lat_kr[0], lat_kr[1], pos, self.scale, cos[0].numpy(), sin[0].numpy(), self.rope.neox,
+        )  # fmt: skip
+        out = self.v_b(torch.from_numpy(o_lat).view(1, self.H, self.R))  # [1, H, dv]
+        self.o.warm()
+        return self.o(out.reshape(1, self.H * self.dv))
