@@ -257,6 +257,8 @@ def test_vec_dot(qtype):
                 assert got == results["scalar"][r], isa  # integer sums, same float combine
             else:  # SIMD lanes sum in another order than the scalar loop
                 assert abs(got - results["scalar"][r]) <= 2 * REL * scale, isa
+        if qtype == T.Q8_0 and "avx512" in ISAS:  # VNNI dots, the AVX2 float arithmetic
+            assert results["avx512"][r] == results["avx2"][r]
         # 3) against the unquantized activation: within the activation's quantization error
         got = results[ISAS[-1]][r]
         exact = w64 @ x64

@@ -84,76 +84,15 @@ NUMOE_TARGET_AVX2 void quantize_q8_0_avx2(const float *x, void *dst, int64_t n) 
 
 constexpr vec_dot_fn vec_dot_q8_0_avx2 = simd::q8_0_act_dot_avx2<block_q8_0, q8_0_values>;
 
-// Two blocks per 512-bit register, dot products with VNNI vpdpbusd.
-NUMOE_TARGET_AVX512VNNI float vec_dot_q8_0_avx512(int n, const void *w, const void *act) {
-  const block_q8_0 *x = static_cast<const block_q8_0 *>(w);
-  const block_q8_0 *y = static_cast<const block_q8_0 *>(act);
-  __m512 acc = _mm512_setzero_ps();
-  const int nb = n / QK8_0;
-  int i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i p = simd::dot_i8_vnni(simd::concat(load32(x[i].qs), load32(x[i + 1].qs)),
-                                        simd::concat(load32(y[i].qs), load32(y[i + 1].qs)));
-    const __m512 d = simd::concat(_mm256_set1_ps(simd::fp16(x[i].d) * simd::fp16(y[i].d)),
-                                  _mm256_set1_ps(simd::fp16(x[i + 1].d) * simd::fp16(y[i + 1].d)));
-    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
-  }
-  float s = _mm512_reduce_add_ps(acc);
-  if (i < nb) {
-    const __m256i p = simd::dot_i8_vnni(load32(x[i].qs), load32(y[i].qs));
-    s += simd::hsum(_mm256_cvtepi32_ps(p)) * (simd::fp16(x[i].d) * simd::fp16(y[i].d));
-  }
-  return s;
-}
-
-// N activations at once, each lane of each activation's accumulators fed exactly as in the
-// single bodies (AVX2: simd::q8_0_act_n_avx2), so every result equals the single body's bit
-// for bit. Per call, the activation scales are converted once for all rows
-// (simd::q8_0_scales); per weight block, its absolute bytes and dx * dy for all the
-// activations are formed once.
+// The AVX-512 level: 256-bit VNNI dot products, the AVX2 arithmetic otherwise (so bit-equal
+// to it). Two blocks per 512-bit register ran slower: their scale pairs and register halves
+// cost shuffles on the one port 512-bit code leaves for them. The N-activation bodies
+// (simd::q8_0_act_n_<level>) equal their level's single body bit for bit.
+constexpr vec_dot_fn vec_dot_q8_0_avx512 = simd::q8_0_act_dot_vnni<block_q8_0, q8_0_values>;
 template <int N>
 constexpr simd::body_n_fn q8_0_n_avx2 = simd::q8_0_act_n_avx2<block_q8_0, q8_0_values, N>;
-
 template <int N>
-NUMOE_TARGET_AVX512VNNI void q8_0_n_avx512(int n, const void *w, size_t w_stride, int n_rows,
-                                           const void *const *act, float *out, size_t out_stride) {
-  const block_q8_0 *y[8];
-  simd::act_ptrs(act, N, y);
-  const int nb = n / QK8_0;
-  const float *dy = simd::q8_0_scales(y, nb);
-  for (int r = 0; r < n_rows; ++r) {
-    const block_q8_0 *x =
-        reinterpret_cast<const block_q8_0 *>(static_cast<const char *>(w) + r * w_stride);
-    __m512 acc[N];
-    for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-      const __m512i xv = simd::concat(load32(x[i].qs), load32(x[i + 1].qs));
-      const __mmask64 neg = _mm512_movepi8_mask(xv);
-      const __m512i ax = _mm512_abs_epi8(xv);
-      // lanes 0..7: dx * dy of block i for activations 0..7; lanes 8..15: block i + 1
-      const __m512 dd = _mm512_mul_ps(
-          simd::concat(_mm256_set1_ps(simd::fp16(x[i].d)), _mm256_set1_ps(simd::fp16(x[i + 1].d))),
-          _mm512_load_ps(dy + 8 * i));
-      for (int j = 0; j < N; ++j) {
-        const __m512i yv = simd::concat(load32(y[j][i].qs), load32(y[j][i + 1].qs));
-        const __m512i p = _mm512_dpbusd_epi32(
-            _mm512_setzero_si512(), ax, _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv));
-        const __m512i idx = _mm512_setr_epi32(j, j, j, j, j, j, j, j, 8 + j, 8 + j, 8 + j, 8 + j,
-                                              8 + j, 8 + j, 8 + j, 8 + j);
-        acc[j] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, dd), _mm512_cvtepi32_ps(p), acc[j]);
-      }
-    }
-    for (int j = 0; j < N; ++j) {
-      float s = _mm512_reduce_add_ps(acc[j]);
-      if (i < nb) {
-        const __m256i p = simd::dot_i8_vnni(load32(x[i].qs), load32(y[j][i].qs));
-        s += simd::hsum(_mm256_cvtepi32_ps(p)) * (simd::fp16(x[i].d) * simd::fp16(y[j][i].d));
-      }
-      out[j * out_stride + r] = s;
-    }
-  }
-}
+constexpr simd::body_n_fn q8_0_n_avx512 = simd::q8_0_act_n_vnni<block_q8_0, q8_0_values, N>;
 
 NUMOE_VEC_DOT_N(q8_0, avx2, NUMOE_TILE_BODIES)
 NUMOE_VEC_DOT_N(q8_0, avx512, NUMOE_TILE_BODIES)
