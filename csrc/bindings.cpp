@@ -463,6 +463,21 @@ void bind_ops(nb::module_ &m) {
       "x float32 [..., n] (contiguous, or 2-D with rows apart) -> [rows, n]: "
       "x / sqrt(mean(x^2) + eps) * weight, per row.");
   m.def(
+      "silu_mul",
+      [](const Floats &g, const Floats &u) {
+        if (g.ndim() != u.ndim() || g.size() != u.size())
+          throw std::invalid_argument("silu_mul: g and u must have one shape");
+        for (size_t d = 0; d < g.ndim(); ++d)
+          if (g.shape(d) != u.shape(d))
+            throw std::invalid_argument("silu_mul: g and u must have one shape");
+        float *y;
+        auto arr = new_floats2(1, g.size(), &y);
+        numoe::ops::silu_mul(g.data(), u.data(), static_cast<int64_t>(g.size()), y);
+        return arr;
+      },
+      "g"_a.noconvert(), "u"_a.noconvert(),
+      "silu(g) * u = g / (1 + exp(-g)) * u for float32 arrays of one shape -> [1, size].");
+  m.def(
       "add_rms_norm",
       [](const Floats &x, const Floats &y, const Floats &w, float eps) {
         if (w.ndim() != 1 || x.ndim() != 2 || x.shape(1) != w.shape(0) || y.ndim() != 2 ||

@@ -140,6 +140,10 @@ void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64
   }
 }
 
+void silu_mul(const float *g, const float *u, int64_t n, float *out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 void add_rms_norm(const float *x, const float *y, const float *w, float eps, int64_t n_rows,
                   int64_t n, float *sum, float *out) {
   for (int64_t i = 0; i < n_rows * n; ++i) sum[i] = x[i] + y[i];

@@ -20,6 +20,9 @@ void rms_norm(const float *x, int64_t x_stride, const float *w, float eps, int64
 void add_rms_norm(const float *x, const float *y, const float *w, float eps, int64_t n_rows,
                   int64_t n, float *sum, float *out);
 
+// out = silu(g) * u = g / (1 + exp(-g)) * u over n floats (the MoE op's expression).
+void silu_mul(const float *g, const float *u, int64_t n, float *out);
+
 // Rotary embedding of x [T, H, head_dim] (contiguous) in place on the first `dim` elements of
 // each head: pairs (a, b) -> (a*c - b*s, a*s + b*c) with c, s = cos, sin [T, dim/2]. Pairs are
 // (i, i + dim/2) when neox, else (2i, 2i + 1). Each product rounded, as torch does.

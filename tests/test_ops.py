@@ -308,3 +308,25 @@ def test_mla_decode_checks():
     call(10, z(dr, np.float32), "cos and sin")
     call(7, z((5, dr), np.float32), "caches")
     call(6, z((4, 3), np.float32), "q_lat")  # R from the cache: 16 values are not H * 3
+
+
+def test_silu_mul():
+    from numoe.layers.ffn import silu_mul
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(3, 200, generator=g) * 6, torch.randn(3, 200, generator=g)
+    torch.testing.assert_close(
+        silu_mul(a, b), torch.nn.functional.silu(a) * b, rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="one shape"):
+        _cpu.silu_mul(a.numpy(), b[:, :100].contiguous().numpy())
+
+
+def test_rope_cos_sin_table():
+    """The CPU table rows equal cos/sin computed for those positions alone, across growth."""
+    rope = Rope.plain(16, 10000.0, True)
+    for pos, n in [(0, 1), (300, 1), (5, 40), (1000, 3), (7, 1)]:
+        t = torch.arange(pos, pos + n, dtype=torch.float64)
+        ang = torch.outer(t, rope.inv_freq)
+        cos, sin = rope.cos_sin(pos, n, torch.device("cpu"))
+        assert torch.equal(cos, ang.cos().float()) and torch.equal(sin, ang.sin().float())

@@ -5,8 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _cpu
 from ..gguf import GGUFFile
-from .linear import Linear, linear_many
+from .linear import Linear, cpu_f32, linear_many
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u: one C++ op for float32 CPU tensors of one shape (g / (1 + exp(-g)) * u, as
+    the MoE op computes it for the routed experts), else torch's."""
+    if cpu_f32(g, u) and g.shape == u.shape and g.is_contiguous() and u.is_contiguous():
+        return torch.from_numpy(_cpu.silu_mul(g.detach().numpy(), u.detach().numpy())).view(g.shape)
+    return F.silu(g) * u
 
 
 class FeedForward:
@@ -42,4 +51,4 @@ class FeedForward:
     def finish(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # [T, F] x2 -> [T, D]
         """down(silu(g) * u) from gate and up outputs computed elsewhere (a shared expert's
         share the router's pool call)."""
-        return self.down(F.silu(g) * u)
+        return self.down(silu_mul(g, u))

@@ -63,13 +63,21 @@ class Rope:
     def cos_sin(
         self, pos: int, n: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:  # [n, dim/2] each, float32
-        t = torch.arange(pos, pos + n, dtype=torch.float64)
+        """cos and sin of positions pos..pos+n-1. On the CPU, rows of a table kept for the
+        positions seen so far (grown by doubling; the same values, computed in bulk): a
+        decode step then costs two views, not eight torch ops after the output head."""
+        if torch.device(device).type != "cpu":
+            return tuple(t.to(device) for t in self._table(pos, pos + n))
+        tab = getattr(self, "_tab", None)
+        if tab is None or tab[0].shape[0] < pos + n:
+            self._tab = tab = self._table(0, max(256, pos + n, 2 * (tab[0].shape[0] if tab else 0)))
+        return tab[0][pos : pos + n], tab[1][pos : pos + n]
+
+    def _table(self, p0: int, p1: int) -> tuple[torch.Tensor, torch.Tensor]:  # [p1 - p0, dim/2]
+        t = torch.arange(p0, p1, dtype=torch.float64)
         ang = torch.outer(t, self.inv_freq)
         f = self.attention_factor
-        return (
-            (ang.cos() * f).float().to(device),
-            (ang.sin() * f).float().to(device),
-        )
+        return (ang.cos() * f).float(), (ang.sin() * f).float()
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [T, H, dim] -> rotated [T, H, dim] (same layout as the input).
