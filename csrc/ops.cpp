@@ -22,11 +22,14 @@ void softmax(float *v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] /= sum;
 }
 
-// Vector kernels of the attention ops: dot(a, b, n) and y += w * x over n floats. The
-// scalar bodies are the references; the AVX2 ones (8-wide FMAs) sum in another order, so the
-// two agree to float rounding.
-using dot_fn = float (*)(const float *a, const float *b, int64_t n);
-using axpy_fn = void (*)(float w, const float *x, float *y, int64_t n);
+// Vector kernels of the attention ops: dot, axpy (y += w * x), qk (scores), softmax and pv
+// (the weighted sum of value rows). The scalar bodies are the references; the AVX2 ones
+// (8-wide FMAs, a polynomial exp) sum in another order, so the two agree to float rounding.
+
+// Ask for the n floats at x (a cache row) to be read into the caches.
+inline void prefetch_row(const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i);
+}
 
 float dot_scalar(const float *a, const float *b, int64_t n) {
   float d = 0.f;
@@ -55,6 +58,36 @@ NUMOE_TARGET_AVX2 float dot_avx2(const float *a, const float *b, int64_t n) {
   return d;
 }
 
+// Four rows at a time per head (four accumulators, one transpose-reduce): q[h] is loaded
+// once per four rows, and the four rows stay in L1 for the g heads. d a multiple of 8.
+NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, const float *k,
+                               int64_t k_stride, int64_t d, int64_t S, float *p) {
+  int64_t s = 0;
+  for (; s + 4 <= S; s += 4) {
+    if (k_stride > d && s + 12 <= S)
+      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
+    const float *k0 = k + s * k_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * q_stride;
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                       _mm256_setzero_ps()};
+      for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(qh + i);
+        for (int j = 0; j < 4; ++j)
+          acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + j * k_stride + i), acc[j]);
+      }
+      // lane j of the sum: row s + j
+      const __m256 t =
+          _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+      float *ph = p + h * S + s;
+      _mm_storeu_ps(ph, _mm_add_ps(_mm_loadu_ps(ph), r));
+    }
+  }
+  for (; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
+}
+
 NUMOE_TARGET_AVX2 void axpy_avx2(float w, const float *x, float *y, int64_t n) {
   const __m256 vw = _mm256_set1_ps(w);
   int64_t i = 0;
@@ -64,16 +97,118 @@ NUMOE_TARGET_AVX2 void axpy_avx2(float w, const float *x, float *y, int64_t n) {
 }
 #endif
 
+// p[h * S + s] += q[h] . k[s] for g heads (q[h] at q + h * q_stride) over S rows of d floats
+// (k[s] at k + s * k_stride). Rows apart (GQA: the other KV heads between them) defeat the
+// hardware prefetchers, so the row 8 ahead is asked for; contiguous rows (MLA's latent)
+// stream without help.
+using qk_fn = void (*)(const float *q, int64_t q_stride, int64_t g, const float *k,
+                       int64_t k_stride, int64_t d, int64_t S, float *p);
+
+void qk_scalar(const float *q, int64_t q_stride, int64_t g, const float *k, int64_t k_stride,
+               int64_t d, int64_t S, float *p) {
+  for (int64_t s = 0; s < S; ++s) {
+    if (k_stride > d && s + 8 < S) prefetch_row(k + (s + 8) * k_stride, d);
+    for (int64_t h = 0; h < g; ++h)
+      p[h * S + s] += dot_scalar(q + h * q_stride, k + s * k_stride, d);
+  }
+}
+
+// out[h] [dv] = sum_s p[h * S + s] * v[s] for g heads (v[s] at v + s * v_stride).
+using pv_fn = void (*)(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride,
+                       int64_t dv, float *out);
+using softmax_fn = void (*)(float *v, int64_t n);
+
+void pv_scalar(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride, int64_t dv,
+               float *out) {
+  std::fill(out, out + g * dv, 0.f);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) axpy_scalar(p[h * S + s], v + s * v_stride, out + h * dv, dv);
+}
+
+#ifdef NUMOE_X86
+// e^x on 8 lanes for x <= 0 (softmax inputs): 2^n * e^r with n = round(x log2 e), r = x - n
+// ln 2 in two steps, e^r by Cephes' degree-6 polynomial; relative error ~2e-7, 0 below -87.
+NUMOE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c :
+       {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+NUMOE_TARGET_AVX2 void softmax_avx2(float *v, int64_t n) {
+  const float m = *std::max_element(v, v + n);
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v + i), vm));
+    _mm256_storeu_ps(v + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float s = quant::simd::hsum(sum);
+  for (; i < n; ++i) s += v[i] = std::exp(v[i] - m);
+  const float inv = 1.f / s;
+  const __m256 vi = _mm256_set1_ps(inv);
+  for (i = 0; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), vi));
+  for (; i < n; ++i) v[i] *= inv;
+}
+
+// pv with 64 output values of a head in 8 registers while a block of positions passes
+// (the block's value rows stay in L2 for the g heads); other widths take the axpy loop.
+NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float *v,
+                               int64_t v_stride, int64_t dv, float *out) {
+  if (dv % 64 != 0) {
+    std::fill(out, out + g * dv, 0.f);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < g; ++h) axpy_avx2(p[h * S + s], v + s * v_stride, out + h * dv, dv);
+    return;
+  }
+  std::fill(out, out + g * dv, 0.f);
+  constexpr int64_t kBlock = 128;
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = std::min(S, s0 + kBlock);
+    for (int64_t h = 0; h < g; ++h)
+      for (int64_t c = 0; c < dv; c += 64) {
+        float *o = out + h * dv + c;
+        __m256 acc[8];
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_loadu_ps(o + 8 * k);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as attend's key rows
+            prefetch_row(v + (s + 8) * v_stride, dv);
+          const __m256 w = _mm256_broadcast_ss(p + h * S + s);
+          const float *vs = v + s * v_stride + c;
+          for (int k = 0; k < 8; ++k)
+            acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(o + 8 * k, acc[k]);
+      }
+  }
+}
+#endif
+
 struct VecKernels {
-  dot_fn dot;
-  axpy_fn axpy;
+  qk_fn qk;
+  softmax_fn softmax;
+  pv_fn pv;
 };
 
-VecKernels vec_kernels() {
+// The AVX2 qk takes key rows whose widths (dk, and MLA's dr) are multiples of 8.
+VecKernels vec_kernels(int64_t d, int64_t dr) {
 #ifdef NUMOE_X86
-  if (current_isa() >= Isa::avx2) return {dot_avx2, axpy_avx2};
+  if (current_isa() >= Isa::avx2 && d % 8 == 0 && dr % 8 == 0)
+    return {qk_avx2, softmax_avx2, pv_avx2};
 #endif
-  return {dot_scalar, axpy_scalar};
+  return {qk_scalar, softmax, pv_scalar};
 }
 
 // One decode step's attention for g query heads over S cached positions that they all read
@@ -92,17 +227,12 @@ struct Attend {
 
 void attend(const Attend &a, int64_t g, float *p, float *out, VecKernels vk) {
   const int64_t S = a.S;
-  for (int64_t s = 0; s < S; ++s)
-    for (int64_t h = 0; h < g; ++h) {
-      float d = vk.dot(a.q + h * a.q_stride, a.k + s * a.k_stride, a.dk);
-      if (a.kr != nullptr) d += vk.dot(a.qr + h * a.qr_stride, a.kr + s * a.kr_stride, a.dr);
-      p[h * S + s] = d * a.scale;
-    }
-  for (int64_t h = 0; h < g; ++h) softmax(p + h * S, S);
-  std::fill(out, out + g * a.dv, 0.f);
-  for (int64_t s = 0; s < S; ++s)
-    for (int64_t h = 0; h < g; ++h)
-      vk.axpy(p[h * S + s], a.v + s * a.v_stride, out + h * a.dv, a.dv);
+  std::fill(p, p + g * S, 0.f);
+  vk.qk(a.q, a.q_stride, g, a.k, a.k_stride, a.dk, S, p);
+  if (a.kr != nullptr) vk.qk(a.qr, a.qr_stride, g, a.kr, a.kr_stride, a.dr, S, p);
+  for (int64_t i = 0; i < g * S; ++i) p[i] *= a.scale;
+  for (int64_t h = 0; h < g; ++h) vk.softmax(p + h * S, S);
+  vk.pv(p, S, g, a.v, a.v_stride, a.dv, out);
 }
 
 // n_groups groups of `group` query heads on the pool (out [n_groups * group, dv]): group j
@@ -113,7 +243,7 @@ void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_of
                   float *out) {
   const int64_t chunks = std::min<int64_t>(group, (2 * pool_threads() + n_groups - 1) / n_groups);
   const int64_t hp = (group + chunks - 1) / chunks, per_group = (group + hp - 1) / hp;
-  const VecKernels vk = vec_kernels();
+  const VecKernels vk = vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0);
   parallel_for(n_groups * per_group, [&](int64_t task, int) {
     const int64_t j = task / per_group, h0 = (task % per_group) * hp;
     const int64_t n = std::min(hp, group - h0), h = j * group + h0;
