@@ -22,7 +22,7 @@ void softmax(float *v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] /= sum;
 }
 
-// Vector kernels of the attention ops: dot, axpy (y += w * x), qk (scores), softmax and pv
+// Vector kernels of the attention ops: dot, axpy (y += w * x), qk (scores), exp_sum and pv
 // (the weighted sum of value rows). The scalar bodies are the references; the AVX2 ones
 // (8-wide FMAs, a polynomial exp) sum in another order, so the two agree to float rounding.
 
@@ -116,7 +116,14 @@ void qk_scalar(const float *q, int64_t q_stride, int64_t g, const float *k, int6
 // out[h] [dv] = sum_s p[h * S + s] * v[s] for g heads (v[s] at v + s * v_stride).
 using pv_fn = void (*)(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride,
                        int64_t dv, float *out);
-using softmax_fn = void (*)(float *v, int64_t n);
+// v[i] = e^(v[i] - m), returning their sum (softmax without the division).
+using exp_sum_fn = float (*)(float *v, int64_t n, float m);
+
+float exp_sum_scalar(float *v, int64_t n, float m) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += v[i] = std::exp(v[i] - m);
+  return sum;
+}
 
 void pv_scalar(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride, int64_t dv,
                float *out) {
@@ -144,8 +151,7 @@ NUMOE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-NUMOE_TARGET_AVX2 void softmax_avx2(float *v, int64_t n) {
-  const float m = *std::max_element(v, v + n);
+NUMOE_TARGET_AVX2 float exp_sum_avx2(float *v, int64_t n, float m) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 sum = _mm256_setzero_ps();
   int64_t i = 0;
@@ -156,11 +162,7 @@ NUMOE_TARGET_AVX2 void softmax_avx2(float *v, int64_t n) {
   }
   float s = quant::simd::hsum(sum);
   for (; i < n; ++i) s += v[i] = std::exp(v[i] - m);
-  const float inv = 1.f / s;
-  const __m256 vi = _mm256_set1_ps(inv);
-  for (i = 0; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), vi));
-  for (; i < n; ++i) v[i] *= inv;
+  return s;
 }
 
 // pv with 64 output values of a head in 8 registers while a block of positions passes
@@ -196,19 +198,81 @@ NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float
 }
 #endif
 
+#ifdef NUMOE_X86
+// The AVX-512 level: the same loops on 16 lanes (decode attention is FMA-bound once the
+// rows come from L2: MLA's 16 heads do ~1 100 multiply-adds per cached row). d a multiple
+// of 16.
+NUMOE_TARGET_AVX512 void qk_avx512(const float *q, int64_t q_stride, int64_t g, const float *k,
+                                   int64_t k_stride, int64_t d, int64_t S, float *p) {
+  int64_t s = 0;
+  for (; s + 4 <= S; s += 4) {
+    if (k_stride > d && s + 12 <= S)
+      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
+    const float *k0 = k + s * k_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * q_stride;
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                       _mm512_setzero_ps()};
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(qh + i);
+        for (int j = 0; j < 4; ++j)
+          acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + j * k_stride + i), acc[j]);
+      }
+      __m256 f[4];
+      for (int j = 0; j < 4; ++j)
+        f[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
+      const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(f[0], f[1]), _mm256_hadd_ps(f[2], f[3]));
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+      float *ph = p + h * S + s;
+      _mm_storeu_ps(ph, _mm_add_ps(_mm_loadu_ps(ph), r));
+    }
+  }
+  for (; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
+}
+
+// pv_avx2 with 128 outputs of a head in 8 zmm registers (dv a multiple of 128; else pv_avx2).
+NUMOE_TARGET_AVX512 void pv_avx512(const float *p, int64_t S, int64_t g, const float *v,
+                                   int64_t v_stride, int64_t dv, float *out) {
+  if (dv % 128 != 0) return pv_avx2(p, S, g, v, v_stride, dv, out);
+  std::fill(out, out + g * dv, 0.f);
+  constexpr int64_t kBlock = 128;
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = std::min(S, s0 + kBlock);
+    for (int64_t h = 0; h < g; ++h)
+      for (int64_t c = 0; c < dv; c += 128) {
+        float *o = out + h * dv + c;
+        __m512 acc[8];
+        for (int k = 0; k < 8; ++k) acc[k] = _mm512_loadu_ps(o + 16 * k);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as qk's key rows
+            prefetch_row(v + (s + 8) * v_stride, dv);
+          const __m512 w = _mm512_set1_ps(p[h * S + s]);
+          const float *vs = v + s * v_stride + c;
+          for (int k = 0; k < 8; ++k)
+            acc[k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vs + 16 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; ++k) _mm512_storeu_ps(o + 16 * k, acc[k]);
+      }
+  }
+}
+#endif
+
 struct VecKernels {
   qk_fn qk;
-  softmax_fn softmax;
+  exp_sum_fn exp_sum;
   pv_fn pv;
 };
 
-// The AVX2 qk takes key rows whose widths (dk, and MLA's dr) are multiples of 8.
+// The AVX2 / AVX-512 qk take key rows whose widths (dk, and MLA's dr) are multiples of 8 / 16.
 VecKernels vec_kernels(int64_t d, int64_t dr) {
 #ifdef NUMOE_X86
+  if (current_isa() >= Isa::avx512 && d % 16 == 0 && dr % 16 == 0)
+    return {qk_avx512, exp_sum_avx2, pv_avx512};
   if (current_isa() >= Isa::avx2 && d % 8 == 0 && dr % 8 == 0)
-    return {qk_avx2, softmax_avx2, pv_avx2};
+    return {qk_avx2, exp_sum_avx2, pv_avx2};
 #endif
-  return {qk_scalar, softmax, pv_scalar};
+  return {qk_scalar, exp_sum_scalar, pv_scalar};
 }
 
 // One decode step's attention for g query heads over S cached positions that they all read
@@ -225,37 +289,82 @@ struct Attend {
   float scale;
 };
 
-void attend(const Attend &a, int64_t g, float *p, float *out, VecKernels vk) {
-  const int64_t S = a.S;
-  std::fill(p, p + g * S, 0.f);
-  vk.qk(a.q, a.q_stride, g, a.k, a.k_stride, a.dk, S, p);
-  if (a.kr != nullptr) vk.qk(a.qr, a.qr_stride, g, a.kr, a.kr_stride, a.dr, S, p);
-  for (int64_t i = 0; i < g * S; ++i) p[i] *= a.scale;
-  for (int64_t h = 0; h < g; ++h) vk.softmax(p + h * S, S);
-  vk.pv(p, S, g, a.v, a.v_stride, a.dv, out);
+// The g heads' share of positions [s0, s1): scores into p [g, s1 - s0], then m[h] = their
+// max, l[h] = sum_s e^(score - m[h]) and o[h] [dv] = sum_s e^(score - m[h]) v[s]: softmax's
+// pieces, merged over the position chunks by attend_heads.
+void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, float *o, float *m,
+                 float *l, VecKernels vk) {
+  const int64_t n = s1 - s0;
+  std::fill(p, p + g * n, 0.f);
+  vk.qk(a.q, a.q_stride, g, a.k + s0 * a.k_stride, a.k_stride, a.dk, n, p);
+  if (a.kr != nullptr)
+    vk.qk(a.qr, a.qr_stride, g, a.kr + s0 * a.kr_stride, a.kr_stride, a.dr, n, p);
+  for (int64_t i = 0; i < g * n; ++i) p[i] *= a.scale;
+  for (int64_t h = 0; h < g; ++h) {
+    m[h] = *std::max_element(p + h * n, p + (h + 1) * n);
+    l[h] = vk.exp_sum(p + h * n, n, m[h]);
+  }
+  vk.pv(p, n, g, a.v + s0 * a.v_stride, a.v_stride, a.dv, o);
 }
 
-// n_groups groups of `group` query heads on the pool (out [n_groups * group, dv]): group j
-// reads its keys and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA:
-// one group, offsets 0). Tasks are whole groups; a group is split only when there are
-// fewer groups than twice the threads.
+// n_groups groups of `group` query heads (out [n_groups * group, dv]): group j reads its keys
+// and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA: one group,
+// offsets 0). Tasks: a group's heads over a chunk of the positions (flash-decoding), so each
+// cached row is read once for the whole group and the chunk's rows stay in L2 from the scores
+// to the value sum; chunks of at least 64 rows, as many as give the pool two tasks per thread
+// and keep a chunk's key and value rows within 1 MiB. The chunks' softmax pieces merge after.
 void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_off, int64_t v_off,
                   float *out) {
-  const int64_t chunks = std::min<int64_t>(group, (2 * pool_threads() + n_groups - 1) / n_groups);
-  const int64_t hp = (group + chunks - 1) / chunks, per_group = (group + hp - 1) / hp;
+  const int64_t S = a.S, g = group, dv = a.dv;
+  const int64_t row_bytes =
+      static_cast<int64_t>(sizeof(float)) * (a.dk + a.dv + (a.kr != nullptr ? a.dr : 0));
+  const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
+                                         (S * row_bytes + (1 << 20) - 1) >> 20);
+  const int64_t chunks = std::clamp<int64_t>(want, 1, (S + 63) / 64);
+  const int64_t len = (S + chunks - 1) / chunks;
   const VecKernels vk = vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0);
-  parallel_for(n_groups * per_group, [&](int64_t task, int) {
-    const int64_t j = task / per_group, h0 = (task % per_group) * hp;
-    const int64_t n = std::min(hp, group - h0), h = j * group + h0;
-    static thread_local std::vector<float> p;  // scores of the task's heads, reused
-    if (p.size() < static_cast<size_t>(n * a.S)) p.resize(static_cast<size_t>(n * a.S));
+  // per (group, chunk): o [g, dv], then m [g] and l [g]
+  const int64_t part = g * dv + 2 * g;
+  static thread_local std::vector<float> parts;
+  if (parts.size() < static_cast<size_t>(n_groups * chunks * part))
+    parts.resize(static_cast<size_t>(n_groups * chunks * part));
+  float *pp = parts.data();
+  parallel_for(n_groups * chunks, [&](int64_t task, int) {
+    const int64_t j = task / chunks, s0 = (task % chunks) * len, s1 = std::min(S, s0 + len);
+    float *o = pp + task * part, *m = o + g * dv, *l = m + g;
+    if (s0 >= s1) {  // an empty last chunk adds nothing
+      std::fill(o, o + part, 0.f);
+      std::fill(m, m + g, -std::numeric_limits<float>::infinity());
+      return;
+    }
+    static thread_local std::vector<float> p;  // the task's scores, reused
+    if (p.size() < static_cast<size_t>(g * (s1 - s0))) p.resize(static_cast<size_t>(g * (s1 - s0)));
     Attend t = a;
-    t.q += h * a.q_stride;
-    if (t.qr != nullptr) t.qr += h * a.qr_stride;
+    t.q += j * g * a.q_stride;
+    if (t.qr != nullptr) t.qr += j * g * a.qr_stride;
     t.k += j * k_off;
     t.v += j * v_off;
-    attend(t, n, p.data(), out + h * a.dv, vk);
+    attend_part(t, g, s0, s1, p.data(), o, m, l, vk);
   });
+  // out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c
+  for (int64_t j = 0; j < n_groups; ++j)
+    for (int64_t h = 0; h < g; ++h) {
+      float M = -std::numeric_limits<float>::infinity(), L = 0.f;
+      for (int64_t c = 0; c < chunks; ++c)
+        M = std::max(M, pp[(j * chunks + c) * part + g * dv + h]);
+      float *y = out + (j * g + h) * dv;
+      std::fill(y, y + dv, 0.f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float *o = pp + (j * chunks + c) * part;
+        const float mc = o[g * dv + h];
+        if (mc == -std::numeric_limits<float>::infinity()) continue;
+        const float w = chunks == 1 ? 1.f : std::exp(mc - M);
+        L += w * o[g * dv + g + h];
+        for (int64_t i = 0; i < dv; ++i) y[i] += w * o[h * dv + i];
+      }
+      const float inv = 1.f / L;
+      for (int64_t i = 0; i < dv; ++i) y[i] *= inv;
+    }
 }
 
 }  // namespace
