@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "attention.hpp"
 #include "isa.hpp"
 #include "linear.hpp"
 #include "moe.hpp"

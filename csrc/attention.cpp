@@ -1,0 +1,413 @@
+// One token's attention for decode (GQA and MLA): see attention.hpp.
+#include "attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "isa.hpp"
+#include "ops.hpp"
+#include "quant/simd.hpp"  // NUMOE_X86, NUMOE_TARGET_AVX2 / AVX512, hsum
+#include "threadpool.hpp"
+
+namespace numoe::ops {
+
+namespace {
+
+// Vector kernels of the attention ops: dot, axpy (y += w * x), qk (scores), exp_sum and pv
+// (the weighted sum of value rows). The scalar bodies are the references; the AVX2 ones
+// (8-wide FMAs, a polynomial exp) sum in another order, so the two agree to float rounding.
+
+// Ask for the n floats at x (a cache row) to be read into the caches.
+inline void prefetch_row(const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i);
+}
+
+float dot_scalar(const float *a, const float *b, int64_t n) {
+  float d = 0.f;
+  for (int64_t i = 0; i < n; ++i) d += a[i] * b[i];
+  return d;
+}
+
+void axpy_scalar(float w, const float *x, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+#ifdef NUMOE_X86
+NUMOE_TARGET_AVX2 float dot_avx2(const float *a, const float *b, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+  }
+  if (i + 8 <= n) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    i += 8;
+  }
+  float d = quant::simd::hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) d += a[i] * b[i];
+  return d;
+}
+
+// Four rows at a time per head (four accumulators, one transpose-reduce): q[h] is loaded
+// once per four rows, and the four rows stay in L1 for the g heads. d a multiple of 8.
+NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, const float *k,
+                               int64_t k_stride, int64_t d, int64_t S, float *p) {
+  int64_t s = 0;
+  for (; s + 4 <= S; s += 4) {
+    if (k_stride > d && s + 12 <= S)
+      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
+    const float *k0 = k + s * k_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * q_stride;
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                       _mm256_setzero_ps()};
+      for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(qh + i);
+        for (int j = 0; j < 4; ++j)
+          acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + j * k_stride + i), acc[j]);
+      }
+      // lane j of the sum: row s + j
+      const __m256 t =
+          _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+      float *ph = p + h * S + s;
+      _mm_storeu_ps(ph, _mm_add_ps(_mm_loadu_ps(ph), r));
+    }
+  }
+  for (; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
+}
+
+NUMOE_TARGET_AVX2 void axpy_avx2(float w, const float *x, float *y, int64_t n) {
+  const __m256 vw = _mm256_set1_ps(w);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += w * x[i];
+}
+#endif
+
+// p[h * S + s] += q[h] . k[s] for g heads (q[h] at q + h * q_stride) over S rows of d floats
+// (k[s] at k + s * k_stride). Rows apart (GQA: the other KV heads between them) defeat the
+// hardware prefetchers, so the row 8 ahead is asked for; contiguous rows (MLA's latent)
+// stream without help.
+using qk_fn = void (*)(const float *q, int64_t q_stride, int64_t g, const float *k,
+                       int64_t k_stride, int64_t d, int64_t S, float *p);
+
+void qk_scalar(const float *q, int64_t q_stride, int64_t g, const float *k, int64_t k_stride,
+               int64_t d, int64_t S, float *p) {
+  for (int64_t s = 0; s < S; ++s) {
+    if (k_stride > d && s + 8 < S) prefetch_row(k + (s + 8) * k_stride, d);
+    for (int64_t h = 0; h < g; ++h)
+      p[h * S + s] += dot_scalar(q + h * q_stride, k + s * k_stride, d);
+  }
+}
+
+// out[h] [dv] = sum_s p[h * S + s] * v[s] for g heads (v[s] at v + s * v_stride).
+using pv_fn = void (*)(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride,
+                       int64_t dv, float *out);
+// v[i] = e^(v[i] - m), returning their sum (softmax without the division).
+using exp_sum_fn = float (*)(float *v, int64_t n, float m);
+
+float exp_sum_scalar(float *v, int64_t n, float m) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += v[i] = std::exp(v[i] - m);
+  return sum;
+}
+
+void pv_scalar(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride, int64_t dv,
+               float *out) {
+  std::fill(out, out + g * dv, 0.f);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) axpy_scalar(p[h * S + s], v + s * v_stride, out + h * dv, dv);
+}
+
+#ifdef NUMOE_X86
+// e^x on 8 lanes for x <= 0 (softmax inputs): 2^n * e^r with n = round(x log2 e), r = x - n
+// ln 2 in two steps, e^r by Cephes' degree-6 polynomial; relative error ~2e-7, 0 below -87.
+NUMOE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c :
+       {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+NUMOE_TARGET_AVX2 float exp_sum_avx2(float *v, int64_t n, float m) {
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v + i), vm));
+    _mm256_storeu_ps(v + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float s = quant::simd::hsum(sum);
+  for (; i < n; ++i) s += v[i] = std::exp(v[i] - m);
+  return s;
+}
+
+// pv with 64 output values of a head in 8 registers while a block of positions passes
+// (the block's value rows stay in L2 for the g heads); other widths take the axpy loop.
+NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float *v,
+                               int64_t v_stride, int64_t dv, float *out) {
+  if (dv % 64 != 0) {
+    std::fill(out, out + g * dv, 0.f);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < g; ++h) axpy_avx2(p[h * S + s], v + s * v_stride, out + h * dv, dv);
+    return;
+  }
+  std::fill(out, out + g * dv, 0.f);
+  constexpr int64_t kBlock = 128;
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = std::min(S, s0 + kBlock);
+    for (int64_t h = 0; h < g; ++h)
+      for (int64_t c = 0; c < dv; c += 64) {
+        float *o = out + h * dv + c;
+        __m256 acc[8];
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_loadu_ps(o + 8 * k);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as attend's key rows
+            prefetch_row(v + (s + 8) * v_stride, dv);
+          const __m256 w = _mm256_broadcast_ss(p + h * S + s);
+          const float *vs = v + s * v_stride + c;
+          for (int k = 0; k < 8; ++k)
+            acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(o + 8 * k, acc[k]);
+      }
+  }
+}
+#endif
+
+#ifdef NUMOE_X86
+// The AVX-512 level: the same loops on 16 lanes (decode attention is FMA-bound once the
+// rows come from L2: MLA's 16 heads do ~1 100 multiply-adds per cached row). d a multiple
+// of 16.
+NUMOE_TARGET_AVX512 void qk_avx512(const float *q, int64_t q_stride, int64_t g, const float *k,
+                                   int64_t k_stride, int64_t d, int64_t S, float *p) {
+  int64_t s = 0;
+  for (; s + 4 <= S; s += 4) {
+    if (k_stride > d && s + 12 <= S)
+      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
+    const float *k0 = k + s * k_stride;
+    for (int64_t h = 0; h < g; ++h) {
+      const float *qh = q + h * q_stride;
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                       _mm512_setzero_ps()};
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(qh + i);
+        for (int j = 0; j < 4; ++j)
+          acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + j * k_stride + i), acc[j]);
+      }
+      __m256 f[4];
+      for (int j = 0; j < 4; ++j)
+        f[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
+      const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(f[0], f[1]), _mm256_hadd_ps(f[2], f[3]));
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+      float *ph = p + h * S + s;
+      _mm_storeu_ps(ph, _mm_add_ps(_mm_loadu_ps(ph), r));
+    }
+  }
+  for (; s < S; ++s)
+    for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
+}
+
+// pv_avx2 with 128 outputs of a head in 8 zmm registers (dv a multiple of 128; else pv_avx2).
+NUMOE_TARGET_AVX512 void pv_avx512(const float *p, int64_t S, int64_t g, const float *v,
+                                   int64_t v_stride, int64_t dv, float *out) {
+  if (dv % 128 != 0) return pv_avx2(p, S, g, v, v_stride, dv, out);
+  std::fill(out, out + g * dv, 0.f);
+  constexpr int64_t kBlock = 128;
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = std::min(S, s0 + kBlock);
+    for (int64_t h = 0; h < g; ++h)
+      for (int64_t c = 0; c < dv; c += 128) {
+        float *o = out + h * dv + c;
+        __m512 acc[8];
+        for (int k = 0; k < 8; ++k) acc[k] = _mm512_loadu_ps(o + 16 * k);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as qk's key rows
+            prefetch_row(v + (s + 8) * v_stride, dv);
+          const __m512 w = _mm512_set1_ps(p[h * S + s]);
+          const float *vs = v + s * v_stride + c;
+          for (int k = 0; k < 8; ++k)
+            acc[k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vs + 16 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; ++k) _mm512_storeu_ps(o + 16 * k, acc[k]);
+      }
+  }
+}
+#endif
+
+struct VecKernels {
+  qk_fn qk;
+  exp_sum_fn exp_sum;
+  pv_fn pv;
+};
+
+// The AVX2 / AVX-512 qk take key rows whose widths (dk, and MLA's dr) are multiples of 8 / 16.
+VecKernels vec_kernels(int64_t d, int64_t dr) {
+#ifdef NUMOE_X86
+  if (current_isa() >= Isa::avx512 && d % 16 == 0 && dr % 16 == 0)
+    return {qk_avx512, exp_sum_avx2, pv_avx512};
+  if (current_isa() >= Isa::avx2 && d % 8 == 0 && dr % 8 == 0)
+    return {qk_avx2, exp_sum_avx2, pv_avx2};
+#endif
+  return {qk_scalar, exp_sum_scalar, pv_scalar};
+}
+
+// One decode step's attention for g query heads over S cached positions that they all read
+// (each cached row read once for the g heads): score(h, s) = scale * (q[h] . k[s] + qr[h] .
+// kr[s]) (the second part only when kr is set: MLA's shared rope key), p = softmax over s,
+// out[h] [dv] = sum_s p(h, s) v[s]. Rows: q[h] at q + h * q_stride, qr[h] at qr + h *
+// qr_stride, k[s] at k + s * k_stride, kr[s] at kr + s * kr_stride, v[s] at v + s * v_stride;
+// p [g, S] scratch; out [g, dv].
+struct Attend {
+  const float *q, *qr;
+  int64_t q_stride, qr_stride;
+  const float *k, *kr, *v;
+  int64_t k_stride, kr_stride, v_stride, dk, dr, dv, S;
+  float scale;
+};
+
+// The g heads' share of positions [s0, s1): scores into p [g, s1 - s0], then m[h] = their
+// max, l[h] = sum_s e^(score - m[h]) and o[h] [dv] = sum_s e^(score - m[h]) v[s]: softmax's
+// pieces, merged over the position chunks by attend_heads.
+void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, float *o, float *m,
+                 float *l, VecKernels vk) {
+  const int64_t n = s1 - s0;
+  std::fill(p, p + g * n, 0.f);
+  vk.qk(a.q, a.q_stride, g, a.k + s0 * a.k_stride, a.k_stride, a.dk, n, p);
+  if (a.kr != nullptr)
+    vk.qk(a.qr, a.qr_stride, g, a.kr + s0 * a.kr_stride, a.kr_stride, a.dr, n, p);
+  for (int64_t i = 0; i < g * n; ++i) p[i] *= a.scale;
+  for (int64_t h = 0; h < g; ++h) {
+    m[h] = *std::max_element(p + h * n, p + (h + 1) * n);
+    l[h] = vk.exp_sum(p + h * n, n, m[h]);
+  }
+  vk.pv(p, n, g, a.v + s0 * a.v_stride, a.v_stride, a.dv, o);
+}
+
+// n_groups groups of `group` query heads (out [n_groups * group, dv]): group j reads its keys
+// and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA: one group,
+// offsets 0). Tasks: a group's heads over a chunk of the positions (flash-decoding), so each
+// cached row is read once for the whole group and the chunk's rows stay in L2 from the scores
+// to the value sum; chunks of at least 64 rows, as many as give the pool two tasks per thread
+// and keep a chunk's key and value rows within 1 MiB. The chunks' softmax pieces merge after.
+void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_off, int64_t v_off,
+                  float *out) {
+  const int64_t S = a.S, g = group, dv = a.dv;
+  const int64_t row_bytes =
+      static_cast<int64_t>(sizeof(float)) * (a.dk + a.dv + (a.kr != nullptr ? a.dr : 0));
+  const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
+                                         (S * row_bytes + (1 << 20) - 1) >> 20);
+  const int64_t chunks = std::clamp<int64_t>(want, 1, (S + 63) / 64);
+  const int64_t len = (S + chunks - 1) / chunks;
+  const VecKernels vk = vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0);
+  // per (group, chunk): o [g, dv], then m [g] and l [g]
+  const int64_t part = g * dv + 2 * g;
+  static thread_local std::vector<float> parts;
+  if (parts.size() < static_cast<size_t>(n_groups * chunks * part))
+    parts.resize(static_cast<size_t>(n_groups * chunks * part));
+  float *pp = parts.data();
+  parallel_for(n_groups * chunks, [&](int64_t task, int) {
+    const int64_t j = task / chunks, s0 = (task % chunks) * len, s1 = std::min(S, s0 + len);
+    float *o = pp + task * part, *m = o + g * dv, *l = m + g;
+    if (s0 >= s1) {  // an empty last chunk adds nothing
+      std::fill(o, o + part, 0.f);
+      std::fill(m, m + g, -std::numeric_limits<float>::infinity());
+      return;
+    }
+    static thread_local std::vector<float> p;  // the task's scores, reused
+    if (p.size() < static_cast<size_t>(g * (s1 - s0))) p.resize(static_cast<size_t>(g * (s1 - s0)));
+    Attend t = a;
+    t.q += j * g * a.q_stride;
+    if (t.qr != nullptr) t.qr += j * g * a.qr_stride;
+    t.k += j * k_off;
+    t.v += j * v_off;
+    attend_part(t, g, s0, s1, p.data(), o, m, l, vk);
+  });
+  // out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c
+  for (int64_t j = 0; j < n_groups; ++j)
+    for (int64_t h = 0; h < g; ++h) {
+      float M = -std::numeric_limits<float>::infinity(), L = 0.f;
+      for (int64_t c = 0; c < chunks; ++c)
+        M = std::max(M, pp[(j * chunks + c) * part + g * dv + h]);
+      float *y = out + (j * g + h) * dv;
+      std::fill(y, y + dv, 0.f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float *o = pp + (j * chunks + c) * part;
+        const float mc = o[g * dv + h];
+        if (mc == -std::numeric_limits<float>::infinity()) continue;
+        const float w = chunks == 1 ? 1.f : std::exp(mc - M);
+        L += w * o[g * dv + g + h];
+        for (int64_t i = 0; i < dv; ++i) y[i] += w * o[h * dv + i];
+      }
+      const float inv = 1.f / L;
+      for (int64_t i = 0; i < dv; ++i) y[i] *= inv;
+    }
+}
+
+}  // namespace
+
+void gqa_decode(const GqaDecode &a, float *out) {
+  if (a.q_norm) rms_norm(a.q, a.dk, a.q_norm, a.eps, a.H, a.dk, a.q);
+  if (a.k_norm) rms_norm(a.k, a.dk, a.k_norm, a.eps, a.Hkv, a.dk, a.k);
+  if (a.rope_dim > 0) {
+    rope(a.q, 1, a.H, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
+    rope(a.k, 1, a.Hkv, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
+  }
+  std::copy(a.k, a.k + a.Hkv * a.dk, a.k_cache + a.pos * a.Hkv * a.dk);
+  std::copy(a.v, a.v + a.Hkv * a.dv, a.v_cache + a.pos * a.Hkv * a.dv);
+  // KV head j serves query heads j*g .. j*g+g-1; its cached rows at k_cache + j * dk.
+  Attend t{};
+  t.q = a.q;
+  t.q_stride = a.dk;
+  t.k = a.k_cache;
+  t.v = a.v_cache;
+  t.k_stride = a.Hkv * a.dk;
+  t.v_stride = a.Hkv * a.dv;
+  t.dk = a.dk;
+  t.dv = a.dv;
+  t.S = a.pos + 1;
+  t.scale = a.scale;
+  attend_heads(t, a.Hkv, a.H / a.Hkv, a.dk, a.dv, out);
+}
+
+void mla_decode(const MlaDecode &a, float *out) {
+  float *lat = a.kv, *kr = a.kv + a.R;
+  rms_norm(lat, a.R, a.kv_norm, a.eps, 1, a.R, lat);
+  rope(kr, 1, 1, a.dr, a.dr, a.cos, a.sin, a.neox);
+  rope(a.q_rope, 1, a.H, a.q_rope_stride, a.dr, a.cos, a.sin, a.neox);
+  std::copy(lat, lat + a.R, a.latent_cache + a.pos * a.R);
+  std::copy(kr, kr + a.dr, a.k_rope_cache + a.pos * a.dr);
+  // Multi-query: every head reads the same latent rows (keys and values) and rope keys.
+  Attend t{};
+  t.q = a.q_lat;
+  t.qr = a.q_rope;
+  t.q_stride = a.R;
+  t.qr_stride = a.q_rope_stride;
+  t.k = t.v = a.latent_cache;
+  t.kr = a.k_rope_cache;
+  t.k_stride = t.v_stride = a.R;
+  t.kr_stride = a.dr;
+  t.dk = t.dv = a.R;
+  t.dr = a.dr;
+  t.S = a.pos + 1;
+  t.scale = a.scale;
+  attend_heads(t, 1, a.H, 0, 0, out);
+}
+
+}  // namespace numoe::ops

@@ -1,0 +1,55 @@
+// One token's attention in a decode step, in C++ (the torch paths in numoe/layers are the
+// references): GQA (gqa_decode) and MLA in the absorbed form (mla_decode). Both run one body:
+// the query heads that read the same cached rows form a group, and a task is a group over a
+// chunk of the cached positions (flash-decoding: each row read once per group, the chunk
+// L2-resident from the scores to the value sum; the chunks' softmax pieces are merged after).
+#pragma once
+
+#include <cstdint>
+
+namespace numoe::ops {
+
+// One decode step of grouped-query attention for one token at position pos (H query heads
+// over Hkv = H / g key/value heads): q [H, dk] and k [Hkv, dk] get their optional per-head RMS
+// norm (q_norm, k_norm [dk]) and the rotary embedding on their first rope_dim elements (cos,
+// sin [rope_dim / 2]; rope_dim 0: none); k and v [Hkv, dv] are stored at row pos of the cache
+// (k_cache [n_ctx, Hkv, dk], v_cache [n_ctx, Hkv, dv]); then out [H, dv] = softmax(scale *
+// q_h . K[0..pos]) . V[0..pos] per head (head h reads key/value head h / g). Heads run on the
+// pool. q and k are modified in place.
+struct GqaDecode {
+  float *q, *k;
+  const float *v;
+  float *k_cache, *v_cache;
+  int64_t H, Hkv, dk, dv, pos;
+  float scale;
+  const float *q_norm = nullptr, *k_norm = nullptr;
+  float eps = 0.f;
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t rope_dim = 0;
+  bool neox = true;
+};
+void gqa_decode(const GqaDecode &a, float *out);
+
+// One decode step of multi-head latent attention in the absorbed form (numoe/layers/mla.py):
+// kv [R + dr] is the token's kv_a projection: its latent [R] gets the RMS norm kv_norm [R]
+// and its rope key [dr] the rotary embedding (cos, sin [dr / 2]), both in place, and both are
+// stored at row pos of latent_cache [n_ctx, R] and k_rope_cache [n_ctx, dr]; q_rope (head h's
+// dr values at q_rope + h * q_rope_stride) is rotated in place; then out [H, R] = softmax(
+// scale * (q_lat[h] . latent[s] + q_rope[h] . k_rope[s])) . latent[0..pos] per head, with
+// q_lat [H, R] the query absorbed through k_b. Heads run on the pool.
+struct MlaDecode {
+  const float *q_lat;
+  float *q_rope;
+  int64_t q_rope_stride;
+  float *kv;
+  const float *kv_norm;
+  float eps;
+  float *latent_cache, *k_rope_cache;
+  int64_t H, R, dr, pos;
+  float scale;
+  const float *cos, *sin;
+  bool neox;
+};
+void mla_decode(const MlaDecode &a, float *out);
+
+}  // namespace numoe::ops
