@@ -191,77 +191,16 @@ NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float
 }
 #endif
 
-#ifdef NUMOE_X86
-// The AVX-512 level: the same loops on 16 lanes (decode attention is FMA-bound once the
-// rows come from L2: MLA's 16 heads do ~1 100 multiply-adds per cached row). d a multiple
-// of 16.
-NUMOE_TARGET_AVX512 void qk_avx512(const float *q, int64_t q_stride, int64_t g, const float *k,
-                                   int64_t k_stride, int64_t d, int64_t S, float *p) {
-  int64_t s = 0;
-  for (; s + 4 <= S; s += 4) {
-    if (k_stride > d && s + 12 <= S)
-      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
-    const float *k0 = k + s * k_stride;
-    for (int64_t h = 0; h < g; ++h) {
-      const float *qh = q + h * q_stride;
-      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                       _mm512_setzero_ps()};
-      for (int64_t i = 0; i < d; i += 16) {
-        const __m512 qv = _mm512_loadu_ps(qh + i);
-        for (int j = 0; j < 4; ++j)
-          acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + j * k_stride + i), acc[j]);
-      }
-      __m256 f[4];
-      for (int j = 0; j < 4; ++j)
-        f[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
-      const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(f[0], f[1]), _mm256_hadd_ps(f[2], f[3]));
-      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-      float *ph = p + h * S + s;
-      _mm_storeu_ps(ph, _mm_add_ps(_mm_loadu_ps(ph), r));
-    }
-  }
-  for (; s < S; ++s)
-    for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
-}
-
-// pv_avx2 with 128 outputs of a head in 8 zmm registers (dv a multiple of 128; else pv_avx2).
-NUMOE_TARGET_AVX512 void pv_avx512(const float *p, int64_t S, int64_t g, const float *v,
-                                   int64_t v_stride, int64_t dv, float *out) {
-  if (dv % 128 != 0) return pv_avx2(p, S, g, v, v_stride, dv, out);
-  std::fill(out, out + g * dv, 0.f);
-  constexpr int64_t kBlock = 128;
-  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
-    const int64_t s1 = std::min(S, s0 + kBlock);
-    for (int64_t h = 0; h < g; ++h)
-      for (int64_t c = 0; c < dv; c += 128) {
-        float *o = out + h * dv + c;
-        __m512 acc[8];
-        for (int k = 0; k < 8; ++k) acc[k] = _mm512_loadu_ps(o + 16 * k);
-        for (int64_t s = s0; s < s1; ++s) {
-          if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as qk's key rows
-            prefetch_row(v + (s + 8) * v_stride, dv);
-          const __m512 w = _mm512_set1_ps(p[h * S + s]);
-          const float *vs = v + s * v_stride + c;
-          for (int k = 0; k < 8; ++k)
-            acc[k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vs + 16 * k), acc[k]);
-        }
-        for (int k = 0; k < 8; ++k) _mm512_storeu_ps(o + 16 * k, acc[k]);
-      }
-  }
-}
-#endif
-
 struct VecKernels {
   qk_fn qk;
   exp_sum_fn exp_sum;
   pv_fn pv;
 };
 
-// The AVX2 / AVX-512 qk take key rows whose widths (dk, and MLA's dr) are multiples of 8 / 16.
+// The AVX2 qk takes key rows whose widths (dk, and MLA's dr) are multiples of 8. (AVX-512
+// versions of qk and pv measured ~10% faster at position 4000: not worth a second copy.)
 VecKernels vec_kernels(int64_t d, int64_t dr) {
 #ifdef NUMOE_X86
-  if (current_isa() >= Isa::avx512 && d % 16 == 0 && dr % 16 == 0)
-    return {qk_avx512, exp_sum_avx2, pv_avx512};
   if (current_isa() >= Isa::avx2 && d % 8 == 0 && dr % 8 == 0)
     return {qk_avx2, exp_sum_avx2, pv_avx2};
 #endif
