@@ -29,7 +29,7 @@ MD_HEADER = [
 ]  # fmt: skip
 LLAMA_BENCH = {
     "model_filename", "model_size", "model_n_params", "n_threads", "n_prompt", "n_gen",
-    "avg_ts", "stddev_ts", "samples_ts",
+    "n_depth", "avg_ts", "stddev_ts", "samples_ts",
 }  # fmt: skip
 NUMOE_OWN = {"bytes_per_token", "gbps", "bw_pct", "peak_rss_bytes", "numa", "bytes_per_node"}
 
@@ -123,6 +123,30 @@ def test_json_rows_are_consistent(tiny_model, capsys):
             assert r["bw_pct"] == pytest.approx(100 * r["gbps"] / PROBE_GBPS)
         else:
             assert r["gbps"] is None and r["bw_pct"] is None
+
+
+def test_depth(tiny_model, capsys, monkeypatch):
+    """-d: each test runs on a cache already holding n_depth tokens, prefilled before the
+    clock, as llama-bench's 'tg4 @ d8'; the timed part computes only the test's tokens."""
+    from numoe.models import base
+
+    calls = []  # (tokens, position) of every forward
+    real = base.DecoderModel.forward
+
+    def spy(self, tokens, cache, pos, n_logits=None):
+        calls.append((int(tokens.shape[0]), pos))
+        return real(self, tokens, cache, pos, n_logits)
+
+    monkeypatch.setattr(base.DecoderModel, "forward", spy)
+    rows = _json_rows(capsys, "-m", tiny_model, "-p", "4", "-n", "3", "-d", "0,8", "-r", "1")
+    assert [(r["test"], r["n_depth"]) for r in rows] == [
+        ("pp4", 0), ("tg3", 0), ("pp4 @ d8", 8), ("tg3 @ d8", 8)
+    ]  # fmt: skip
+    pp, tg = [(4, 0)], [(1, 0), (1, 1), (1, 2)]
+    pp_d, tg_d = [(8, 0), (4, 8)], [(8, 0), (1, 8), (1, 9), (1, 10)]
+    assert calls == 2 * pp + 2 * tg + 2 * pp_d + 2 * tg_d  # warm-up and one repetition each
+    with pytest.raises(SystemExit):
+        main(["bench", "-m", tiny_model, "-d", "-1"])
 
 
 def test_csv_parses(tiny_model, capsys):

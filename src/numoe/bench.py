@@ -48,7 +48,7 @@ from .roofline import bytes_per_token, n_params, proc_bytes
 # JSON/CSV fields in order: llama-bench's names where one exists, then numoe's own.
 FIELDS = (
     "numoe_version", "cpu_info", "model_filename", "model_type", "model_size",
-    "model_n_params", "n_batch", "n_threads", "n_prompt", "n_gen", "test_time",
+    "model_n_params", "n_batch", "n_threads", "n_prompt", "n_gen", "n_depth", "test_time",
     "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
     # numoe's own
     "test", "quant", "model_n_params_active", "numa", "bytes_per_token", "gbps",
@@ -60,15 +60,23 @@ FIELDS = (
 class Test:
     n_prompt: int
     n_gen: int
+    n_depth: int = 0  # tokens already in the cache (prefilled, not timed)
 
     @property
     def name(self) -> str:
-        return f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        name = f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        return f"{name} @ d{self.n_depth}" if self.n_depth else name
 
 
-def tests_from(n_prompt: list[int], n_gen: list[int]) -> list[Test]:
-    """llama-bench's test list: a pp test per non-zero -p value, a tg test per non-zero -n."""
-    return [Test(p, 0) for p in n_prompt if p > 0] + [Test(0, n) for n in n_gen if n > 0]
+def tests_from(n_prompt: list[int], n_gen: list[int], n_depth: list[int] = (0,)) -> list[Test]:
+    """llama-bench's test list: per -d depth, a pp test per non-zero -p value and a tg test
+    per non-zero -n value."""
+    return [
+        t
+        for d in n_depth
+        for t in [Test(p, 0, d) for p in n_prompt if p > 0]
+        + [Test(0, n, d) for n in n_gen if n > 0]
+    ]
 
 
 # --- the model's figures -------------------------------------------------------------------
@@ -135,14 +143,18 @@ def _sync() -> None:
 
 
 def time_test(model, test: Test, n_vocab: int, batch: int, rng: random.Random) -> float:
-    """Seconds for one run of `test` on a fresh cache (allocated before the clock starts)."""
+    """Seconds for one run of `test` on a fresh cache (allocated, and filled with n_depth
+    random tokens, before the clock starts)."""
     n = test.n_prompt or test.n_gen
+    depth = [rng.randrange(n_vocab) for _ in range(test.n_depth)]
     tokens = [rng.randrange(n_vocab) for _ in range(n)]
-    sess = Session(model, n_ctx=n, chunk=batch)
+    sess = Session(model, n_ctx=test.n_depth + n, chunk=batch)
+    if depth:
+        sess.prefill(depth)
     _sync()
     t0 = time.perf_counter()
     if test.n_prompt:
-        sess.prefill(tokens)
+        sess.prefill(depth + tokens)  # the depth tokens are the cached prefix: n computed
     else:
         for t in tokens:
             sess.step(t)
@@ -247,6 +259,7 @@ def make_row(
         "n_threads": threads,
         "n_prompt": test.n_prompt,
         "n_gen": test.n_gen,
+        "n_depth": test.n_depth,
         "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "avg_ns": int(statistics.fmean(ns)),
         "stddev_ns": int(statistics.stdev(ns)) if len(ns) > 1 else 0,

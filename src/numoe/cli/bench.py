@@ -33,7 +33,7 @@ DESCRIPTION = (
 
 
 def add_run_flags(p, n_prompt: str, n_gen: str, reps: int) -> None:
-    """-p, -n, -r, --no-warmup, -o, --probe."""
+    """-p, -n, -d, -r, --no-warmup, -o, --probe."""
     g = p.add_argument_group("tests and output")
     g.add_argument(
         "-p", "--n-prompt", type=count_list, default=n_prompt, metavar="LIST",
@@ -42,6 +42,12 @@ def add_run_flags(p, n_prompt: str, n_gen: str, reps: int) -> None:
     g.add_argument(
         "-n", "--n-gen", type=count_list, default=n_gen, metavar="LIST",
         help="generated tokens of the tg tests, a comma list; 0 = no tg test",
+    )  # fmt: skip
+    g.add_argument(
+        "-d", "--n-depth", type=count_list, default="0", metavar="LIST",
+        help="tokens already in the cache before each test (prefilled, not timed), a comma "
+        "list, as llama-bench's -d: 'tg128 @ d4096' is decode at 4096 tokens of context "
+        "(GB/s counts the weights, not the cache)",
     )  # fmt: skip
     g.add_argument(
         "-r", "--repetitions", type=positive_int, default=reps, metavar="N",
@@ -162,7 +168,7 @@ def main(args) -> int:
     from .. import bench, roofline
 
     settings = resolve_settings(args)
-    tests = bench.tests_from(args.n_prompt, args.n_gen)
+    tests = bench.tests_from(args.n_prompt, args.n_gen, args.n_depth)
     if not tests:
         raise FlagError("-p 0 and -n 0 leave nothing to measure: give -p N or -n N")
     threads = args.threads if isinstance(args.threads, list) else [args.threads]

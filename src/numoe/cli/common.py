@@ -65,7 +65,7 @@ def int_list(s: str, low: int = 1) -> list[int]:
 
 
 def count_list(s: str) -> list[int]:
-    """-p / -n of bench: token counts, 0 = no such test."""
+    """-p / -n / -d of bench: token counts (-p, -n: 0 = no such test)."""
     return int_list(s, low=0)
 
 

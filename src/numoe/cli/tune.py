@@ -52,7 +52,7 @@ def main(args) -> int:
 
     # tune sweeps threads and policy itself; numa-nodes and smt come from the settings
     settings = resolve_settings(args, ("numa_nodes", "smt"))
-    tests = bench.tests_from(args.n_prompt, args.n_gen)
+    tests = bench.tests_from(args.n_prompt, args.n_gen, args.n_depth)
     if not tests:
         raise FlagError("-p 0 and -n 0 leave nothing to measure: give -n N (or -p N)")
     topo = Topology.read()
