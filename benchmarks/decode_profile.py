@@ -11,8 +11,8 @@ process (medians and ratios: this machine's bandwidth drifts between runs).
   no-warm    Linear.warm does nothing: no weights read by idle workers between ops
   torch-attn one token's attention (GQA or MLA: norms, ropes, cache store, softmax(qK)V) by
              torch instead of numoe._cpu.gqa_decode / mla_decode
-  torch-ops  torch-attn, and RMS norm (also after the residual add), rotary embedding and
-             routing by torch; q/k/v etc. as separate calls
+  torch-ops  torch-attn, and RMS norm (also after the residual add), rotary embedding,
+             routing and silu(g) * u by torch; q/k/v etc. as separate calls
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+
+import torch.nn.functional as F
 
 from numoe import cache
 from numoe.bench import Test, run_test
@@ -104,6 +106,7 @@ def set_features(mode: str, saved: dict) -> None:
     torch_attn = torch_ops or mode == "torch-attn"
     cache._Cache.numpy_layer = (lambda self, layer: None) if torch_attn else saved["numpy_layer"]
     base.add_rms_norm = torch_add_rms_norm if torch_ops else saved["add_rms_norm"]
+    ffn.silu_mul = (lambda g, u: F.silu(g) * u) if torch_ops else saved["silu_mul"]
     for m in NORM_USERS:
         m.rms_norm = norms.rms_norm_torch if torch_ops else saved["rms_norm"]
     rope.Rope.apply = rope.Rope.apply_torch if torch_ops else saved["rope"]
@@ -151,6 +154,7 @@ def main() -> None:
             "rope": rope.Rope.apply,
             "numpy_layer": cache._Cache.numpy_layer,
             "add_rms_norm": base.add_rms_norm,
+            "silu_mul": ffn.silu_mul,
             "route": moe.route,
             "linear_many": linear.linear_many,
         }

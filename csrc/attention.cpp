@@ -127,9 +127,10 @@ void pv_scalar(const float *p, int64_t S, int64_t g, const float *v, int64_t v_s
 
 #ifdef NUMOE_X86
 // e^x on 8 lanes for x <= 0 (softmax inputs): 2^n * e^r with n = round(x log2 e), r = x - n
-// ln 2 in two steps, e^r by Cephes' degree-6 polynomial; relative error ~2e-7, 0 below -87.
+// ln 2 in two steps, e^r by Cephes' degree-6 polynomial; relative error ~2e-7; x below -87
+// counts as -87 (e^-87 ~ 1.6e-38, nothing beside the softmax's largest term, which is 1).
 NUMOE_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // NaN stays NaN (maxps returns operand 2)
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -243,16 +244,17 @@ void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, f
 // and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA: one group,
 // offsets 0). Tasks: a group's heads over a chunk of the positions (flash-decoding), so each
 // cached row is read once for the whole group and the chunk's rows stay in L2 from the scores
-// to the value sum; chunks of at least 64 rows, as many as give the pool two tasks per thread
+// to the value sum; chunks of about 64 rows or more, as many as give the pool two tasks per thread
 // and keep a chunk's key and value rows within 1 MiB. The chunks' softmax pieces merge after.
 void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_off, int64_t v_off,
                   float *out) {
   const int64_t S = a.S, g = group, dv = a.dv;
-  const int64_t row_bytes =
-      static_cast<int64_t>(sizeof(float)) * (a.dk + a.dv + (a.kr != nullptr ? a.dr : 0));
+  const int64_t row_floats =
+      a.dk + (a.v == a.k ? 0 : a.dv) + (a.kr != nullptr ? a.dr : 0);  // MLA: keys are values
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * row_floats;
   const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
                                          (S * row_bytes + (1 << 20) - 1) >> 20);
-  const int64_t chunks = std::clamp<int64_t>(want, 1, (S + 63) / 64);
+  const int64_t chunks = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, S / 64));
   const int64_t len = (S + chunks - 1) / chunks;
   const VecKernels vk = vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0);
   // per (group, chunk): o [g, dv], then m [g] and l [g]

@@ -180,8 +180,8 @@ void LinearOp::forward_many(const std::vector<const LinearOp *> &ops, const floa
   for (const LinearOp *op : ops)
     if (op->groups_ != 1 || op->n_in_ != width)
       throw std::invalid_argument("forward_many: the ops must share one input width, no groups");
-  // x quantized once per activation type (scratch slots 0, 6, 7, 8: F32, Q8_0, Q8_K and
-  // Q8_K4 are all the activation types there are)
+  // x quantized once per activation type, the types in the order the ops first need them
+  // (scratch slots 0, 6, 7, 8: F32, Q8_0, Q8_K and Q8_K4 are all the activation types)
   static constexpr int kSlot[4] = {0, 6, 7, 8};
   std::vector<int> types;
   std::vector<const uint8_t *> acts(ops.size());

@@ -8,7 +8,7 @@ bit for bit (every output is one vec_dot whatever the task split).
 Tolerances (relative Frobenius error against float64 on the dequantized weights): the float
 formats pair with float32 activations, so only summation order differs: 1e-5. Q8_0/Q4_0
 weights use Q8_0 activations (int8 per 32 values): observed ~0.6 %, bound 1e-2. The K-quants
-use Q8_K (int8 per 256 values, so a coarser step for the same data) against random-byte
+use Q8_K / Q8_K4 (int8 per 256 values, so a coarser step for the same data) against random-byte
 blocks whose mins add large cancelling terms: observed 0.7-1.1 %, bound 1.5e-2. The MoE op
 quantizes twice (x, then h): observed up to 1.6 %, bound 3e-2.
 """

@@ -192,15 +192,17 @@ def test_route_bad_input():
 @pytest.mark.parametrize("qk_norm", [True, False])
 @pytest.mark.parametrize("neox", [True, False])
 @pytest.mark.parametrize(
-    "H,Hkv,Dh,pos", [(8, 2, 32, 0), (8, 2, 32, 37), (4, 4, 36, 5), (6, 1, 32, 300), (16, 2, 24, 9)]
-)
+    "H,Hkv,Dh,pos",
+    [(8, 2, 32, 0), (8, 2, 32, 37), (4, 4, 36, 5), (6, 1, 32, 300), (16, 2, 24, 9),
+     (32, 4, 128, 1100)],  # Qwen3's heads, rows in registers 64 at a time, 2 position chunks
+)  # fmt: skip
 def test_gqa_decode_matches_torch(isa, qk_norm, neox, H, Hkv, Dh, pos):
     """One token's attention in C++ (each ISA's body; head groups split over the pool or
     not): norms, rope, the cache store and softmax(q K^T) V against the torch path
     (rms_norm_torch, Rope.apply_torch, causal_attention)."""
     from numoe.layers.attention import causal_attention
 
-    n_ctx = 320
+    n_ctx = max(320, pos + 8)
     g = torch.Generator().manual_seed(H * 1000 + pos + qk_norm)
     q, k, v = (torch.randn(1, n * Dh, generator=g) for n in (H, Hkv, Hkv))
     kc, vc = torch.randn(n_ctx, Hkv, Dh, generator=g), torch.randn(n_ctx, Hkv, Dh, generator=g)
@@ -257,7 +259,7 @@ def test_mla_decode_matches_torch(isa, neox, H, R, dn, dr, pos):
     Rope.apply_torch, latent_attention)."""
     from numoe.layers.mla import latent_attention
 
-    n_ctx = 64
+    n_ctx = max(64, pos + 8)
     g = torch.Generator().manual_seed(H * 100 + pos)
     q_lat = torch.randn(1, H, R, generator=g)
     q = torch.randn(1, H * (dn + dr), generator=g)
@@ -330,3 +332,19 @@ def test_rope_cos_sin_table():
         ang = torch.outer(t, rope.inv_freq)
         cos, sin = rope.cos_sin(pos, n, torch.device("cpu"))
         assert torch.equal(cos, ang.cos().float()) and torch.equal(sin, ang.sin().float())
+
+
+@pytest.mark.parametrize("isa", _cpu.isa_available())
+def test_gqa_decode_propagates_nan(isa):
+    """A NaN in a cached key makes the heads that read it NaN on every ISA (as torch's
+    softmax), and leaves the other KV head's heads finite."""
+    H, Hkv, Dh, pos = 8, 2, 32, 20
+    r = np.random.default_rng(0)
+    kc = r.standard_normal((32, Hkv, Dh)).astype(np.float32)
+    vc = r.standard_normal((32, Hkv, Dh)).astype(np.float32)
+    kc[5, 0, 3] = np.nan  # KV head 0 serves query heads 0..3
+    q = r.standard_normal(H * Dh).astype(np.float32)
+    k = r.standard_normal(Hkv * Dh).astype(np.float32)
+    with kernels.using_isa(isa):
+        out = _cpu.gqa_decode(q, k, k.copy(), kc, vc, pos, Dh**-0.5).reshape(H, Dh)
+    assert np.isnan(out[:4]).all() and np.isfinite(out[4:]).all()

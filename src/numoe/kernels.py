@@ -42,7 +42,8 @@ class QuantType:
     name: str
     block_size: int  # elements per block
     type_size: int  # bytes per block
-    act_type: int  # GGML type id of the activation vec_dot takes (-1: activation-only type)
+    act_type: int  # type id of the activation vec_dot takes: GGML's, or numoe's Q8_K4 = 256
+    # (-1: an activation-only type)
 
     def row_bytes(self, n: int) -> int:
         if n % self.block_size:
