@@ -6,6 +6,7 @@ thread count and machine, in one run; with bytes/token, GB/s and % of the read b
     python benchmarks/decode.py                       # the default synthetic models
     python benchmarks/decode.py -m a.gguf -m b.gguf   # your files
     python benchmarks/decode.py --peer-python /work/peers/bin/python   # + llama.cpp
+    python benchmarks/decode.py -d 2048     # + decode with 2048 tokens already in the cache
 
 Synthetic models are written once to $NUMOE_BENCH_CACHE (default ~/.cache/numoe/bench),
 outside the repository; delete them when done (--clean). The peer, llama.cpp through
@@ -42,12 +43,12 @@ DEFAULT_MODELS = [  # (preset, layers, type): real shapes, fewer layers to fit 2
 PEER_SCRIPT = r"""
 import json, sys, time, random
 from llama_cpp import Llama
-path, threads, n_pp, n_tg, reps = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_pp + n_tg + 8,
-            n_batch=n_pp, n_ubatch=n_pp, verbose=False)
+path, threads, n_pp, n_tg, reps, depth = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:7])
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
+            n_ctx=max(n_pp, depth) + n_tg + 8, n_batch=n_pp, n_ubatch=n_pp, verbose=False)
 rng = random.Random(0)
-toks = [rng.randrange(100, llm.n_vocab()) for _ in range(n_pp)]
-pp, tg = [], []
+toks = [rng.randrange(100, llm.n_vocab()) for _ in range(max(n_pp, depth))]
+pp, tg, tgd = [], [], []
 for r in range(reps + 1):  # first round is warm-up
     llm.reset(); t0 = time.perf_counter(); llm.eval(toks); dt = time.perf_counter() - t0
     if r: pp.append(n_pp / dt)
@@ -56,7 +57,13 @@ for r in range(reps + 1):  # first round is warm-up
         llm.eval([toks[(i + 1) % n_pp]])
     dt = time.perf_counter() - t0
     if r: tg.append(n_tg / dt)
-print(json.dumps({"pp": pp, "tg": tg}))
+    if depth:  # decode after `depth` tokens (their prefill not timed)
+        llm.reset(); llm.eval(toks[:depth]); t0 = time.perf_counter()
+        for i in range(n_tg):
+            llm.eval([toks[i]])
+        dt = time.perf_counter() - t0
+        if r: tgd.append(n_tg / dt)
+print(json.dumps({"pp": pp, "tg": tg, "tgd": tgd}))
 """
 
 
@@ -71,13 +78,18 @@ def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
     return path
 
 
-def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> dict:
+def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int, depth: int) -> dict:
     set_threads(threads)
     rss0 = rss_bytes()
     g = open_gguf(path)
     cfg, model = load(g, Placement.parse("cpu"))
     pp = [n_pp / t for t in run_test(model, Test(n_pp, 0), cfg.n_vocab, n_pp, reps)]
     tg = [n_tg / t for t in run_test(model, Test(0, n_tg), cfg.n_vocab, n_pp, reps)]
+    tgd = (
+        [n_tg / t for t in run_test(model, Test(0, n_tg, depth), cfg.n_vocab, n_pp, reps)]
+        if depth
+        else []
+    )
     bpt = ModelInfo.of(g, cfg).bytes_per_token
     # every weight has been read by now (prefill touches all experts): RSS growth over the
     # run vs the file size shows that no float copy of the weights was made
@@ -88,6 +100,7 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> di
     return {
         "pp": pp,
         "tg": tg,
+        "tgd": tgd,
         "bytes_per_token": bpt,
         "file_bytes": path.stat().st_size,
         "rss": rss,
@@ -95,8 +108,8 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int) -> di
     }
 
 
-def bench_peer(peer: str, path: Path, threads: int, n_pp: int, n_tg: int, reps: int):
-    args = [peer, "-c", PEER_SCRIPT, str(path), str(threads), str(n_pp), str(n_tg), str(reps)]
+def bench_peer(peer: str, path: Path, threads: int, n_pp: int, n_tg: int, reps: int, depth: int):
+    args = [peer, "-c", PEER_SCRIPT, str(path), *map(str, (threads, n_pp, n_tg, reps, depth))]
     p = subprocess.run(args, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
@@ -112,6 +125,10 @@ def main() -> None:
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument(
+        "-d", "--depth", type=int, default=0,
+        help="also decode with this many tokens already in the cache (prefilled, not timed)",
+    )  # fmt: skip
     ap.add_argument("--peer-python", default=None, help="python of a venv with llama-cpp-python")
     ap.add_argument("--cache", default=os.environ.get("NUMOE_BENCH_CACHE"))
     ap.add_argument("--clean", action="store_true", help="delete the synthetic models at the end")
@@ -130,22 +147,25 @@ def main() -> None:
     for path in paths:
         before = measure_read_bandwidth()
         threads = set_threads(a.threads)
-        ours = bench_numoe(path, threads, a.n_prompt, a.n_gen, a.reps)
+        ours = bench_numoe(path, threads, a.n_prompt, a.n_gen, a.reps, a.depth)
         after = measure_read_bandwidth()
         threads = set_threads(a.threads)
         probes += [before, after]
         bw = max(before, after)
         peer = (
-            bench_peer(a.peer_python, path, threads, a.n_prompt, a.n_gen, a.reps)
+            bench_peer(a.peer_python, path, threads, a.n_prompt, a.n_gen, a.reps, a.depth)
             if a.peer_python
             else None
         )
-        for test, n in (("pp", a.n_prompt), ("tg", a.n_gen)):
+        rows = [("pp", f"pp{a.n_prompt}"), ("tg", f"tg{a.n_gen}")]
+        if a.depth:  # GB/s and % left out: the cache's reads come on top of the weights'
+            rows.append(("tgd", f"tg{a.n_gen} @ d{a.depth}"))
+        for test, name in rows:
             o = statistics.median(ours[test])
             p = statistics.median(peer[test]) if peer else None
             gbps = ours["bytes_per_token"] * o / 1e9 if test == "tg" else None
             print(
-                f"| {path.name} | {ours['file_bytes'] / 1e9:.2f} | {test}{n} | {o:.2f} | "
+                f"| {path.name} | {ours['file_bytes'] / 1e9:.2f} | {name} | {o:.2f} | "
                 + (f"{p:.2f} | {o / p:.2f}x |" if p else "- | - |")
                 + (f" {gbps:.1f} | {100 * gbps / bw:.0f} % |" if gbps else " - | - |")
             )
