@@ -50,7 +50,7 @@ rng = random.Random(0)
 toks = [rng.randrange(100, llm.n_vocab()) for _ in range(max(n_pp, depth))]
 pp, tg, tgd = [], [], []
 for r in range(reps + 1):  # first round is warm-up
-    llm.reset(); t0 = time.perf_counter(); llm.eval(toks); dt = time.perf_counter() - t0
+    llm.reset(); t0 = time.perf_counter(); llm.eval(toks[:n_pp]); dt = time.perf_counter() - t0
     if r: pp.append(n_pp / dt)
     llm.reset(); llm.eval(toks[:1]); t0 = time.perf_counter()
     for i in range(n_tg):
