@@ -84,15 +84,65 @@ NUMOE_TARGET_AVX2 void quantize_q8_0_avx2(const float *x, void *dst, int64_t n) 
 
 constexpr vec_dot_fn vec_dot_q8_0_avx2 = simd::q8_0_act_dot_avx2<block_q8_0, q8_0_values>;
 
-// The AVX-512 level: 256-bit VNNI dot products, the AVX2 arithmetic otherwise (so bit-equal
-// to it). Two blocks per 512-bit register ran slower: their scale pairs and register halves
-// cost shuffles on the one port 512-bit code leaves for them. The N-activation bodies
-// (simd::q8_0_act_n_<level>) equal their level's single body bit for bit.
+// The AVX-512 level, one activation: 256-bit VNNI dot products, the AVX2 arithmetic
+// otherwise (so bit-equal to it). Two blocks per 512-bit register ran slower: their scale
+// pairs and register halves cost shuffles on the one port 512-bit code leaves for them.
 constexpr vec_dot_fn vec_dot_q8_0_avx512 = simd::q8_0_act_dot_vnni<block_q8_0, q8_0_values>;
 template <int N>
 constexpr simd::body_n_fn q8_0_n_avx2 = simd::q8_0_act_n_avx2<block_q8_0, q8_0_values, N>;
+
+// The AVX-512 level, N activations two per 512-bit register: per weight block, x goes to
+// both 256-bit halves (|x| and its sign mask formed once for all activations), and half h
+// of register k is activation 2k + h, fed exactly as q8_0_act_dot_vnni feeds its ymm
+// accumulators (the same int32 dots, dx * dy products and FMAs in the same order, the same
+// final hsum): every result equals the single body's bit for bit. dx * dy of all the
+// activations is one 8-lane product per block, spread to the pairs by a permute. (Per lane,
+// the single body's ymm loop run for N activations was ~1.7x slower at prefill.)
 template <int N>
-constexpr simd::body_n_fn q8_0_n_avx512 = simd::q8_0_act_n_vnni<block_q8_0, q8_0_values, N>;
+NUMOE_TARGET_AVX512VNNI void q8_0_n_avx512(int n, const void *w, size_t w_stride, int n_rows,
+                                           const void *const *act, float *out, size_t out_stride) {
+  constexpr int P = (N + 1) / 2;  // activation pairs; an odd N pads with act[0]
+  const block_q8_0 *y[8];
+  simd::act_ptrs(act, N, y);
+  const int nb = n / QK8_0;
+  const float *dy = simd::q8_0_scales(y, nb);
+  const __m512i zero = _mm512_setzero_si512();
+  for (int r = 0; r < n_rows; ++r) {
+    const block_q8_0 *x =
+        reinterpret_cast<const block_q8_0 *>(static_cast<const char *>(w) + r * w_stride);
+    __m512 acc[2][P];
+    for (int k = 0; k < P; ++k) acc[0][k] = acc[1][k] = _mm512_setzero_ps();
+    // block i into acc[i % 2] (as the single body), two blocks per step so that the
+    // accumulators stay in registers
+    auto step = [&](int i, __m512 *a) NUMOE_TARGET_AVX512VNNI {
+      const __m512i xb = _mm512_broadcast_i64x4(load32(x[i].qs));
+      const __mmask64 neg = _mm512_movepi8_mask(xb);
+      const __m512i ax = _mm512_abs_epi8(xb);
+      const __m512 dd = _mm512_castps256_ps512(
+          _mm256_mul_ps(_mm256_set1_ps(simd::fp16(x[i].d)), _mm256_load_ps(dy + 8 * i)));
+      for (int k = 0; k < P; ++k) {
+        const __m512i yv = simd::concat(load32(y[2 * k][i].qs), load32(y[2 * k + 1][i].qs));
+        const __m512i p = _mm512_dpbusd_epi32(zero, ax, _mm512_mask_sub_epi8(yv, neg, zero, yv));
+        const __m512i idx = simd::concat(_mm256_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1));
+        a[k] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, dd), _mm512_cvtepi32_ps(p), a[k]);
+      }
+    };
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      step(i, acc[0]);
+      step(i + 1, acc[1]);
+    }
+    if (i < nb) step(i, acc[0]);
+    for (int k = 0; k < P; ++k)
+      for (int h = 0; h < 2 && 2 * k + h < N; ++h) {
+        const __m256 a0 =
+            h ? _mm512_extractf32x8_ps(acc[0][k], 1) : _mm512_castps512_ps256(acc[0][k]);
+        const __m256 a1 =
+            h ? _mm512_extractf32x8_ps(acc[1][k], 1) : _mm512_castps512_ps256(acc[1][k]);
+        out[(2 * k + h) * out_stride + r] = simd::hsum(_mm256_add_ps(a0, a1));
+      }
+  }
+}
 
 NUMOE_VEC_DOT_N(q8_0, avx2, NUMOE_TILE_BODIES)
 NUMOE_VEC_DOT_N(q8_0, avx512, NUMOE_TILE_BODIES)
