@@ -497,69 +497,75 @@ NUMOE_TARGET_AVX512VNNI inline __m256i dot_abs_vnni(__m256i ax, __m256i sy) {
   return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
 }
 
-// q8_0_act_dot_<SUF>(n, w, act), q8_0_act_n_<SUF><B, Values, N>(...): the single and the
-// N-activation bodies for one level, TARGET its function attribute, DOT its dot_abs. Both
-// levels run the same float arithmetic on 256-bit registers (AVX2: maddubs; AVX-512: VNNI,
-// where 256-bit code also keeps the vector port that 512-bit code switches off), so their
-// results are equal bit for bit.
-//
-// Single: two accumulators, blocks alternating, FMA of dx * dy into each. N activations at
-// once: each lane of each activation's accumulators fed exactly as in the single body (same
-// int32 products, the same dx * dy products, the same FMAs in the same order, the same final
-// reduction), so every result equals the single body's bit for bit. Per weight block, its
-// values and dx * dy for all the activations are formed once; dx * dy of activation j is
-// broadcast from memory (a load, no shuffle).
-#define NUMOE_Q8_0_ACT_BODIES(SUF, TARGET, DOT)                                                    \
-  template <typename B, values_fn<B> Values>                                                       \
-  TARGET float q8_0_act_dot_##SUF(int n, const void *w, const void *act) {                         \
-    const B *x = static_cast<const B *>(w);                                                        \
-    const block_q8_0 *y = static_cast<const block_q8_0 *>(act);                                    \
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                    \
-    const int nb = n / QK8_0;                                                                      \
-    for (int i = 0; i < nb; ++i) {                                                                 \
-      const __m256i xv = Values(x[i]);                                                             \
-      const __m256i p = DOT(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(load32(y[i].qs), xv));      \
-      acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d)),                    \
-                                   _mm256_cvtepi32_ps(p), acc[i & 1]);                             \
-    }                                                                                              \
-    return hsum(_mm256_add_ps(acc[0], acc[1]));                                                    \
-  }                                                                                                \
-  template <typename B, values_fn<B> Values, int N>                                                \
-  TARGET inline void q8_0_act_step_##SUF(const B &x, const block_q8_0 *const *y, int i,            \
-                                         const float *dy, __m256 *acc) {                           \
-    const __m256i xv = Values(x);                                                                  \
-    const __m256i ax = _mm256_sign_epi8(xv, xv);                                                   \
-    alignas(32) float dd[8];                                                                       \
-    _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(fp16(x.d)), _mm256_load_ps(dy + 8 * i)));     \
-    for (int j = 0; j < N; ++j) {                                                                  \
-      const __m256i p = DOT(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv));                         \
-      acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);        \
-    }                                                                                              \
-  }                                                                                                \
-  template <typename B, values_fn<B> Values, int N>                                                \
-  TARGET void q8_0_act_n_##SUF(int n, const void *w, size_t w_stride, int n_rows,                  \
-                               const void *const *act, float *out, size_t out_stride) {            \
-    const block_q8_0 *y[8];                                                                        \
-    act_ptrs(act, N, y);                                                                           \
-    const int nb = n / QK8_0;                                                                      \
-    const float *dy = q8_0_scales(y, nb);                                                          \
-    for (int r = 0; r < n_rows; ++r) {                                                             \
-      const B *x = reinterpret_cast<const B *>(static_cast<const char *>(w) + r * w_stride);       \
-      __m256 acc0[N], acc1[N];                                                                     \
-      for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();                         \
-      int i = 0;                                                                                   \
-      for (; i + 2 <= nb; i += 2) {                                                                \
-        q8_0_act_step_##SUF<B, Values, N>(x[i], y, i, dy, acc0);                                   \
-        q8_0_act_step_##SUF<B, Values, N>(x[i + 1], y, i + 1, dy, acc1);                           \
-      }                                                                                            \
-      if (i < nb) q8_0_act_step_##SUF<B, Values, N>(x[i], y, i, dy, acc0);                         \
-      for (int j = 0; j < N; ++j) out[j * out_stride + r] = hsum(_mm256_add_ps(acc0[j], acc1[j])); \
-    }                                                                                              \
+// q8_0_act_dot_<SUF>(n, w, act): the single-activation body of one level, TARGET its
+// function attribute, DOT its dot_abs. Both levels run the same float arithmetic on 256-bit
+// registers (AVX2: maddubs; AVX-512: VNNI, where 256-bit code also keeps the vector port
+// that 512-bit code switches off), so their results are equal bit for bit. Two
+// accumulators, blocks alternating, FMA of dx * dy into each.
+#define NUMOE_Q8_0_ACT_DOT(SUF, TARGET, DOT)                                                    \
+  template <typename B, values_fn<B> Values>                                                    \
+  TARGET float q8_0_act_dot_##SUF(int n, const void *w, const void *act) {                      \
+    const B *x = static_cast<const B *>(w);                                                     \
+    const block_q8_0 *y = static_cast<const block_q8_0 *>(act);                                 \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                              \
+    const int nb = n / QK8_0;                                                                   \
+    auto step = [&](int i, __m256 &acc) TARGET {                                                \
+      const __m256i xv = Values(x[i]);                                                          \
+      const __m256i p = DOT(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(load32(y[i].qs), xv));   \
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d)), _mm256_cvtepi32_ps(p), \
+                            acc);                                                               \
+    };                                                                                          \
+    int i = 0;                                                                                  \
+    for (; i + 2 <= nb; i += 2) {                                                               \
+      step(i, acc0);                                                                            \
+      step(i + 1, acc1);                                                                        \
+    }                                                                                           \
+    if (i < nb) step(i, acc0);                                                                  \
+    return hsum(_mm256_add_ps(acc0, acc1));                                                     \
   }
 
-NUMOE_Q8_0_ACT_BODIES(avx2, NUMOE_TARGET_AVX2, dot_abs_avx2)
-NUMOE_Q8_0_ACT_BODIES(vnni, NUMOE_TARGET_AVX512VNNI, dot_abs_vnni)
-#undef NUMOE_Q8_0_ACT_BODIES
+NUMOE_Q8_0_ACT_DOT(avx2, NUMOE_TARGET_AVX2, dot_abs_avx2)
+NUMOE_Q8_0_ACT_DOT(vnni, NUMOE_TARGET_AVX512VNNI, dot_abs_vnni)
+#undef NUMOE_Q8_0_ACT_DOT
+
+// N activations at once (AVX2): each lane of each activation's accumulators fed exactly as
+// in q8_0_act_dot_avx2 (same int32 products, the same dx * dy products, the same FMAs in the
+// same order, the same final reduction), so every result equals the single body's bit for
+// bit. Per weight block, its values and dx * dy for all the activations are formed once;
+// dx * dy of activation j is broadcast from memory (a load, no shuffle).
+template <typename B, values_fn<B> Values, int N>
+NUMOE_TARGET_AVX2 inline void q8_0_act_step_avx2(const B &x, const block_q8_0 *const *y, int i,
+                                                 const float *dy, __m256 *acc) {
+  const __m256i xv = Values(x);
+  const __m256i ax = _mm256_sign_epi8(xv, xv);
+  alignas(32) float dd[8];
+  _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(fp16(x.d)), _mm256_load_ps(dy + 8 * i)));
+  for (int j = 0; j < N; ++j) {
+    const __m256i p = dot_abs_avx2(ax, _mm256_sign_epi8(load32(y[j][i].qs), xv));
+    acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(dd + j), _mm256_cvtepi32_ps(p), acc[j]);
+  }
+}
+
+template <typename B, values_fn<B> Values, int N>
+NUMOE_TARGET_AVX2 void q8_0_act_n_avx2(int n, const void *w, size_t w_stride, int n_rows,
+                                       const void *const *act, float *out, size_t out_stride) {
+  const block_q8_0 *y[8];
+  act_ptrs(act, N, y);
+  const int nb = n / QK8_0;
+  const float *dy = q8_0_scales(y, nb);
+  for (int r = 0; r < n_rows; ++r) {
+    const B *x = reinterpret_cast<const B *>(static_cast<const char *>(w) + r * w_stride);
+    __m256 acc0[N], acc1[N];
+    for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      q8_0_act_step_avx2<B, Values, N>(x[i], y, i, dy, acc0);
+      q8_0_act_step_avx2<B, Values, N>(x[i + 1], y, i + 1, dy, acc1);
+    }
+    if (i < nb) q8_0_act_step_avx2<B, Values, N>(x[i], y, i, dy, acc0);
+    for (int j = 0; j < N; ++j) out[j * out_stride + r] = hsum(_mm256_add_ps(acc0[j], acc1[j]));
+  }
+}
 
 }  // namespace numoe::quant::simd
 #endif
