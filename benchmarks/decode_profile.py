@@ -34,7 +34,7 @@ from numoe.pool import set_threads
 from numoe.roofline import read_bandwidth
 
 LINEAR_USERS = (attention, mla, ffn, moe)  # modules that call linear_many
-NORM_USERS = (attention, mla, base)  # modules that call rms_norm
+NORM_USERS = (attention, mla)  # modules that call rms_norm (base: add_rms_norm)
 
 
 def op_name(lin) -> str:
@@ -95,7 +95,7 @@ def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
 
 
 def torch_add_rms_norm(x, y, w, eps):
-    s = x + y
+    s = x if y is None else x + y
     return s, norms.rms_norm_torch(s, w, eps)
 
 

@@ -163,13 +163,12 @@ NUMOE_TARGET_AVX2 float exp_sum_avx2(float *v, int64_t n, float m) {
 // (the block's value rows stay in L2 for the g heads); other widths take the axpy loop.
 NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float *v,
                                int64_t v_stride, int64_t dv, float *out) {
+  std::fill(out, out + g * dv, 0.f);
   if (dv % 64 != 0) {
-    std::fill(out, out + g * dv, 0.f);
     for (int64_t s = 0; s < S; ++s)
       for (int64_t h = 0; h < g; ++h) axpy_avx2(p[h * S + s], v + s * v_stride, out + h * dv, dv);
     return;
   }
-  std::fill(out, out + g * dv, 0.f);
   constexpr int64_t kBlock = 128;
   for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
     const int64_t s1 = std::min(S, s0 + kBlock);
@@ -292,7 +291,7 @@ void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_of
         const float *o = pp + (j * chunks + c) * part;
         const float mc = o[g * dv + h];
         if (mc == -std::numeric_limits<float>::infinity()) continue;
-        const float w = chunks == 1 ? 1.f : std::exp(mc - M);
+        const float w = std::exp(mc - M);  // 1 for the chunk holding the max
         L += w * o[g * dv + g + h];
         for (int64_t i = 0; i < dv; ++i) y[i] += w * o[h * dv + i];
       }

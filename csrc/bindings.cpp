@@ -466,11 +466,9 @@ void bind_ops(nb::module_ &m) {
   m.def(
       "silu_mul",
       [](const Floats &g, const Floats &u) {
-        if (g.ndim() != u.ndim() || g.size() != u.size())
-          throw std::invalid_argument("silu_mul: g and u must have one shape");
-        for (size_t d = 0; d < g.ndim(); ++d)
-          if (g.shape(d) != u.shape(d))
-            throw std::invalid_argument("silu_mul: g and u must have one shape");
+        bool same = g.ndim() == u.ndim();
+        for (size_t d = 0; same && d < g.ndim(); ++d) same = g.shape(d) == u.shape(d);
+        if (!same) throw std::invalid_argument("silu_mul: g and u must have one shape");
         float *y;
         auto arr = new_floats2(1, g.size(), &y);
         numoe::ops::silu_mul(g.data(), u.data(), static_cast<int64_t>(g.size()), y);

@@ -33,6 +33,8 @@ def test_add_rms_norm(rows):
     s, n = add_rms_norm(x, y, w, 1e-6)
     assert torch.equal(s, x + y)
     assert torch.equal(n, rms_norm(x + y, w, 1e-6))
+    s0, n0 = add_rms_norm(x, None, w, 1e-6)  # nothing to add (the first block)
+    assert s0 is x and torch.equal(n0, rms_norm(x, w, 1e-6))
     torch.testing.assert_close(n, rms_norm_torch(x + y, w, 1e-6), rtol=2e-6, atol=1e-6)
     s2, n2 = add_rms_norm(x[:, :128].contiguous(), y[:, ::2], w[:128], 1e-6)  # strided y: torch
     assert torch.equal(s2, x[:, :128] + y[:, ::2])

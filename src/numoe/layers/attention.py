@@ -85,7 +85,7 @@ class GQAAttention:
         q, k, v = linear_many([self.q, self.k, self.v], x)
         if T == 1:
             self.o.warm()  # read by idle workers while the norms, rope and attention run
-        if T == 1 and self._cpu_norms is not None and hasattr(cache, "numpy_layer"):
+        if T == 1 and self._cpu_norms is not None:
             kv = cache.numpy_layer(self.blk)
             if kv is not None:
                 return self.o(self._decode(q, k, v, kv, cache, pos, cos, sin))  # [1, H*Dh]

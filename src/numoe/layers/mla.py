@@ -125,7 +125,7 @@ class MLAttention:
         if self.q is None:
             q = self.q_b(rms_norm(q, self.q_a_norm, self.eps))
             warm(self.k_b)
-        if T == 1 and self._cpu_norm is not None and hasattr(cache, "numpy_layer"):
+        if T == 1 and self._cpu_norm is not None:
             lat_kr = cache.numpy_layer(self.blk)
             if lat_kr is not None:
                 return self._decode(q, kv, lat_kr, cache, pos, cos, sin)

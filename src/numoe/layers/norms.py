@@ -33,11 +33,13 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 
 def add_rms_norm(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float
+    x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + y, rms_norm(x + y)) for x, y [T, D]: a residual add and the next norm, one C++
     call for float32 CPU tensors (two fewer ops between weight streams), else torch's add and
-    `rms_norm`. The same values either way."""
+    `rms_norm`. The same values either way. y None: nothing to add, (x, rms_norm(x))."""
+    if y is None:
+        return x, rms_norm(x, weight, eps)
     if (
         cpu_f32(x, y, weight)
         and x.dim() == 2

@@ -7,7 +7,7 @@ import torch
 
 from ..gguf import GGUFFile
 from ..layers.linear import Embedding, Linear, load_weight
-from ..layers.norms import add_rms_norm, rms_norm
+from ..layers.norms import add_rms_norm
 from ..placement import Placement
 
 
@@ -31,10 +31,7 @@ class Block:
         decode = x.shape[0] == 1
         if decode:
             self.attn.warm()
-        if y is None:
-            h = rms_norm(x, self.attn_norm, self.eps)
-        else:
-            x, h = add_rms_norm(x, y, self.attn_norm, self.eps)
+        x, h = add_rms_norm(x, y, self.attn_norm, self.eps)
         a = self.attn(h, cache, pos, cos, sin)
         if decode:
             self.ffn.warm()
@@ -77,13 +74,11 @@ class DecoderModel:
         if n_logits is not None:
             if n_logits == 0:
                 return None
-            x, y = x[-n_logits:], y[-n_logits:]  # [n_logits, D]
+            x = x[-n_logits:]  # [n_logits, D]
+            y = None if y is None else y[-n_logits:]
         if x.shape[0] == 1:
             self.output.warm()
-        if y is None:  # no blocks
-            x = rms_norm(x, self.output_norm, self.cfg.rms_eps)
-        else:
-            _, x = add_rms_norm(x.contiguous(), y.contiguous(), self.output_norm, self.cfg.rms_eps)
+        _, x = add_rms_norm(x, y, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 
 
