@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "attention.hpp"
+#include "decode.hpp"
 #include "isa.hpp"
 #include "linear.hpp"
 #include "moe.hpp"
@@ -658,6 +659,141 @@ void bind_ops(nb::module_ &m) {
       "[1, H*R].");
 }
 
+// ---- one decode step of a block (csrc/decode.*) ----
+struct PyDecodeBlock {
+  std::vector<nb::object> keep;  // the ops and arrays the block points into
+  numoe::DecodeBlock blk;
+  PyDecodeBlock(const Floats &attn_norm, const Floats &ffn_norm, float eps)
+      : keep{nb::cast(attn_norm), nb::cast(ffn_norm)},
+        blk(attn_norm.data(), ffn_norm.data(), eps, check(attn_norm, ffn_norm)) {}
+  static int64_t check(const Floats &a, const Floats &f) {
+    if (a.ndim() != 1 || f.ndim() != 1 || a.shape(0) != f.shape(0) || a.shape(0) == 0)
+      throw std::invalid_argument("DecodeBlock: attn_norm and ffn_norm must be [D], D > 0");
+    return static_cast<int64_t>(a.shape(0));
+  }
+  // A Linear op (None: nullptr), kept alive by the block.
+  const numoe::LinearOp *op(const nb::object &o) {
+    if (o.is_none()) return nullptr;
+    keep.push_back(o);
+    return &nb::cast<PyLinear &>(o).op;
+  }
+  // A float32 vector of n values (None: nullptr), kept alive by the block.
+  const float *vec(const nb::object &o, int64_t n, const char *what) {
+    if (o.is_none()) return nullptr;
+    Floats a;
+    if (!nb::try_cast<Floats>(o, a, false) || a.ndim() != 1 || static_cast<int64_t>(a.size()) != n)
+      throw std::invalid_argument(std::string("DecodeBlock: ") + what +
+                                  " must be a contiguous float32 array [" + std::to_string(n) +
+                                  "]");
+    keep.push_back(o);
+    return a.data();
+  }
+};
+
+void bind_decode(nb::module_ &m) {
+  using MutFloats = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+  nb::class_<PyDecodeBlock>(m, "DecodeBlock",
+                            "One token through a whole pre-norm block in one call (csrc/decode."
+                            "hpp): set one attention and one FFN, then step().")
+      .def(nb::init<const Floats &, const Floats &, float>(), "attn_norm"_a.noconvert(),
+           "ffn_norm"_a.noconvert(), "eps"_a)
+      .def(
+          "set_gqa",
+          [](PyDecodeBlock &s, nb::object q, nb::object k, nb::object v, nb::object o,
+             nb::object bq, nb::object bk, nb::object bv, nb::object q_norm, nb::object k_norm,
+             int64_t H, int64_t Hkv, int64_t Dh, int64_t rope_dim, bool neox, float scale) {
+            numoe::GqaStep a{s.op(q), s.op(k), s.op(v), s.op(o)};
+            a.bq = s.vec(bq, H * Dh, "q bias");
+            a.bk = s.vec(bk, Hkv * Dh, "k bias");
+            a.bv = s.vec(bv, Hkv * Dh, "v bias");
+            a.q_norm = s.vec(q_norm, Dh, "q_norm");
+            a.k_norm = s.vec(k_norm, Dh, "k_norm");
+            a.H = H, a.Hkv = Hkv, a.Dh = Dh, a.rope_dim = rope_dim, a.neox = neox;
+            a.scale = scale;
+            s.blk.set_gqa(a);
+          },
+          "q"_a, "k"_a, "v"_a, "o"_a, "bq"_a.none(), "bk"_a.none(), "bv"_a.none(),
+          "q_norm"_a.none(), "k_norm"_a.none(), "H"_a, "Hkv"_a, "Dh"_a, "rope_dim"_a, "neox"_a,
+          "scale"_a, "Grouped-query attention (Linear ops; optional biases and q/k norms).")
+      .def(
+          "set_mla",
+          [](PyDecodeBlock &s, nb::object q, nb::object q_a, nb::object q_a_norm, nb::object q_b,
+             nb::object kv_a, nb::object kv_norm, nb::object k_b, nb::object v_b, nb::object o,
+             int64_t H, int64_t R, int64_t dn, int64_t dr, int64_t dv, bool neox, float scale) {
+            numoe::MlaStep a;
+            a.q = s.op(q), a.q_a = s.op(q_a), a.q_b = s.op(q_b);
+            a.q_a_norm = a.q_a ? s.vec(q_a_norm, a.q_a->n_out(), "q_a_norm") : nullptr;
+            a.kv_a = s.op(kv_a), a.k_b = s.op(k_b), a.v_b = s.op(v_b), a.o = s.op(o);
+            a.kv_norm = s.vec(kv_norm, R, "kv_norm");
+            if (a.kv_norm == nullptr) throw std::invalid_argument("DecodeBlock: kv_norm is None");
+            a.H = H, a.R = R, a.dn = dn, a.dr = dr, a.dv = dv, a.neox = neox, a.scale = scale;
+            s.blk.set_mla(a);
+          },
+          "q"_a.none(), "q_a"_a.none(), "q_a_norm"_a.none(), "q_b"_a.none(), "kv_a"_a, "kv_norm"_a,
+          "k_b"_a, "v_b"_a, "o"_a, "H"_a, "R"_a, "d_nope"_a, "d_rope"_a, "d_v"_a, "neox"_a,
+          "scale"_a, "Multi-head latent attention, absorbed form (q, or q_a + q_b).")
+      .def(
+          "set_dense",
+          [](PyDecodeBlock &s, nb::object gate, nb::object up, nb::object down) {
+            s.blk.set_dense({s.op(gate), s.op(up), s.op(down)});
+          },
+          "gate"_a, "up"_a, "down"_a, "Dense SwiGLU FFN.")
+      .def(
+          "set_moe",
+          [](PyDecodeBlock &s, nb::object router, nb::object experts, int64_t k,
+             const std::string &gating, nb::object bias, int64_t n_group, int64_t topk_group,
+             bool norm, float scale, nb::object sh_gate, nb::object sh_up, nb::object sh_down,
+             nb::object sh_gate_vec) {
+            if (gating != "softmax" && gating != "sigmoid")
+              throw std::invalid_argument("unknown expert gating function '" + gating + "'");
+            numoe::MoeStep f{s.op(router), nullptr, k, gating == "sigmoid"};
+            s.keep.push_back(experts);
+            f.experts = &nb::cast<PyMoE &>(experts).op;
+            f.bias = s.vec(bias, f.experts->n_expert(), "bias");
+            f.n_group = n_group, f.topk_group = topk_group, f.norm = norm, f.scale = scale;
+            f.sh_gate = s.op(sh_gate), f.sh_up = s.op(sh_up), f.sh_down = s.op(sh_down);
+            f.sh_gate_vec = s.vec(sh_gate_vec, s.blk.n_embd(), "shared expert gate");
+            s.blk.set_moe(f);
+          },
+          "router"_a, "experts"_a, "k"_a, "gating"_a, "bias"_a.none(), "n_group"_a, "topk_group"_a,
+          "norm"_a, "scale"_a, "sh_gate"_a.none(), "sh_up"_a.none(), "sh_down"_a.none(),
+          "sh_gate_vec"_a.none(),
+          "Router + top-k + MoE op (see numoe.layers.moe.route), optional shared expert.")
+      .def(
+          "step",
+          [](PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, MutFloats &c0, MutFloats &c1,
+             int64_t pos, const Floats &cos, const Floats &sin) {
+            auto bad = [](const std::string &what) {
+              return std::invalid_argument("DecodeBlock.step: " + what);
+            };
+            if (!s.blk.ready()) throw bad("set an attention and an FFN first");
+            const int64_t D = s.blk.n_embd();
+            if (static_cast<int64_t>(x.size()) != D || static_cast<int64_t>(f.size()) != D)
+              throw bad("x and f must hold D = " + std::to_string(D) + " values");
+            MutFloats *cs[2] = {&c0, &c1};
+            for (int i = 0; i < 2; ++i) {
+              const int64_t w = s.blk.cache_width(i);
+              if (cs[i]->ndim() < 2 ||
+                  static_cast<int64_t>(cs[i]->size()) != static_cast<int64_t>(cs[i]->shape(0)) * w)
+                throw bad("cache " + std::to_string(i) + " must be [n_ctx, " + std::to_string(w) +
+                          " values]");
+            }
+            if (c0.shape(0) != c1.shape(0)) throw bad("the two caches differ in n_ctx");
+            if (pos < 0 || pos >= static_cast<int64_t>(c0.shape(0)))
+              throw bad("position outside the cache");
+            const size_t pairs = static_cast<size_t>(s.blk.rope_pairs());
+            if (pairs > 0 && (cos.size() != pairs || sin.size() != pairs))
+              throw bad("cos and sin must hold " + std::to_string(pairs) + " values (one row)");
+            nb::gil_scoped_release release;
+            s.blk.step(x.data(), f.data(), add, c0.data(), c1.data(), pos, cos.data(), sin.data());
+          },
+          "x"_a.noconvert(), "f"_a.noconvert(), "add"_a, "cache0"_a.noconvert(),
+          "cache1"_a.noconvert(), "pos"_a, "cos"_a.noconvert(), "sin"_a.noconvert(),
+          "x [D] (in place: the residual stream), f [D] (in: the previous block's FFN branch, "
+          "added to x when add; out: this block's), the layer's two caches [n_ctx, ...], the "
+          "token's position and rotary row cos, sin.");
+}
+
 // ---- node memory (csrc/numa_mem.*) ----
 void bind_numa_mem(nb::module_ &m) {
   m.attr("NOT_RESIDENT") = numoe::kNotResident;
@@ -736,6 +872,7 @@ NB_MODULE(_cpu, m) {
   bind_kernels(m);
   bind_numa_mem(m);
   bind_ops(m);
+  bind_decode(m);
 
   m.def(
       "read_topology",

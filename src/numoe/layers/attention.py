@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _cpu
-from .linear import Linear, cpu_f32, linear_many, load_weight
+from .linear import Linear, cpu_f32, cpu_ops, f32_numpy, linear_many, load_weight
 from .norms import rms_norm
 
 
@@ -79,6 +79,18 @@ class GQAAttention:
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""
         self.q.warm()
+
+    def set_step(self, db: _cpu.DecodeBlock) -> bool:
+        """Give a C++ decode block (models/base.py) this attention; False when some part
+        cannot run there (then the block decodes through __call__)."""
+        biases = [lin.bias for lin in (self.q, self.k, self.v)]
+        if self._cpu_norms is None or not cpu_ops(self.o) or not cpu_f32(*biases):
+            return False
+        db.set_gqa(
+            self.q.op, self.k.op, self.v.op, self.o.op, *map(f32_numpy, biases), *self._cpu_norms,
+            self.H, self.Hkv, self.Dh, self.rope.dim, self.rope.neox, self.Dh**-0.5,
+        )  # fmt: skip
+        return True
 
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T = x.shape[0]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .. import _cpu
 from ..gguf import GGUFFile
-from .linear import Linear, cpu_f32, linear_many
+from .linear import Linear, cpu_f32, cpu_ops, linear_many
 
 
 def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -52,6 +52,13 @@ class FeedForward:
     def warm(self) -> None:
         """Start reading the gate projection into the caches (see Linear.warm)."""
         self.gate.warm()
+
+    def set_step(self, db: _cpu.DecodeBlock) -> bool:
+        """Give a C++ decode block (models/base.py) this FFN; False when it cannot run there."""
+        if not cpu_ops(self.gate, self.up, self.down):
+            return False
+        db.set_dense(self.gate.op, self.up.op, self.down.op)
+        return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         return self.finish(*linear_many([self.gate, self.up], x))

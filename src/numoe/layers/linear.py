@@ -13,6 +13,7 @@ import functools
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 
 from .. import _cpu, pool
 from ..gguf import SUPPORTED_TYPES, GGUFError, GGUFFile, TensorInfo, dequantize
@@ -77,6 +78,17 @@ def cpu_f32(*ts: torch.Tensor | None) -> bool:
     )
 
 
+def cpu_ops(*lins) -> bool:
+    """Whether every one of these layers runs a CPU C++ op (None: an absent optional one)."""
+    return all(lin is None or getattr(lin, "op", None) is not None for lin in lins)
+
+
+def f32_numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """A float32 CPU tensor as a contiguous numpy array for a C++ op to keep (None stays
+    None); the caller checked it with `cpu_f32`."""
+    return None if t is None else t.detach().contiguous().numpy()
+
+
 def as_numpy(x: torch.Tensor) -> np.ndarray:
     """A C-contiguous float32 CPU numpy view of x (copies only when it must)."""
     if x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
@@ -118,6 +130,18 @@ class Linear:
             return cls(op=_cpu.Linear(raw_bytes(t), int(t.qtype), n_out, n_in, groups))
         shape = (groups, n_out, n_in) if groups > 1 else (n_out, n_in)
         return cls(dequantize(t).reshape(shape).to(device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> Linear:
+        """W [out, in] or [groups, out, in] computed on load (not stored in the file), on w's
+        device; on the CPU an F32 op over a contiguous copy (the op keeps it)."""
+        if w.device.type != "cpu":
+            return cls(w)
+        w = w.detach().float().contiguous()
+        shape = (1, *w.shape) if w.dim() == 2 else w.shape
+        pool.ensure()
+        raw = w.numpy().reshape(-1).view(np.uint8)
+        return cls(op=_cpu.Linear(raw, int(GGMLQuantizationType.F32), shape[1], shape[2], shape[0]))
 
     @classmethod
     def load(

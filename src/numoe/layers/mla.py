@@ -26,23 +26,8 @@ import torch
 
 from .. import _cpu
 from ..gguf import GGUFFile
-from .linear import Linear, cpu_f32, linear_many, load_weight
+from .linear import Linear, cpu_f32, cpu_ops, f32_numpy, linear_many, load_weight
 from .norms import rms_norm
-
-
-class HeadLinear:
-    """One small matmul per head: y[t, h] = W[h] @ x[t, h]. W [H, out, in] (GGUF numpy
-    order, like `Linear` per head); x [T, H, in] -> [T, H, out]."""
-
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight  # [H, out, in]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(x.transpose(0, 1), self.weight.transpose(1, 2))  # [H, T, out]
-        return y.transpose(0, 1)
-
-    def warm(self) -> None:
-        """A float copy: nothing in the file map to warm (see Linear.warm)."""
 
 
 def latent_attention(
@@ -84,6 +69,7 @@ class MLAttention:
         self.blk, self.H, self.eps = blk, H, cfg.rms_eps
         self.rope, self.scale = rope, scale  # scale: softmax scale incl. YaRN mscale^2
         self.R, self.dn, self.dr, self.dv = R, dn, dr, dv
+        self.q_a = self.q_a_norm = self.q_b = None  # without a q LoRA: q only
         if Q:
             self.q_a = Linear.load(g, f"{p}_q_a", Q, D, device)
             self.q_a_norm = load_weight(g, f"{p}_q_a_norm.weight", (Q,), device)
@@ -100,8 +86,8 @@ class MLAttention:
         else:  # older files: kv_b [H*(dn+dv), R], per head dn rows of K then dv of V
             kv_b = load_weight(g, f"{p}_kv_b.weight", (H * (dn + dv), R), device)
             kv_b = kv_b.view(H, dn + dv, R)
-            self.k_b = HeadLinear(kv_b[:, :dn].transpose(1, 2).contiguous())  # [H, R, dn]
-            self.v_b = HeadLinear(kv_b[:, dn:].contiguous())  # [H, dv, R]
+            self.k_b = Linear.from_float(kv_b[:, :dn].transpose(1, 2))  # [H, R, dn]
+            self.v_b = Linear.from_float(kv_b[:, dn:])  # [H, dv, R]
         self.o = Linear.load(g, f"{p}_output", D, H * dv, device)
         # One token's norm, ropes, cache store and attention can take the C++ op (numoe._cpu.
         # mla_decode) when q and kv come from CPU ops (float32, contiguous) and the rope spans
@@ -114,6 +100,21 @@ class MLAttention:
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""
         (self.q_a if self.q is None else self.q).warm()
+
+    def set_step(self, db: _cpu.DecodeBlock) -> bool:
+        """Give a C++ decode block (models/base.py) this attention; False when some part
+        cannot run there (then the block decodes through __call__)."""
+        q_a, q_b, q = self.q_a, self.q_b, self.q
+        if self._cpu_norm is None or not cpu_ops(q_a, self.k_b, self.v_b, self.o):
+            return False
+        if not cpu_f32(self.q_a_norm):
+            return False
+        db.set_mla(
+            q and q.op, q_a and q_a.op, f32_numpy(self.q_a_norm), q_b and q_b.op, self.kv_a.op,
+            self._cpu_norm, self.k_b.op, self.v_b.op, self.o.op,
+            self.H, self.R, self.dn, self.dr, self.dv, self.rope.neox, self.scale,
+        )  # fmt: skip
+        return True
 
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T, H = x.shape[0], self.H

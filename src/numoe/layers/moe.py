@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import _cpu, numa, numa_experts, pool
 from ..gguf import GGUFError, GGUFFile, dequantize
-from .linear import Linear, _tensor, as_numpy, cpu_f32, linear_many, raw_bytes
+from .linear import Linear, _tensor, as_numpy, cpu_f32, cpu_ops, f32_numpy, linear_many, raw_bytes
 
 
 def route(
@@ -238,6 +238,24 @@ class SparseMoE:
     def warm(self) -> None:
         """Start reading the router into the caches (see Linear.warm)."""
         self.router.warm()
+
+    def set_step(self, db: _cpu.DecodeBlock) -> bool:
+        """Give a C++ decode block (models/base.py) this MoE; False when it cannot run there."""
+        a, sh = self.route_args, self.shared
+        if (
+            not cpu_ops(self.router, self.experts)
+            or not isinstance(self.experts.op, _cpu.MoE)
+            or not cpu_f32(a["bias"], self.shared_gate)
+            or (sh is not None and not cpu_ops(sh.gate, sh.up, sh.down))
+        ):
+            return False
+        db.set_moe(
+            self.router.op, self.experts.op, a["k"], a["gating"], f32_numpy(a["bias"]),
+            a["n_group"], a["topk_group"], a["norm"], a["scale"],
+            *((None,) * 3 if sh is None else (sh.gate.op, sh.up.op, sh.down.op)),
+            f32_numpy(self.shared_gate),
+        )  # fmt: skip
+        return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         if self.shared is None:

@@ -3,10 +3,12 @@ final norm and the output head. Architecture files supply the blocks and the rop
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .. import _cpu
 from ..gguf import GGUFFile
-from ..layers.linear import Embedding, Linear, load_weight
+from ..layers.linear import Embedding, Linear, cpu_f32, f32_numpy, load_weight
 from ..layers.norms import add_rms_norm
 from ..placement import Placement
 
@@ -22,6 +24,14 @@ class Block:
         self.attn_norm = load_weight(g, f"blk.{blk}.attn_norm.weight", (D,), device)
         self.ffn_norm = load_weight(g, f"blk.{blk}.ffn_norm.weight", (D,), device)
         self.attn, self.ffn, self.eps = attn, ffn, cfg.rms_eps
+
+    def decode_block(self) -> _cpu.DecodeBlock | None:
+        """This block as one C++ call per decode step (csrc/decode.hpp: the same ops in the
+        same order, no Python between them), or None when some part cannot run there."""
+        if not cpu_f32(self.attn_norm, self.ffn_norm):
+            return None
+        db = _cpu.DecodeBlock(f32_numpy(self.attn_norm), f32_numpy(self.ffn_norm), self.eps)
+        return db if self.attn.set_step(db) and self.ffn.set_step(db) else None
 
     def __call__(self, x, cache, pos, cos, sin, y=None):
         """x [T, D] plus y [T, D] (the previous block's FFN branch, or None) -> (x, f): the
@@ -53,6 +63,7 @@ class DecoderModel:
         else:  # tied embeddings
             self.output = self.tok_embd.as_linear()
         self.blocks: list = []
+        self._steps: list | None = None  # C++ decode blocks, made on the first decode step
 
     def new_cache(self, n_ctx: int):
         raise NotImplementedError
@@ -68,9 +79,12 @@ class DecoderModel:
         tokens = tokens.to(dev)
         x = self.tok_embd(tokens)  # [T, D]
         cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
-        y = None  # the last block's FFN branch, added with the final norm
-        for blk in self.blocks:
-            x, y = blk(x, cache, pos, cos, sin, y)
+        if tokens.shape[0] == 1 and self._decode_steps() and cache.numpy_layer(0) is not None:
+            x, y = self._decode(x, cache, pos, cos, sin)
+        else:
+            y = None  # the last block's FFN branch, added with the final norm
+            for blk in self.blocks:
+                x, y = blk(x, cache, pos, cos, sin, y)
         if n_logits is not None:
             if n_logits == 0:
                 return None
@@ -80,6 +94,25 @@ class DecoderModel:
             self.output.warm()
         _, x = add_rms_norm(x, y, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
+
+    def _decode_steps(self) -> list:
+        """Every block's C++ decode block, or [] when one cannot have it (decided once)."""
+        if self._steps is None:
+            steps = [blk.decode_block() for blk in self.blocks]
+            self._steps = steps if steps and all(s is not None for s in steps) else []
+        return self._steps
+
+    def _decode(self, x, cache, pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through every block, one C++ call each (Block.decode_block); x [1, D]
+        -> (x, y) as the block loop returns them. x is updated in place."""
+        cache.check(pos, 1)
+        x = x.contiguous()
+        xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [1, D] each
+        c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
+        for i, step in enumerate(self._steps):
+            kv = cache.numpy_layer(i)
+            step.step(xn, f, i > 0, kv[0], kv[1], pos, c, s)
+        return x, torch.from_numpy(f)
 
 
 def n_vocab_of(g: GGUFFile) -> int:

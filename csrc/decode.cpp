@@ -1,0 +1,217 @@
+#include "decode.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "attention.hpp"
+#include "ops.hpp"
+
+namespace numoe {
+namespace {
+
+void need(bool ok, const std::string &what) {
+  if (!ok) throw std::invalid_argument("DecodeBlock: " + what);
+}
+
+// op maps n_in -> n_out with no groups (nullptr: absent, accepted when optional).
+void plain(const LinearOp *op, int64_t n_out, int64_t n_in, const char *what, bool optional) {
+  if (op == nullptr) {
+    need(optional, std::string(what) + " is missing");
+    return;
+  }
+  need(op->groups() == 1 && op->n_out() == n_out && op->n_in() == n_in,
+       std::string(what) + " must be [" + std::to_string(n_out) + ", " + std::to_string(n_in) +
+           "], got [" + std::to_string(op->n_out()) + ", " + std::to_string(op->n_in()) + "]" +
+           (op->groups() != 1 ? " x " + std::to_string(op->groups()) + " groups" : ""));
+}
+
+void add_bias(float *y, const float *b, int64_t n) {
+  if (b != nullptr)
+    for (int64_t i = 0; i < n; ++i) y[i] += b[i];
+}
+
+}  // namespace
+
+float *DecodeBlock::buf(int i, size_t n) {
+  if (bufs_.size() <= static_cast<size_t>(i)) bufs_.resize(i + 1);
+  if (bufs_[i].size() < n) bufs_[i].resize(n);
+  return bufs_[i].data();
+}
+
+void DecodeBlock::set_gqa(const GqaStep &a) {
+  need(!gqa_ && !mla_, "attention set twice");
+  need(a.H > 0 && a.Hkv > 0 && a.Dh > 0 && a.H % a.Hkv == 0, "H must be a multiple of Hkv");
+  need(a.rope_dim >= 0 && a.rope_dim % 2 == 0 && a.rope_dim <= a.Dh, "bad rope_dim");
+  plain(a.q, a.H * a.Dh, D_, "q", false);
+  plain(a.k, a.Hkv * a.Dh, D_, "k", false);
+  plain(a.v, a.Hkv * a.Dh, D_, "v", false);
+  plain(a.o, D_, a.H * a.Dh, "o", false);
+  g_ = a;
+  gqa_ = true;
+}
+
+void DecodeBlock::set_mla(const MlaStep &a) {
+  need(!gqa_ && !mla_, "attention set twice");
+  need(a.H > 0 && a.R > 0 && a.dn >= 0 && a.dr > 0 && a.dr % 2 == 0 && a.dv > 0,
+       "bad MLA dimensions");
+  need((a.q != nullptr) != (a.q_a != nullptr && a.q_b != nullptr && a.q_a_norm != nullptr),
+       "MLA takes q, or q_a, its norm and q_b");
+  if (a.q != nullptr) {
+    plain(a.q, a.H * (a.dn + a.dr), D_, "q", false);
+  } else {
+    plain(a.q_a, a.q_a->n_out(), D_, "q_a", false);
+    plain(a.q_b, a.H * (a.dn + a.dr), a.q_a->n_out(), "q_b", false);
+  }
+  plain(a.kv_a, a.R + a.dr, D_, "kv_a", false);
+  need(a.k_b != nullptr && a.k_b->groups() == a.H && a.k_b->n_out() == a.R && a.k_b->n_in() == a.dn,
+       "k_b must be H groups of [R, d_nope]");
+  need(a.v_b != nullptr && a.v_b->groups() == a.H && a.v_b->n_out() == a.dv && a.v_b->n_in() == a.R,
+       "v_b must be H groups of [d_v, R]");
+  plain(a.o, D_, a.H * a.dv, "o", false);
+  m_ = a;
+  mla_ = true;
+}
+
+void DecodeBlock::set_dense(const DenseStep &f) {
+  need(!dense_ && !moe_, "FFN set twice");
+  need(f.gate != nullptr && f.up != nullptr && f.down != nullptr, "dense FFN needs gate, up, down");
+  const int64_t F = f.gate->n_out();
+  plain(f.gate, F, D_, "gate", false);
+  plain(f.up, F, D_, "up", false);
+  plain(f.down, D_, F, "down", false);
+  d_ = f;
+  dense_ = true;
+}
+
+void DecodeBlock::set_moe(const MoeStep &f) {
+  need(!dense_ && !moe_, "FFN set twice");
+  need(f.router != nullptr && f.experts != nullptr, "MoE needs a router and experts");
+  const int64_t E = f.experts->n_expert();
+  plain(f.router, E, D_, "router", false);
+  need(f.experts->n_embd() == D_, "experts' n_embd differs from the block's");
+  need(f.k > 0 && f.k <= E, "k must be in 1..n_expert");
+  need(f.gating == 0 || f.gating == 1, "gating must be softmax (0) or sigmoid (1)");
+  need((f.sh_gate == nullptr) == (f.sh_up == nullptr) &&
+           (f.sh_gate == nullptr) == (f.sh_down == nullptr),
+       "a shared expert needs gate, up and down");
+  need(f.sh_gate_vec == nullptr || f.sh_gate != nullptr, "a shared gate without shared expert");
+  if (f.sh_gate != nullptr) {
+    const int64_t F = f.sh_gate->n_out();
+    plain(f.sh_gate, F, D_, "shared gate", false);
+    plain(f.sh_up, F, D_, "shared up", false);
+    plain(f.sh_down, D_, F, "shared down", false);
+  }
+  e_ = f;
+  moe_ = true;
+}
+
+int64_t DecodeBlock::cache_width(int which) const {
+  if (gqa_) return g_.Hkv * g_.Dh;
+  if (mla_) return which == 0 ? m_.R : m_.dr;
+  return 0;
+}
+
+void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
+                       const float *cos, const float *sin) {
+  need(ready(), "step before an attention and an FFN were set");
+  float *h = buf(0, D_);
+  float *a = buf(1, D_);
+  if (add)
+    ops::add_rms_norm(x, f, attn_norm_, eps_, 1, D_, x, h);
+  else
+    ops::rms_norm(x, D_, attn_norm_, eps_, 1, D_, h);
+  if (gqa_)
+    gqa(h, cache0, cache1, pos, cos, sin, a);
+  else
+    mla(h, cache0, cache1, pos, cos, sin, a);
+  ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h);
+  ffn(h, f);
+}
+
+void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
+                      const float *sin, float *out) {
+  const GqaStep &a = g_;
+  const int64_t nq = a.H * a.Dh, nkv = a.Hkv * a.Dh;
+  float *q = buf(2, nq), *k = buf(3, nkv), *v = buf(4, nkv), *att = buf(5, nq);
+  LinearOp::forward_many({a.q, a.k, a.v}, h, 1, {q, k, v});
+  add_bias(q, a.bq, nq);
+  add_bias(k, a.bk, nkv);
+  add_bias(v, a.bv, nkv);
+  ops::GqaDecode d{q, k, v, c0, c1, a.H, a.Hkv, a.Dh, a.Dh, pos, a.scale};
+  d.q_norm = a.q_norm;
+  d.k_norm = a.k_norm;
+  d.eps = eps_;
+  d.cos = cos;
+  d.sin = sin;
+  d.rope_dim = a.rope_dim;
+  d.neox = a.neox;
+  ops::gqa_decode(d, att);
+  a.o->forward(att, 1, out);
+}
+
+void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
+                      const float *sin, float *out) {
+  const MlaStep &a = m_;
+  const int64_t dq = a.dn + a.dr;
+  float *q = buf(2, a.H * dq), *kv = buf(3, a.R + a.dr);
+  if (a.q != nullptr) {
+    LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv});
+  } else {
+    const int64_t Q = a.q_a->n_out();
+    float *qa = buf(4, Q);
+    LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv});
+    ops::rms_norm(qa, Q, a.q_a_norm, eps_, 1, Q, qa);
+    a.q_b->forward(qa, 1, q);
+  }
+  float *q_nope = buf(5, a.H * a.dn), *q_lat = buf(6, a.H * a.R);
+  for (int64_t i = 0; i < a.H; ++i)
+    for (int64_t j = 0; j < a.dn; ++j) q_nope[i * a.dn + j] = q[i * dq + j];
+  a.k_b->forward(q_nope, 1, q_lat);  // [H, R]: W_uk absorbed into the query
+  float *o_lat = buf(7, a.H * a.R), *vo = buf(8, a.H * a.dv);
+  const ops::MlaDecode d{q_lat, q + a.dn, dq,   kv,  a.kv_norm, eps_, c0,  c1,
+                         a.H,   a.R,      a.dr, pos, a.scale,   cos,  sin, a.neox};
+  ops::mla_decode(d, o_lat);
+  a.v_b->forward(o_lat, 1, vo);  // [H, dv]
+  a.o->forward(vo, 1, out);
+}
+
+void DecodeBlock::ffn(const float *h, float *out) {
+  if (dense_) {
+    const int64_t F = d_.gate->n_out();
+    float *g = buf(9, F), *u = buf(10, F);
+    LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u});
+    ops::silu_mul(g, u, F, g);
+    d_.down->forward(g, 1, out);
+    return;
+  }
+  const MoeStep &e = e_;
+  const int64_t E = e.experts->n_expert();
+  float *logits = buf(11, E), *w = buf(12, e.k);
+  ids_.resize(e.k);
+  const int64_t F = e.sh_gate != nullptr ? e.sh_gate->n_out() : 0;
+  float *g = nullptr, *u = nullptr;
+  if (e.sh_gate != nullptr) {  // the router and the shared expert's gate, up: one pool call
+    g = buf(9, F);
+    u = buf(10, F);
+    LinearOp::forward_many({e.router, e.sh_gate, e.sh_up}, h, 1, {logits, g, u});
+  } else {
+    e.router->forward(h, 1, logits);
+  }
+  ops::route(logits, 1, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
+             ids_.data(), w);
+  e.experts->forward(h, 1, ids_.data(), true, e.k, w, out);
+  if (e.sh_gate == nullptr) return;
+  float *s = buf(13, D_);
+  ops::silu_mul(g, u, F, g);
+  e.sh_down->forward(g, 1, s);
+  if (e.sh_gate_vec != nullptr) {  // sigmoid(h . gate_vec) scales the shared expert
+    float z = 0.f;
+    for (int64_t i = 0; i < D_; ++i) z += h[i] * e.sh_gate_vec[i];
+    const float sg = 1.f / (1.f + std::exp(-z));
+    for (int64_t i = 0; i < D_; ++i) s[i] *= sg;
+  }
+  for (int64_t i = 0; i < D_; ++i) out[i] += s[i];
+}
+
+}  // namespace numoe

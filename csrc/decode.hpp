@@ -1,0 +1,112 @@
+// One decode step of a whole pre-norm block in one C++ call: the existing ops (linear,
+// attention, routing, MoE, the small float ops) chained with no Python between them.
+//
+// Why: a decode step streams megabytes of weights between its ops, which evicts the Python
+// interpreter and torch's dispatcher from the caches; the ~10 Python calls per layer between
+// the ops then cost ~150 us per layer (Qwen3-30B-A3B shapes on a 2-core VM: ~12 % of a
+// token). Chained here they cost ~1 us each. Every op is the one the Python path calls, in
+// the same order with the same inputs, so the result is the same (numoe/models/base.py's
+// Block is the reference the tests compare against).
+//
+//   x += f_prev (when add);  h = rms_norm(x) * attn_norm
+//   x += attention(h)        (GQA or MLA, K/V or latent stored at row pos of the cache)
+//   h = rms_norm(x) * ffn_norm;  f = ffn(h)  (dense SwiGLU, or router + top-k + MoE op
+//                                             + an optional shared expert)
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "linear.hpp"
+#include "moe.hpp"
+
+namespace numoe {
+
+// Grouped-query attention: q/k/v (optional biases), per-head q/k RMS norms (optional), rope
+// over the first rope_dim of each head, output projection o.
+struct GqaStep {
+  const LinearOp *q, *k, *v, *o;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+  const float *q_norm = nullptr, *k_norm = nullptr;
+  int64_t H, Hkv, Dh, rope_dim;
+  bool neox;
+  float scale;
+};
+
+// Multi-head latent attention in the absorbed form (numoe/layers/mla.py): q directly, or
+// q_a -> rms_norm(q_a_norm) -> q_b; kv_a [R + dr]; k_b (groups H: dn -> R) absorbs the key
+// into the query; v_b (groups H: R -> dv); o.
+struct MlaStep {
+  const LinearOp *q = nullptr, *q_a = nullptr, *q_b = nullptr;
+  const float *q_a_norm = nullptr;
+  const LinearOp *kv_a, *k_b, *v_b, *o;
+  const float *kv_norm;
+  int64_t H, R, dn, dr, dv;
+  bool neox;
+  float scale;
+};
+
+// Dense SwiGLU: down(silu(gate h) * up h).
+struct DenseStep {
+  const LinearOp *gate, *up, *down;
+};
+
+// Router + top-k (ops::route's arguments) + the MoE op, plus an optional shared expert
+// (sh_gate, sh_up, sh_down) scaled by sigmoid(h . sh_gate_vec) when that vector is given.
+struct MoeStep {
+  const LinearOp *router;
+  const MoEOp *experts;
+  int64_t k;
+  int gating;  // 0 softmax, 1 sigmoid
+  const float *bias = nullptr;
+  int64_t n_group = 1, topk_group = 1;
+  bool norm = false;
+  float scale = 1.f;
+  const LinearOp *sh_gate = nullptr, *sh_up = nullptr, *sh_down = nullptr;
+  const float *sh_gate_vec = nullptr;
+};
+
+class DecodeBlock {
+ public:
+  DecodeBlock(const float *attn_norm, const float *ffn_norm, float eps, int64_t n_embd)
+      : attn_norm_(attn_norm), ffn_norm_(ffn_norm), eps_(eps), D_(n_embd) {}
+  // Exactly one attention and one FFN must be set before step(); each throws
+  // std::invalid_argument when the shapes do not chain (checked once, here).
+  void set_gqa(const GqaStep &a);
+  void set_mla(const MlaStep &a);
+  void set_dense(const DenseStep &f);
+  void set_moe(const MoeStep &f);
+  bool ready() const { return (gqa_ || mla_) && (dense_ || moe_); }
+  bool is_mla() const { return mla_; }
+  // Cache rows this block's attention stores per position: (Hkv*Dh, Hkv*Dh) or (R, dr).
+  int64_t cache_width(int which) const;
+  // Values of the rotary table row step() reads (cos and sin each): rope_dim / 2 or dr / 2.
+  int64_t rope_pairs() const { return gqa_ ? g_.rope_dim / 2 : mla_ ? m_.dr / 2 : 0; }
+  int64_t n_embd() const { return D_; }
+  // x [D] the residual stream (updated in place); f [D] the previous block's FFN branch
+  // when add (added into x first), overwritten with this block's FFN branch. cache0/cache1
+  // the layer's caches ([n_ctx, cache_width(0)], [n_ctx, cache_width(1)]), pos < n_ctx the
+  // token's position; cos, sin [rope_dim / 2] its rotary table row.
+  void step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
+            const float *cos, const float *sin);
+
+ private:
+  void gqa(const float *h, float *c0, float *c1, int64_t pos, const float *cos, const float *sin,
+           float *out);
+  void mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos, const float *sin,
+           float *out);
+  void ffn(const float *h, float *out);
+  float *buf(int i, size_t n);  // per-block scratch buffer i of at least n floats
+
+  const float *attn_norm_, *ffn_norm_;
+  float eps_;
+  int64_t D_;
+  bool gqa_ = false, mla_ = false, dense_ = false, moe_ = false;
+  GqaStep g_{};
+  MlaStep m_{};
+  DenseStep d_{};
+  MoeStep e_{};
+  std::vector<std::vector<float>> bufs_;
+  std::vector<int64_t> ids_;
+};
+
+}  // namespace numoe

@@ -1,0 +1,105 @@
+"""One decode step of a block in one C++ call (numoe._cpu.DecodeBlock, csrc/decode.*).
+
+The oracle is the Python block loop (models/base.py Block.__call__, itself checked against
+transformers in the architecture tests): the C++ block runs the same ops in the same order,
+so the logits must be equal, bit for bit. The one exception is qwen2moe's shared-expert gate
+sigmoid(x . g), a dot product torch sums in another order (within 1e-5)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hf_oracle import numoe_model
+
+from numoe import _cpu, synth
+from numoe.models import deepseek2
+
+PRESETS = ["tiny-qwen3moe", "tiny-qwen2moe", "tiny-mixtral", "tiny-v2", "tiny-v3"]
+PROMPT, NEXT = [5, 17, 99, 3], [7, 8, 9, 200, 11, 42]
+
+
+def decode_logits(model, python_blocks: bool) -> torch.Tensor:
+    """Logits [len(NEXT), V] of NEXT decoded one token at a time after PROMPT."""
+    model._steps = [] if python_blocks else None  # [] means no C++ blocks (see _decode_steps)
+    cache = model.new_cache(32)
+    model.forward(torch.tensor(PROMPT), cache, 0)
+    steps = [
+        model.forward(torch.tensor([t]), cache, len(PROMPT) + i, 1) for i, t in enumerate(NEXT)
+    ]
+    return torch.cat(steps)
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K_M"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cpp_blocks_equal_python_blocks(tmp_path, preset, qtype):
+    path = tmp_path / "m.gguf"
+    synth.synth(preset, path, qtype)
+    model = numoe_model(path)
+    assert len(model._decode_steps()) == model.cfg.n_layer  # every block runs in C++
+    got, want = decode_logits(model, False), decode_logits(model, True)
+    assert model._steps == []  # the reference really ran the Python blocks
+    if preset == "tiny-qwen2moe":
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(got, want)
+
+
+def test_combined_kv_b_runs_in_cpp(tmp_path, monkeypatch):
+    """Older DeepSeek files (attn_kv_b, no k_b/v_b): the halves become F32 ops on load."""
+    cfg = replace(deepseek2.PRESETS["tiny-v2"], split_kv_b=False)
+    monkeypatch.setattr(synth, "preset_config", lambda preset, layers=None: cfg)
+    path = tmp_path / "m.gguf"
+    synth.synth("tiny-v2", path, "F32")
+    model = numoe_model(path)
+    assert model.blocks[0].attn.k_b.op.type_id == 0  # F32, groups = heads
+    assert len(model._decode_steps()) == cfg.n_layer
+    assert torch.equal(decode_logits(model, False), decode_logits(model, True))
+
+
+@pytest.fixture(scope="module")
+def qwen3_block(tmp_path_factory):
+    path = tmp_path_factory.mktemp("blk") / "m.gguf"
+    synth.synth("tiny-qwen3moe", path, "F32")
+    model = numoe_model(path)
+    return model, model._decode_steps()[0]
+
+
+def test_step_rejects_bad_arguments(qwen3_block):
+    model, blk = qwen3_block
+    c = model.cfg
+    D, W = c.n_embd, c.n_head_kv * c.head_dim
+    x, f = np.zeros((1, D), np.float32), np.zeros((1, D), np.float32)
+    k, v = np.zeros((8, c.n_head_kv, c.head_dim), np.float32), np.zeros((8, W), np.float32)
+    cs = np.ones(c.head_dim // 2, np.float32)
+    blk.step(x, f, False, k, v, 7, cs, cs)  # fine: the last row of an 8-row cache
+    bad = {
+        "position outside the cache": lambda: blk.step(x, f, False, k, v, 8, cs, cs),
+        "x and f must hold": lambda: blk.step(x[:, :-1], f, False, k, v, 0, cs, cs),
+        "cache 1 must be": lambda: blk.step(x, f, False, k, v[:, 1:].copy(), 0, cs, cs),
+        "differ in n_ctx": lambda: blk.step(x, f, False, k, v[:4], 0, cs, cs),
+        "cos and sin must hold": lambda: blk.step(x, f, False, k, v, 0, cs[:-1], cs[:-1]),
+    }
+    for msg, call in bad.items():
+        with pytest.raises(ValueError, match=msg):
+            call()
+    with pytest.raises(TypeError):  # float64 is never silently converted
+        blk.step(x.astype(np.float64), f, False, k, v, 0, cs, cs)
+
+
+def test_blocks_check_shapes_when_set(qwen3_block):
+    model, _ = qwen3_block
+    attn, moe = model.blocks[0].attn, model.blocks[0].ffn
+    w = np.ones(model.cfg.n_embd, np.float32)
+    db = _cpu.DecodeBlock(w, w, 1e-6)
+    with pytest.raises(ValueError, match="set an attention and an FFN first"):
+        db.step(w, w.copy(), False, w[None], w[None], 0, w, w)
+    args = [None] * 5 + [attn.H, attn.Hkv, attn.Dh, attn.Dh, True, 1.0]
+    with pytest.raises(ValueError, match="q must be"):  # k given as q
+        db.set_gqa(attn.k.op, attn.k.op, attn.v.op, attn.o.op, *args)
+    with pytest.raises(ValueError, match="router must be"):
+        db.set_moe(attn.q.op, moe.experts.op, 2, "softmax", *[None, 1, 1, True, 1.0] + [None] * 4)
+    with pytest.raises(ValueError, match="unknown expert gating"):
+        db.set_moe(moe.router.op, moe.experts.op, 2, "relu", *[None, 1, 1, True, 1.0] + [None] * 4)
+    with pytest.raises(ValueError, match="must be \\[D\\]"):
+        _cpu.DecodeBlock(w, w[:-1], 1e-6)
