@@ -78,13 +78,26 @@ def ensure_model(cache: Path, preset: str, layers: int, qtype: str) -> Path:
     return path
 
 
+def probe(threads: int) -> float:
+    """The machine's read bandwidth now (GB/s), leaving the pool at `threads` threads."""
+    bw = measure_read_bandwidth()
+    set_threads(threads)
+    return bw
+
+
 def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int, depth: int) -> dict:
     set_threads(threads)
     rss0 = rss_bytes()
     g = open_gguf(path)
     cfg, model = load(g, Placement.parse("cpu"))
     pp = [n_pp / t for t in run_test(model, Test(n_pp, 0), cfg.n_vocab, n_pp, reps)]
-    tg = [n_tg / t for t in run_test(model, Test(0, n_tg), cfg.n_vocab, n_pp, reps)]
+    # each tg run between two bandwidth probes: the machine's bandwidth drifts within minutes
+    # (14-24 GB/s on a 2-core VM), so each run is set against the probes beside it
+    run_test(model, Test(0, n_tg), cfg.n_vocab, n_pp, 0)  # warm-up run
+    tg, bw = [], [probe(threads)]
+    for _ in range(reps):
+        tg += [n_tg / t for t in run_test(model, Test(0, n_tg), cfg.n_vocab, n_pp, 1, False)]
+        bw.append(probe(threads))
     tgd = (
         [n_tg / t for t in run_test(model, Test(0, n_tg, depth), cfg.n_vocab, n_pp, reps)]
         if depth
@@ -101,6 +114,7 @@ def bench_numoe(path: Path, threads: int, n_pp: int, n_tg: int, reps: int, depth
         "pp": pp,
         "tg": tg,
         "tgd": tgd,
+        "bw": bw,
         "bytes_per_token": bpt,
         "file_bytes": path.stat().st_size,
         "rss": rss,
@@ -138,20 +152,20 @@ def main() -> None:
     paths = (
         [Path(m) for m in a.model] if a.model else [ensure_model(cache, *m) for m in DEFAULT_MODELS]
     )
-    # The read bandwidth of a shared machine drifts (17-22 GB/s within an hour on a 2-core
-    # VM): each model's % uses the larger of two probes, just before and just after its runs
-    # (every allowed physical core, each node on its memory).
+    # The read bandwidth of a shared machine drifts (14-24 GB/s within minutes on a 2-core
+    # VM): each tg run's % uses the larger of the probes just before and just after it (every
+    # allowed physical core, each node on its memory); the table gives the median over runs.
     probes = []
     print("| model | size GB | test | numoe t/s | llama.cpp t/s | ratio | numoe GB/s | % of bw |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for path in paths:
-        before = measure_read_bandwidth()
         threads = set_threads(a.threads)
         ours = bench_numoe(path, threads, a.n_prompt, a.n_gen, a.reps, a.depth)
-        after = measure_read_bandwidth()
-        threads = set_threads(a.threads)
-        probes += [before, after]
-        bw = max(before, after)
+        bw = ours["bw"]
+        probes += bw
+        # % of bw per tg run, against the larger probe beside it
+        pct = [100 * ours["bytes_per_token"] * t / 1e9 / max(bw[i], bw[i + 1])
+               for i, t in enumerate(ours["tg"])]  # fmt: skip
         peer = (
             bench_peer(a.peer_python, path, threads, a.n_prompt, a.n_gen, a.reps, a.depth)
             if a.peer_python
@@ -167,17 +181,19 @@ def main() -> None:
             print(
                 f"| {path.name} | {ours['file_bytes'] / 1e9:.2f} | {name} | {o:.2f} | "
                 + (f"{p:.2f} | {o / p:.2f}x |" if p else "- | - |")
-                + (f" {gbps:.1f} | {100 * gbps / bw:.0f} % |" if gbps else " - | - |")
+                + (f" {gbps:.1f} | {statistics.median(pct):.0f} % |" if gbps else " - | - |")
             )
         print(
             f"|  | bytes/token {ours['bytes_per_token'] / 1e6:.1f} MB; numoe RSS growth "
             f"{ours['rss'] / 1e9:.2f} GB = {ours['rss'] / ours['file_bytes']:.2f}x the file; "
-            f"weights: {format_placement(ours['placement'])}; read bandwidth {before:.1f} GB/s "
-            f"before, {after:.1f} after |  |  |  |  |  |  |"
+            f"weights: {format_placement(ours['placement'])}; tg runs at "
+            f"{', '.join(f'{p:.0f}' for p in pct)} % of the read bandwidth probed beside each "
+            f"({', '.join(f'{b:.1f}' for b in bw)} GB/s) |  |  |  |  |  |  |"
         )
     print(
         f"\nread bandwidth probes (numoe's, all physical cores): {min(probes):.1f}-"
-        f"{max(probes):.1f} GB/s; % of bw uses the larger of the two around each model's runs"
+        f"{max(probes):.1f} GB/s; % of bw: the median over tg runs of each against the larger "
+        "probe beside it"
     )
     if a.clean and not a.model:
         for path in paths:

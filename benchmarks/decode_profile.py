@@ -1,13 +1,16 @@
 """Where a decode step's time goes: per kind of C++ op (the linear ops by shape and type, the
 fused projections, the MoE op), ms per token, GB/s of the weights it reads and % of the
-machine's read bandwidth, and the rest (Python and torch between the ops). With --compare,
-tg tokens/s of numoe's decode features switched off one at a time, runs alternating in one
-process (medians and ratios: this machine's bandwidth drifts between runs).
+machine's read bandwidth, and the rest (Python and torch between the ops). The table times
+the ops from Python, so it runs the Python block loop (models/base.py Block.__call__); numoe
+decodes through one C++ call per block (DecodeBlock), whose ms/token is printed under it. With
+--compare, tg tokens/s of numoe's decode features switched off one at a time, runs
+alternating in one process (medians and ratios: this machine's bandwidth drifts between runs).
 
     python benchmarks/decode_profile.py -m model.gguf [-n 64] [-t 2] [--compare] [-r 4]
 
 --compare toggles (monkeypatched here, for the measurement only):
-  all        numoe as it ships
+  all        numoe as it ships: one C++ call per block (DecodeBlock)
+  py-blocks  the Python block loop (each op called from Python), as the modes below
   no-warm    Linear.warm does nothing: no weights read by idle workers between ops
   torch-attn one token's attention (GQA or MLA: norms, ropes, cache store, softmax(qK)V) by
              torch instead of numoe._cpu.gqa_decode / mla_decode
@@ -86,8 +89,10 @@ def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
         run_test(model, Test(512, 0), n_vocab, 512, 1, warmup=False)
         run_test(model, Test(0, 8), n_vocab, 512, 1, warmup=False)
         on[0] = True
+        model._steps = []  # the Python block loop: each op timed from Python
         total = run_test(model, Test(0, n), n_vocab, 512, 1, warmup=False)[0]
     finally:
+        model._steps = None
         linear.Linear.__call__, moe.Experts.__call__ = call, experts
         for m in LINEAR_USERS:
             m.linear_many = many
@@ -99,8 +104,9 @@ def torch_add_rms_norm(x, y, w, eps):
     return s, norms.rms_norm_torch(s, w, eps)
 
 
-def set_features(mode: str, saved: dict) -> None:
-    """'all', 'no-warm', 'torch-attn' or 'torch-ops' (see the module docstring)."""
+def set_features(model, mode: str, saved: dict) -> None:
+    """'all', 'py-blocks', 'no-warm', 'torch-attn' or 'torch-ops' (the module docstring)."""
+    model._steps = None if mode == "all" else []  # [] means no C++ blocks (base.py)
     linear.Linear.warm = saved["warm"] if mode != "no-warm" else (lambda self, *a: None)
     torch_ops = mode == "torch-ops"
     torch_attn = torch_ops or mode == "torch-attn"
@@ -146,6 +152,9 @@ def main() -> None:
         gbps = nbytes * calls / sec / 1e9 if sec else 0.0
         print(f"{key:58} {sec * 1e3:9.2f} {calls:6.1f} {gbps:6.1f} {100 * gbps / bw:6.1f}")
     print(f"{'Python and torch between the ops':58} {(per_tok - in_ops) * 1e3:9.2f}")
+    cpp = run_test(model, Test(0, args.n_gen), cfg.n_vocab, 512, 3)
+    cpp_tok = statistics.median(cpp) / args.n_gen
+    print(f"\nwith one C++ call per block (as numoe decodes): {cpp_tok * 1e3:.2f} ms/token")
 
     if args.compare:
         saved = {
@@ -158,14 +167,14 @@ def main() -> None:
             "route": moe.route,
             "linear_many": linear.linear_many,
         }
-        modes = ["all", "no-warm", "torch-attn", "torch-ops"]
+        modes = ["all", "py-blocks", "no-warm", "torch-attn", "torch-ops"]
         res = {m: [] for m in modes}
         test = Test(0, args.n_gen)
         for _ in range(args.reps):
             for m in modes:
-                set_features(m, saved)
+                set_features(model, m, saved)
                 res[m] += [args.n_gen / s for s in run_test(model, test, cfg.n_vocab, 512, 2)]
-        set_features("all", saved)
+        set_features(model, "all", saved)
         ref = statistics.median(res["all"])
         print(f"\ntg{args.n_gen}, medians of {2 * args.reps} runs, alternating:")
         for m in modes:
