@@ -27,7 +27,7 @@ from collections import defaultdict
 
 import torch.nn.functional as F
 
-from numoe import cache
+from numoe import _cpu, cache
 from numoe.bench import Test, run_test
 from numoe.gguf import open_gguf
 from numoe.layers import attention, ffn, linear, mla, moe, norms, rope
@@ -99,6 +99,28 @@ def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
     return total / n, {k: [v[0] / n, v[1] / n, v[2]] for k, v in acc.items()}
 
 
+def print_stages(model, n_vocab: int, n: int, bw: float) -> None:
+    """The same table for numoe's decode as it ships: one C++ call per block, timed inside
+    per stage (numoe._cpu.decode_profile); the rest is the output head and Python."""
+    run_test(model, Test(0, n), n_vocab, 512, 0)  # warm-up, not profiled
+    _cpu.decode_profiling(True)
+    try:
+        per_tok = run_test(model, Test(0, n), n_vocab, 512, 1, warmup=False)[0] / n
+        stages = _cpu.decode_profile()
+    finally:
+        _cpu.decode_profiling(False)
+    print(f"\nas numoe decodes (one C++ call per block): {per_tok * 1e3:.2f} ms/token")
+    print(f"{'stage of the blocks':58} {'ms/token':>9} {'calls':>6} {'GB/s':>6} {'% bw':>6}")
+    inside = 0.0
+    for name, sec, calls, nbytes in stages:
+        if calls:
+            inside += sec
+            gbps = nbytes / sec / 1e9 if nbytes else 0.0
+            pct = f"{100 * gbps / bw:6.1f}" if nbytes else f"{'-':>6}"
+            print(f"{name:58} {sec / n * 1e3:9.2f} {calls / n:6.1f} {gbps:6.1f} {pct}")
+    print(f"{'output head, embedding, Python':58} {(per_tok - inside / n) * 1e3:9.2f}")
+
+
 def torch_add_rms_norm(x, y, w, eps):
     s = x if y is None else x + y
     return s, norms.rms_norm_torch(s, w, eps)
@@ -152,9 +174,7 @@ def main() -> None:
         gbps = nbytes * calls / sec / 1e9 if sec else 0.0
         print(f"{key:58} {sec * 1e3:9.2f} {calls:6.1f} {gbps:6.1f} {100 * gbps / bw:6.1f}")
     print(f"{'Python and torch between the ops':58} {(per_tok - in_ops) * 1e3:9.2f}")
-    cpp = run_test(model, Test(0, args.n_gen), cfg.n_vocab, 512, 3)
-    cpp_tok = statistics.median(cpp) / args.n_gen
-    print(f"\nwith one C++ call per block (as numoe decodes): {cpp_tok * 1e3:.2f} ms/token")
+    print_stages(model, cfg.n_vocab, args.n_gen, bw)
 
     if args.compare:
         saved = {

@@ -792,6 +792,20 @@ void bind_decode(nb::module_ &m) {
           "x [D] (in place: the residual stream), f [D] (in: the previous block's FFN branch, "
           "added to x when add; out: this block's), the layer's two caches [n_ctx, ...], the "
           "token's position and rotary row cos, sin.");
+  m.def(
+      "decode_profiling", [](bool on) { numoe::set_decode_profiling(on); }, "on"_a,
+      "Time every stage of every DecodeBlock.step from now on (sums reset), or stop.");
+  m.def(
+      "decode_profile",
+      [] {
+        std::vector<std::tuple<std::string, double, int64_t, size_t>> out;
+        const auto p = numoe::decode_profile();
+        for (int s = 0; s < numoe::kStages; ++s)
+          out.emplace_back(numoe::decode_stage_name(s), p[s].ns * 1e-9, p[s].calls, p[s].bytes);
+        return out;
+      },
+      "Per stage of DecodeBlock.step since decode_profiling(True): (name, seconds, calls, "
+      "weight bytes read), summed over the blocks.");
 }
 
 // ---- node memory (csrc/numa_mem.*) ----

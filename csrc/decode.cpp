@@ -1,6 +1,9 @@
 #include "decode.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -31,7 +34,61 @@ void add_bias(float *y, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += b[i];
 }
 
+std::atomic<bool> g_profiling{false};
+std::mutex g_prof_mu;
+std::vector<StageTotals> g_prof(kStages);
+
+size_t bytes_of(std::initializer_list<const LinearOp *> ops) {
+  size_t n = 0;
+  for (const LinearOp *op : ops)
+    if (op != nullptr) n += op->bytes();
+  return n;
+}
+
 }  // namespace
+
+const char *decode_stage_name(int stage) {
+  static const char *names[kStages] = {"norms",
+                                       "attn in (q, k, v / q, kv_a)",
+                                       "MLA q_b",
+                                       "MLA k_b",
+                                       "attention",
+                                       "MLA v_b",
+                                       "attn output",
+                                       "ffn in (gate, up / router)",
+                                       "route",
+                                       "MoE op (k experts)",
+                                       "ffn down / shared down"};
+  return stage >= 0 && stage < kStages ? names[stage] : "?";
+}
+
+void set_decode_profiling(bool on) {
+  std::lock_guard<std::mutex> lock(g_prof_mu);
+  g_prof.assign(kStages, StageTotals{});
+  g_profiling = on;
+}
+
+std::vector<StageTotals> decode_profile() {
+  std::lock_guard<std::mutex> lock(g_prof_mu);
+  return g_prof;
+}
+
+template <typename F>
+void DecodeBlock::stage(int s, size_t bytes, F &&f) {
+  if (!g_profiling.load(std::memory_order_relaxed)) {
+    f();
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  const auto ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  std::lock_guard<std::mutex> lock(g_prof_mu);
+  g_prof[s].ns += ns;
+  g_prof[s].calls += 1;
+  g_prof[s].bytes += bytes;
+}
 
 float *DecodeBlock::buf(int i, size_t n) {
   if (bufs_.size() <= static_cast<size_t>(i)) bufs_.resize(i + 1);
@@ -117,15 +174,17 @@ void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache
   need(ready(), "step before an attention and an FFN were set");
   float *h = buf(0, D_);
   float *a = buf(1, D_);
-  if (add)
-    ops::add_rms_norm(x, f, attn_norm_, eps_, 1, D_, x, h);
-  else
-    ops::rms_norm(x, D_, attn_norm_, eps_, 1, D_, h);
+  stage(kNorm, 0, [&] {
+    if (add)
+      ops::add_rms_norm(x, f, attn_norm_, eps_, 1, D_, x, h);
+    else
+      ops::rms_norm(x, D_, attn_norm_, eps_, 1, D_, h);
+  });
   if (gqa_)
     gqa(h, cache0, cache1, pos, cos, sin, a);
   else
     mla(h, cache0, cache1, pos, cos, sin, a);
-  ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h);
+  stage(kNorm, 0, [&] { ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h); });
   ffn(h, f);
 }
 
@@ -134,10 +193,12 @@ void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const f
   const GqaStep &a = g_;
   const int64_t nq = a.H * a.Dh, nkv = a.Hkv * a.Dh;
   float *q = buf(2, nq), *k = buf(3, nkv), *v = buf(4, nkv), *att = buf(5, nq);
-  LinearOp::forward_many({a.q, a.k, a.v}, h, 1, {q, k, v});
-  add_bias(q, a.bq, nq);
-  add_bias(k, a.bk, nkv);
-  add_bias(v, a.bv, nkv);
+  stage(kAttnIn, bytes_of({a.q, a.k, a.v}), [&] {
+    LinearOp::forward_many({a.q, a.k, a.v}, h, 1, {q, k, v});
+    add_bias(q, a.bq, nq);
+    add_bias(k, a.bk, nkv);
+    add_bias(v, a.bv, nkv);
+  });
   ops::GqaDecode d{q, k, v, c0, c1, a.H, a.Hkv, a.Dh, a.Dh, pos, a.scale};
   d.q_norm = a.q_norm;
   d.k_norm = a.k_norm;
@@ -146,8 +207,8 @@ void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const f
   d.sin = sin;
   d.rope_dim = a.rope_dim;
   d.neox = a.neox;
-  ops::gqa_decode(d, att);
-  a.o->forward(att, 1, out);
+  stage(kAttn, 0, [&] { ops::gqa_decode(d, att); });
+  stage(kO, a.o->bytes(), [&] { a.o->forward(att, 1, out); });
 }
 
 void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
@@ -156,33 +217,42 @@ void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const f
   const int64_t dq = a.dn + a.dr;
   float *q = buf(2, a.H * dq), *kv = buf(3, a.R + a.dr);
   if (a.q != nullptr) {
-    LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv});
+    stage(kAttnIn, bytes_of({a.q, a.kv_a}),
+          [&] { LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv}); });
   } else {
     const int64_t Q = a.q_a->n_out();
     float *qa = buf(4, Q);
-    LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv});
-    ops::rms_norm(qa, Q, a.q_a_norm, eps_, 1, Q, qa);
-    a.q_b->forward(qa, 1, q);
+    stage(kAttnIn, bytes_of({a.q_a, a.kv_a}),
+          [&] { LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv}); });
+    stage(kQb, a.q_b->bytes(), [&] {
+      ops::rms_norm(qa, Q, a.q_a_norm, eps_, 1, Q, qa);
+      a.q_b->forward(qa, 1, q);
+    });
   }
   float *q_nope = buf(5, a.H * a.dn), *q_lat = buf(6, a.H * a.R);
-  for (int64_t i = 0; i < a.H; ++i)
-    for (int64_t j = 0; j < a.dn; ++j) q_nope[i * a.dn + j] = q[i * dq + j];
-  a.k_b->forward(q_nope, 1, q_lat);  // [H, R]: W_uk absorbed into the query
+  stage(kKb, a.k_b->bytes(), [&] {
+    for (int64_t i = 0; i < a.H; ++i)
+      for (int64_t j = 0; j < a.dn; ++j) q_nope[i * a.dn + j] = q[i * dq + j];
+    a.k_b->forward(q_nope, 1, q_lat);  // [H, R]: W_uk absorbed into the query
+  });
   float *o_lat = buf(7, a.H * a.R), *vo = buf(8, a.H * a.dv);
   const ops::MlaDecode d{q_lat, q + a.dn, dq,   kv,  a.kv_norm, eps_, c0,  c1,
                          a.H,   a.R,      a.dr, pos, a.scale,   cos,  sin, a.neox};
-  ops::mla_decode(d, o_lat);
-  a.v_b->forward(o_lat, 1, vo);  // [H, dv]
-  a.o->forward(vo, 1, out);
+  stage(kAttn, 0, [&] { ops::mla_decode(d, o_lat); });
+  stage(kVb, a.v_b->bytes(), [&] { a.v_b->forward(o_lat, 1, vo); });  // [H, dv]
+  stage(kO, a.o->bytes(), [&] { a.o->forward(vo, 1, out); });
 }
 
 void DecodeBlock::ffn(const float *h, float *out) {
   if (dense_) {
     const int64_t F = d_.gate->n_out();
     float *g = buf(9, F), *u = buf(10, F);
-    LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u});
-    ops::silu_mul(g, u, F, g);
-    d_.down->forward(g, 1, out);
+    stage(kFfnIn, bytes_of({d_.gate, d_.up}),
+          [&] { LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u}); });
+    stage(kFfnDown, d_.down->bytes(), [&] {
+      ops::silu_mul(g, u, F, g);
+      d_.down->forward(g, 1, out);
+    });
     return;
   }
   const MoeStep &e = e_;
@@ -191,27 +261,36 @@ void DecodeBlock::ffn(const float *h, float *out) {
   ids_.resize(e.k);
   const int64_t F = e.sh_gate != nullptr ? e.sh_gate->n_out() : 0;
   float *g = nullptr, *u = nullptr;
-  if (e.sh_gate != nullptr) {  // the router and the shared expert's gate, up: one pool call
-    g = buf(9, F);
-    u = buf(10, F);
-    LinearOp::forward_many({e.router, e.sh_gate, e.sh_up}, h, 1, {logits, g, u});
-  } else {
-    e.router->forward(h, 1, logits);
-  }
-  ops::route(logits, 1, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
-             ids_.data(), w);
-  e.experts->forward(h, 1, ids_.data(), true, e.k, w, out);
+  stage(kFfnIn, bytes_of({e.router, e.sh_gate, e.sh_up}), [&] {
+    if (e.sh_gate != nullptr) {  // the router and the shared expert's gate, up: one pool call
+      g = buf(9, F);
+      u = buf(10, F);
+      LinearOp::forward_many({e.router, e.sh_gate, e.sh_up}, h, 1, {logits, g, u});
+    } else {
+      e.router->forward(h, 1, logits);
+    }
+  });
+  stage(kRoute, 0, [&] {
+    ops::route(logits, 1, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
+               ids_.data(), w);
+  });
+  const size_t expert_bytes =
+      e.experts->gate_bytes() + e.experts->up_bytes() + e.experts->down_bytes();
+  stage(kExperts, expert_bytes * static_cast<size_t>(e.k),
+        [&] { e.experts->forward(h, 1, ids_.data(), true, e.k, w, out); });
   if (e.sh_gate == nullptr) return;
-  float *s = buf(13, D_);
-  ops::silu_mul(g, u, F, g);
-  e.sh_down->forward(g, 1, s);
-  if (e.sh_gate_vec != nullptr) {  // sigmoid(h . gate_vec) scales the shared expert
-    float z = 0.f;
-    for (int64_t i = 0; i < D_; ++i) z += h[i] * e.sh_gate_vec[i];
-    const float sg = 1.f / (1.f + std::exp(-z));
-    for (int64_t i = 0; i < D_; ++i) s[i] *= sg;
-  }
-  for (int64_t i = 0; i < D_; ++i) out[i] += s[i];
+  stage(kFfnDown, e.sh_down->bytes(), [&] {
+    float *s = buf(13, D_);
+    ops::silu_mul(g, u, F, g);
+    e.sh_down->forward(g, 1, s);
+    if (e.sh_gate_vec != nullptr) {  // sigmoid(h . gate_vec) scales the shared expert
+      float z = 0.f;
+      for (int64_t i = 0; i < D_; ++i) z += h[i] * e.sh_gate_vec[i];
+      const float sg = 1.f / (1.f + std::exp(-z));
+      for (int64_t i = 0; i < D_; ++i) s[i] *= sg;
+    }
+    for (int64_t i = 0; i < D_; ++i) out[i] += s[i];
+  });
 }
 
 }  // namespace numoe

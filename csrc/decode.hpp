@@ -65,6 +65,31 @@ struct MoeStep {
   const float *sh_gate_vec = nullptr;
 };
 
+// Where a step's time goes (benchmarks/decode_profile.py): per stage, the nanoseconds and
+// calls summed over the steps of every block since profiling was switched on, and the weight
+// bytes they read. Off by default (then a step reads no clock).
+enum DecodeStage {
+  kNorm,     // the residual adds and RMS norms
+  kAttnIn,   // the projections of x: q, k, v (GQA) or q / q_a, kv_a (MLA)
+  kQb,       // MLA: q_a's norm and q_b
+  kKb,       // MLA: the key absorbed into the query (k_b)
+  kAttn,     // gqa_decode / mla_decode (the cache's reads are not counted in the bytes)
+  kVb,       // MLA: v_b
+  kO,        // the output projection
+  kFfnIn,    // dense gate and up, or the router (with a shared expert's gate and up)
+  kRoute,    // top-k routing
+  kExperts,  // the MoE op (k experts' bytes)
+  kFfnDown,  // dense down, or the shared expert's down (+ its gate and the sum)
+  kStages
+};
+const char *decode_stage_name(int stage);
+void set_decode_profiling(bool on);  // on: reset the sums and start counting
+struct StageTotals {
+  int64_t ns = 0, calls = 0;
+  size_t bytes = 0;  // weight bytes read by those calls
+};
+std::vector<StageTotals> decode_profile();  // kStages entries, summed over the blocks
+
 class DecodeBlock {
  public:
   DecodeBlock(const float *attn_norm, const float *ffn_norm, float eps, int64_t n_embd)
@@ -96,6 +121,9 @@ class DecodeBlock {
            float *out);
   void ffn(const float *h, float *out);
   float *buf(int i, size_t n);  // per-block scratch buffer i of at least n floats
+  // Runs f as stage s (timed when profiling), counting `bytes` weight bytes per call.
+  template <typename F>
+  void stage(int s, size_t bytes, F &&f);
 
   const float *attn_norm_, *ffn_norm_;
   float eps_;

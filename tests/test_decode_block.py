@@ -103,3 +103,35 @@ def test_blocks_check_shapes_when_set(qwen3_block):
         db.set_moe(moe.router.op, moe.experts.op, 2, "relu", *[None, 1, 1, True, 1.0] + [None] * 4)
     with pytest.raises(ValueError, match="must be \\[D\\]"):
         _cpu.DecodeBlock(w, w[:-1], 1e-6)
+
+
+def test_profile_counts_every_stage(tmp_path):
+    """decode_profiling: per stage, the calls of every block and the weight bytes they read."""
+    path = tmp_path / "m.gguf"
+    synth.synth("tiny-v2", path, "Q4_K_M")  # MLA; layer 0 dense, layer 1 MoE + shared expert
+    model = numoe_model(path)
+    _cpu.decode_profiling(True)
+    try:
+        decode_logits(model, False)
+        prof = {name: (sec, calls, nbytes) for name, sec, calls, nbytes in _cpu.decode_profile()}
+    finally:
+        _cpu.decode_profiling(False)
+    n, L = len(NEXT), model.cfg.n_layer
+    assert prof["norms"][1] == 2 * n * L
+    assert prof["MLA q_b"][1] == 0  # tiny-v2 has no q LoRA
+    attn = [b.attn for b in model.blocks]
+    for name, lins in [
+        ("attn in (q, k, v / q, kv_a)", [[a.q, a.kv_a] for a in attn]),
+        ("MLA k_b", [[a.k_b] for a in attn]),
+        ("attn output", [[a.o] for a in attn]),
+    ]:
+        assert prof[name][1] == n * L
+        assert prof[name][2] == n * sum(lin.op.nbytes for ls in lins for lin in ls)
+    moe = model.blocks[1].ffn
+    assert prof["MoE op (k experts)"][1] == n
+    k = moe.route_args["k"]
+    assert prof["MoE op (k experts)"][2] == n * k * moe.experts.op.expert_nbytes
+    assert all(sec > 0 for sec, calls, _ in prof.values() if calls)
+    _cpu.decode_profiling(False)
+    decode_logits(model, False)  # off: nothing counted
+    assert all(calls == 0 for _, _, calls, _ in _cpu.decode_profile())
