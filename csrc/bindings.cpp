@@ -672,10 +672,14 @@ struct PyDecodeBlock {
     return static_cast<int64_t>(a.shape(0));
   }
   // A Linear op (None: nullptr), kept alive by the block.
-  const numoe::LinearOp *op(const nb::object &o) {
+  const numoe::LinearOp *op(const nb::object &o, const char *what) {
     if (o.is_none()) return nullptr;
+    PyLinear *p = nullptr;
+    if (!nb::try_cast<PyLinear *>(o, p) || p == nullptr)
+      throw std::invalid_argument(std::string("DecodeBlock: ") + what +
+                                  " must be a numoe._cpu.Linear or None");
     keep.push_back(o);
-    return &nb::cast<PyLinear &>(o).op;
+    return &p->op;
   }
   // A float32 vector of n values (None: nullptr), kept alive by the block.
   const float *vec(const nb::object &o, int64_t n, const char *what) {
@@ -702,7 +706,7 @@ void bind_decode(nb::module_ &m) {
           [](PyDecodeBlock &s, nb::object q, nb::object k, nb::object v, nb::object o,
              nb::object bq, nb::object bk, nb::object bv, nb::object q_norm, nb::object k_norm,
              int64_t H, int64_t Hkv, int64_t Dh, int64_t rope_dim, bool neox, float scale) {
-            numoe::GqaStep a{s.op(q), s.op(k), s.op(v), s.op(o)};
+            numoe::GqaStep a{s.op(q, "q"), s.op(k, "k"), s.op(v, "v"), s.op(o, "o")};
             a.bq = s.vec(bq, H * Dh, "q bias");
             a.bk = s.vec(bk, Hkv * Dh, "k bias");
             a.bv = s.vec(bv, Hkv * Dh, "v bias");
@@ -721,9 +725,10 @@ void bind_decode(nb::module_ &m) {
              nb::object kv_a, nb::object kv_norm, nb::object k_b, nb::object v_b, nb::object o,
              int64_t H, int64_t R, int64_t dn, int64_t dr, int64_t dv, bool neox, float scale) {
             numoe::MlaStep a;
-            a.q = s.op(q), a.q_a = s.op(q_a), a.q_b = s.op(q_b);
+            a.q = s.op(q, "q"), a.q_a = s.op(q_a, "q_a"), a.q_b = s.op(q_b, "q_b");
             a.q_a_norm = a.q_a ? s.vec(q_a_norm, a.q_a->n_out(), "q_a_norm") : nullptr;
-            a.kv_a = s.op(kv_a), a.k_b = s.op(k_b), a.v_b = s.op(v_b), a.o = s.op(o);
+            a.kv_a = s.op(kv_a, "kv_a"), a.k_b = s.op(k_b, "k_b"), a.v_b = s.op(v_b, "v_b"),
+            a.o = s.op(o, "o");
             a.kv_norm = s.vec(kv_norm, R, "kv_norm");
             if (a.kv_norm == nullptr) throw std::invalid_argument("DecodeBlock: kv_norm is None");
             a.H = H, a.R = R, a.dn = dn, a.dr = dr, a.dv = dv, a.neox = neox, a.scale = scale;
@@ -735,7 +740,7 @@ void bind_decode(nb::module_ &m) {
       .def(
           "set_dense",
           [](PyDecodeBlock &s, nb::object gate, nb::object up, nb::object down) {
-            s.blk.set_dense({s.op(gate), s.op(up), s.op(down)});
+            s.blk.set_dense({s.op(gate, "gate"), s.op(up, "up"), s.op(down, "down")});
           },
           "gate"_a, "up"_a, "down"_a, "Dense SwiGLU FFN.")
       .def(
@@ -746,12 +751,16 @@ void bind_decode(nb::module_ &m) {
              nb::object sh_gate_vec) {
             if (gating != "softmax" && gating != "sigmoid")
               throw std::invalid_argument("unknown expert gating function '" + gating + "'");
-            numoe::MoeStep f{s.op(router), nullptr, k, gating == "sigmoid"};
+            numoe::MoeStep f{s.op(router, "router"), nullptr, k, gating == "sigmoid"};
+            PyMoE *moe = nullptr;
+            if (!nb::try_cast<PyMoE *>(experts, moe) || moe == nullptr)
+              throw std::invalid_argument("DecodeBlock: experts must be a numoe._cpu.MoE");
             s.keep.push_back(experts);
-            f.experts = &nb::cast<PyMoE &>(experts).op;
+            f.experts = &moe->op;
             f.bias = s.vec(bias, f.experts->n_expert(), "bias");
             f.n_group = n_group, f.topk_group = topk_group, f.norm = norm, f.scale = scale;
-            f.sh_gate = s.op(sh_gate), f.sh_up = s.op(sh_up), f.sh_down = s.op(sh_down);
+            f.sh_gate = s.op(sh_gate, "sh_gate"), f.sh_up = s.op(sh_up, "sh_up"),
+            f.sh_down = s.op(sh_down, "sh_down");
             f.sh_gate_vec = s.vec(sh_gate_vec, s.blk.n_embd(), "shared expert gate");
             s.blk.set_moe(f);
           },

@@ -97,6 +97,7 @@ float *DecodeBlock::buf(int i, size_t n) {
 }
 
 void DecodeBlock::set_gqa(const GqaStep &a) {
+  std::lock_guard<std::mutex> lock(mu_);
   need(!gqa_ && !mla_, "attention set twice");
   need(a.H > 0 && a.Hkv > 0 && a.Dh > 0 && a.H % a.Hkv == 0, "H must be a multiple of Hkv");
   need(a.rope_dim >= 0 && a.rope_dim % 2 == 0 && a.rope_dim <= a.Dh, "bad rope_dim");
@@ -109,6 +110,7 @@ void DecodeBlock::set_gqa(const GqaStep &a) {
 }
 
 void DecodeBlock::set_mla(const MlaStep &a) {
+  std::lock_guard<std::mutex> lock(mu_);
   need(!gqa_ && !mla_, "attention set twice");
   need(a.H > 0 && a.R > 0 && a.dn >= 0 && a.dr > 0 && a.dr % 2 == 0 && a.dv > 0,
        "bad MLA dimensions");
@@ -131,6 +133,7 @@ void DecodeBlock::set_mla(const MlaStep &a) {
 }
 
 void DecodeBlock::set_dense(const DenseStep &f) {
+  std::lock_guard<std::mutex> lock(mu_);
   need(!dense_ && !moe_, "FFN set twice");
   need(f.gate != nullptr && f.up != nullptr && f.down != nullptr, "dense FFN needs gate, up, down");
   const int64_t F = f.gate->n_out();
@@ -142,13 +145,13 @@ void DecodeBlock::set_dense(const DenseStep &f) {
 }
 
 void DecodeBlock::set_moe(const MoeStep &f) {
+  std::lock_guard<std::mutex> lock(mu_);
   need(!dense_ && !moe_, "FFN set twice");
   need(f.router != nullptr && f.experts != nullptr, "MoE needs a router and experts");
   const int64_t E = f.experts->n_expert();
   plain(f.router, E, D_, "router", false);
   need(f.experts->n_embd() == D_, "experts' n_embd differs from the block's");
-  need(f.k > 0 && f.k <= E, "k must be in 1..n_expert");
-  need(f.gating == 0 || f.gating == 1, "gating must be softmax (0) or sigmoid (1)");
+  ops::check_route(E, f.k, f.gating, f.bias != nullptr, f.n_group, f.topk_group);
   need((f.sh_gate == nullptr) == (f.sh_up == nullptr) &&
            (f.sh_gate == nullptr) == (f.sh_down == nullptr),
        "a shared expert needs gate, up and down");
@@ -171,6 +174,7 @@ int64_t DecodeBlock::cache_width(int which) const {
 
 void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
                        const float *cos, const float *sin) {
+  std::lock_guard<std::mutex> lock(mu_);
   need(ready(), "step before an attention and an FFN were set");
   float *h = buf(0, D_);
   float *a = buf(1, D_);

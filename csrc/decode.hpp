@@ -2,11 +2,12 @@
 // attention, routing, MoE, the small float ops) chained with no Python between them.
 //
 // Why: a decode step streams megabytes of weights between its ops, which evicts the Python
-// interpreter and torch's dispatcher from the caches; the ~10 Python calls per layer between
-// the ops then cost ~150 us per layer (Qwen3-30B-A3B shapes on a 2-core VM: ~12 % of a
-// token). Chained here they cost ~1 us each. Every op is the one the Python path calls, in
-// the same order with the same inputs, so the result is the same (numoe/models/base.py's
-// Block is the reference the tests compare against).
+// interpreter from the caches; the ~10 Python calls per layer between the ops then cost
+// 10-20 us each (~3 ms per token on DeepSeek-V2-Lite shapes, 8 layers, 2-core VM: this gains
+// ~8 % of tg there). Chained here they cost ~1 us each. Every op is the one the Python path
+// calls, in the same order with the same inputs, so the result is the same bit for bit, but
+// for qwen2moe's shared-expert gate (a dot product summed in another order than torch's);
+// numoe/models/base.py's Block is the reference the tests compare against.
 //
 //   x += f_prev (when add);  h = rms_norm(x) * attn_norm
 //   x += attention(h)        (GQA or MLA, K/V or latent stored at row pos of the cache)
@@ -14,6 +15,7 @@
 //                                             + an optional shared expert)
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "linear.hpp"
@@ -101,7 +103,6 @@ class DecodeBlock {
   void set_dense(const DenseStep &f);
   void set_moe(const MoeStep &f);
   bool ready() const { return (gqa_ || mla_) && (dense_ || moe_); }
-  bool is_mla() const { return mla_; }
   // Cache rows this block's attention stores per position: (Hkv*Dh, Hkv*Dh) or (R, dr).
   int64_t cache_width(int which) const;
   // Values of the rotary table row step() reads (cos and sin each): rope_dim / 2 or dr / 2.
@@ -110,7 +111,8 @@ class DecodeBlock {
   // x [D] the residual stream (updated in place); f [D] the previous block's FFN branch
   // when add (added into x first), overwritten with this block's FFN branch. cache0/cache1
   // the layer's caches ([n_ctx, cache_width(0)], [n_ctx, cache_width(1)]), pos < n_ctx the
-  // token's position; cos, sin [rope_dim / 2] its rotary table row.
+  // token's position; cos, sin [rope_dim / 2] its rotary table row. One thread at a time
+  // (the block's scratch buffers are its own): a second thread's step waits for the first.
   void step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
             const float *cos, const float *sin);
 
@@ -133,6 +135,7 @@ class DecodeBlock {
   MlaStep m_{};
   DenseStep d_{};
   MoeStep e_{};
+  std::mutex mu_;  // held by step() and the setters
   std::vector<std::vector<float>> bufs_;
   std::vector<int64_t> ids_;
 };

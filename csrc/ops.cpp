@@ -58,19 +58,25 @@ void rope(float *x, int64_t T, int64_t H, int64_t head_dim, int64_t dim, const f
   }
 }
 
-void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, const float *bias,
-           int64_t n_group, int64_t topk_group, bool norm, float scale, int64_t *ids, float *w) {
+void check_route(int64_t E, int64_t k, int gating, bool bias, int64_t n_group, int64_t topk_group) {
   if (k <= 0 || k > E) throw std::invalid_argument("route: k must be in 1..E");
   if (gating != 0 && gating != 1) throw std::invalid_argument("route: unknown gating function");
   const bool grouped = n_group > 1 && topk_group < n_group;  // else grouping is off
   if (grouped && (E % n_group != 0 || topk_group < 1))
     throw std::invalid_argument("route: n_group must divide E and topk_group be positive");
-  const int64_t per = grouped ? E / n_group : E;     // experts per group
-  const bool top2 = gating == 1 || bias != nullptr;  // a group's score: its best two
+  const int64_t per = grouped ? E / n_group : E;  // experts per group
   if (grouped && topk_group * per < k)
     throw std::invalid_argument("route: the kept groups hold fewer than k experts");
-  if (grouped && top2 && per < 2)
+  if (grouped && (gating == 1 || bias) && per < 2)  // a group's score: its best two
     throw std::invalid_argument("route: groups of one expert have no best two");
+}
+
+void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, const float *bias,
+           int64_t n_group, int64_t topk_group, bool norm, float scale, int64_t *ids, float *w) {
+  check_route(E, k, gating, bias != nullptr, n_group, topk_group);
+  const bool grouped = n_group > 1 && topk_group < n_group;  // else grouping is off
+  const int64_t per = grouped ? E / n_group : E;             // experts per group
+  const bool top2 = gating == 1 || bias != nullptr;          // a group's score: its best two
   const int64_t G = grouped ? n_group : 1;
   std::vector<float> scores(E), choice(E), gscore(G);
   std::vector<int64_t> order(std::max(E, G));

@@ -35,6 +35,8 @@ void rope(float *x, int64_t T, int64_t H, int64_t head_dim, int64_t dim, const f
 // n_group / topk_group: only experts of the best topk_group groups compete (group score = its
 // best expert, or the sum of its best two with sigmoid or a bias); norm divides the weights by
 // their sum (+1e-20); scale multiplies them last. Ties go to the lower index.
+// std::invalid_argument unless route() can take these arguments (what it checks first).
+void check_route(int64_t E, int64_t k, int gating, bool bias, int64_t n_group, int64_t topk_group);
 void route(const float *logits, int64_t T, int64_t E, int64_t k, int gating, const float *bias,
            int64_t n_group, int64_t topk_group, bool norm, float scale, int64_t *ids, float *w);
 

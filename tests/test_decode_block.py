@@ -5,6 +5,7 @@ transformers in the architecture tests): the C++ block runs the same ops in the 
 so the logits must be equal, bit for bit. The one exception is qwen2moe's shared-expert gate
 sigmoid(x . g), a dot product torch sums in another order (within 1e-5)."""
 
+import gc
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from hf_oracle import numoe_model
 
 from numoe import _cpu, synth
-from numoe.models import deepseek2
+from numoe.models import deepseek2, llama
 
 PRESETS = ["tiny-qwen3moe", "tiny-qwen2moe", "tiny-mixtral", "tiny-v2", "tiny-v3"]
 PROMPT, NEXT = [5, 17, 99, 3], [7, 8, 9, 200, 11, 42]
@@ -38,20 +39,78 @@ def test_cpp_blocks_equal_python_blocks(tmp_path, preset, qtype):
     model = numoe_model(path)
     assert len(model._decode_steps()) == model.cfg.n_layer  # every block runs in C++
     got, want = decode_logits(model, False), decode_logits(model, True)
-    assert model._steps == []  # the reference really ran the Python blocks
     if preset == "tiny-qwen2moe":
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     else:
         assert torch.equal(got, want)
 
 
+def synth_with(monkeypatch, path, cfg, qtype="F32"):
+    """A synthetic file at cfg (a preset's Config with fields replaced)."""
+    monkeypatch.setattr(synth, "preset_config", lambda preset, layers=None: cfg)
+    synth.synth("any", path, qtype)
+    return numoe_model(path)
+
+
+def test_dense_llama_runs_in_cpp(tmp_path, monkeypatch):
+    """A dense GQA model (llama without experts): GQA + dense SwiGLU blocks."""
+    cfg = replace(llama.PRESETS["tiny-mixtral"], n_expert=0, n_expert_used=0)
+    model = synth_with(monkeypatch, tmp_path / "m.gguf", cfg, "Q4_K_M")
+    assert len(model._decode_steps()) == cfg.n_layer
+    assert torch.equal(decode_logits(model, False), decode_logits(model, True))
+
+
+def test_block_the_cpp_path_cannot_take_falls_back(tmp_path):
+    """A bias the C++ block does not add (here on a router): no C++ blocks at all, and the
+    Python blocks add it."""
+    path = tmp_path / "m.gguf"
+    synth.synth("tiny-qwen3moe", path, "F32")
+    model = numoe_model(path)
+    plain = decode_logits(model, False)
+    router = model.blocks[1].ffn.router
+    router.bias = torch.arange(router.n_out, dtype=torch.float32)  # favours the last experts
+    model._steps = None
+    assert model.blocks[1].decode_block() is None and model._decode_steps() == []
+    assert model.blocks[0].decode_block() is not None
+    biased = decode_logits(model, True)
+    router.bias = torch.zeros(router.n_out)  # a zero bias gives the plain logits back
+    assert not torch.equal(biased, plain) and torch.equal(decode_logits(model, True), plain)
+
+
+def test_block_keeps_what_it_points_into(tmp_path):
+    """A block built from temporary arrays (norm copies) keeps them alive: after they are
+    dropped and collected, its steps equal the model's own block's."""
+    path = tmp_path / "m.gguf"
+    synth.synth("tiny-qwen3moe", path, "F32")
+    model = numoe_model(path)
+    blk, c = model.blocks[0], model.cfg
+    a = blk.attn
+    db = _cpu.DecodeBlock(blk.attn_norm.numpy().copy(), blk.ffn_norm.numpy().copy(), blk.eps)
+    norms = [n.copy() for n in a._cpu_norms]
+    db.set_gqa(a.q.op, a.k.op, a.v.op, a.o.op, None, None, None, *norms,
+               a.H, a.Hkv, a.Dh, a.rope.dim, a.rope.neox, a.Dh**-0.5)  # fmt: skip
+    assert blk.ffn.set_step(db)
+    del norms
+    gc.collect()
+    [np.full(4096, 7.0, np.float32) for _ in range(64)]  # reuse freed memory, if any was
+    ref = model._decode_steps()[0]
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((1, c.n_embd)).astype(np.float32)
+    cos, sin = (t[3].contiguous().numpy() for t in model.rope.cos_sin(0, 8, torch.device("cpu")))
+    out = []
+    for step in (db, ref):
+        x, f = x0.copy(), np.zeros_like(x0)
+        kv = [np.zeros((8, c.n_head_kv, c.head_dim), np.float32) for _ in range(2)]
+        step.step(x, f, False, *kv, 3, cos, sin)
+        out.append((x, f, *kv))
+    for got, want in zip(*out):
+        assert np.array_equal(got, want)
+
+
 def test_combined_kv_b_runs_in_cpp(tmp_path, monkeypatch):
     """Older DeepSeek files (attn_kv_b, no k_b/v_b): the halves become F32 ops on load."""
     cfg = replace(deepseek2.PRESETS["tiny-v2"], split_kv_b=False)
-    monkeypatch.setattr(synth, "preset_config", lambda preset, layers=None: cfg)
-    path = tmp_path / "m.gguf"
-    synth.synth("tiny-v2", path, "F32")
-    model = numoe_model(path)
+    model = synth_with(monkeypatch, tmp_path / "m.gguf", cfg)
     assert model.blocks[0].attn.k_b.op.type_id == 0  # F32, groups = heads
     assert len(model._decode_steps()) == cfg.n_layer
     assert torch.equal(decode_logits(model, False), decode_logits(model, True))
@@ -101,6 +160,16 @@ def test_blocks_check_shapes_when_set(qwen3_block):
         db.set_moe(attn.q.op, moe.experts.op, 2, "softmax", *[None, 1, 1, True, 1.0] + [None] * 4)
     with pytest.raises(ValueError, match="unknown expert gating"):
         db.set_moe(moe.router.op, moe.experts.op, 2, "relu", *[None, 1, 1, True, 1.0] + [None] * 4)
+    with pytest.raises(ValueError, match="q must be a numoe._cpu.Linear"):  # not the layer
+        db.set_gqa(attn.q, attn.k.op, attn.v.op, attn.o.op, *args)
+    with pytest.raises(ValueError, match="experts must be a numoe._cpu.MoE"):
+        db.set_moe(
+            moe.router.op, moe.router.op, 2, "softmax", *[None, 1, 1, True, 1.0] + [None] * 4
+        )
+    with pytest.raises(ValueError, match="n_group must divide E"):  # checked now, not mid-step
+        db.set_moe(
+            moe.router.op, moe.experts.op, 2, "softmax", *[None, 3, 2, True, 1.0] + [None] * 4
+        )
     with pytest.raises(ValueError, match="must be \\[D\\]"):
         _cpu.DecodeBlock(w, w[:-1], 1e-6)
 

@@ -195,7 +195,12 @@ def test_model_logits_equal_off(small_model, policy):
         policy(name)
         _, model = load(open_gguf(small_model), Placement.parse("cpu"))
         with torch.no_grad():
-            logits[name] = model.forward(prompt, model.new_cache(32), 0).float()  # [T, V]
+            cache = model.new_cache(32)
+            pre = model.forward(prompt, cache, 0).float()  # [T, V]
+            assert model._decode_steps()  # decode: the (sliced) MoE op in the C++ blocks
+            n = len(prompt)
+            dec = [model.forward(torch.tensor([t]), cache, n + i) for i, t in enumerate([3, 8])]
+            logits[name] = torch.cat([pre, *dec])  # [T + 2, V]
         del model
     scale = logits["off"].abs().max().item()
     err = (logits["shard"] - logits["off"]).abs().max().item() / scale

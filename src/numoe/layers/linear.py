@@ -79,8 +79,12 @@ def cpu_f32(*ts: torch.Tensor | None) -> bool:
 
 
 def cpu_ops(*lins) -> bool:
-    """Whether every one of these layers runs a CPU C++ op (None: an absent optional one)."""
-    return all(lin is None or getattr(lin, "op", None) is not None for lin in lins)
+    """Whether every one of these layers runs a CPU C++ op with no bias to add (None: an
+    absent optional one): what a C++ decode block (models/base.py) can take as it is."""
+    return all(
+        lin is None or (getattr(lin, "op", None) is not None and getattr(lin, "bias", None) is None)
+        for lin in lins
+    )
 
 
 def f32_numpy(t: torch.Tensor | None) -> np.ndarray | None:
@@ -136,7 +140,7 @@ class Linear:
         """W [out, in] or [groups, out, in] computed on load (not stored in the file), on w's
         device; on the CPU an F32 op over a contiguous copy (the op keeps it)."""
         if w.device.type != "cpu":
-            return cls(w)
+            return cls(w.contiguous())
         w = w.detach().float().contiguous()
         shape = (1, *w.shape) if w.dim() == 2 else w.shape
         pool.ensure()

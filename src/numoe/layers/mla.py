@@ -105,7 +105,9 @@ class MLAttention:
         """Give a C++ decode block (models/base.py) this attention; False when some part
         cannot run there (then the block decodes through __call__)."""
         q_a, q_b, q = self.q_a, self.q_b, self.q
-        if self._cpu_norm is None or not cpu_ops(q_a, self.k_b, self.v_b, self.o):
+        if self._cpu_norm is None or not cpu_ops(
+            q, q_a, q_b, self.kv_a, self.k_b, self.v_b, self.o
+        ):
             return False
         if not cpu_f32(self.q_a_norm):
             return False
