@@ -171,9 +171,9 @@ def main() -> None:
             if a.peer_python
             else None
         )
-        rows = [("pp", f"pp{a.n_prompt}"), ("tg", f"tg{a.n_gen}")]
+        rows = [("pp", Test(a.n_prompt, 0).name), ("tg", Test(0, a.n_gen).name)]
         if a.depth:  # GB/s and % left out: the cache's reads come on top of the weights'
-            rows.append(("tgd", f"tg{a.n_gen} @ d{a.depth}"))
+            rows.append(("tgd", Test(0, a.n_gen, a.depth).name))
         for test, name in rows:
             o = statistics.median(ours[test])
             p = statistics.median(peer[test]) if peer else None

@@ -133,6 +133,13 @@ int64_t rows_of(const Floats &x, int64_t n, const char *what) {
   return static_cast<int64_t>(x.shape(0));
 }
 
+// An expert gating function by name -> ops::route's gating (0 softmax, 1 sigmoid).
+int gating_id(const std::string &gating) {
+  if (gating != "softmax" && gating != "sigmoid")
+    throw std::invalid_argument("unknown expert gating function '" + gating + "'");
+  return gating == "sigmoid";
+}
+
 // The linear op over a GGUF tensor's bytes; holds the byte array so the memmap stays alive.
 struct PyLinear {
   Bytes data;
@@ -528,17 +535,16 @@ void bind_ops(nb::module_ &m) {
          float scale) {
         if (logits.ndim() != 2) throw std::invalid_argument("route: logits must be [T, E]");
         const int64_t T = logits.shape(0), E = logits.shape(1);
-        if (gating != "softmax" && gating != "sigmoid")
-          throw std::invalid_argument("unknown expert gating function '" + gating + "'");
+        const int gate_fn = gating_id(gating);
         if (bias && (bias->ndim() != 1 || static_cast<int64_t>(bias->shape(0)) != E))
           throw std::invalid_argument("route: bias must be [E]");
-        if (k <= 0 || k > E) throw std::invalid_argument("route: k must be in 1..E");
+        numoe::ops::check_route(E, k, gate_fn, bias.has_value(), n_group, topk_group);
         int64_t *ids;
         auto ids_arr = new_array<int64_t>(static_cast<size_t>(T * k), &ids);
         float *w;
         auto w_arr = new_array<float>(static_cast<size_t>(T * k), &w);
-        numoe::ops::route(logits.data(), T, E, k, gating == "sigmoid",
-                          bias ? bias->data() : nullptr, n_group, topk_group, norm, scale, ids, w);
+        numoe::ops::route(logits.data(), T, E, k, gate_fn, bias ? bias->data() : nullptr, n_group,
+                          topk_group, norm, scale, ids, w);
         return std::make_pair(ids_arr, w_arr);
       },
       "logits"_a.noconvert(), "k"_a, "gating"_a, "bias"_a.noconvert() = nb::none(), "n_group"_a = 1,
@@ -749,9 +755,7 @@ void bind_decode(nb::module_ &m) {
              const std::string &gating, nb::object bias, int64_t n_group, int64_t topk_group,
              bool norm, float scale, nb::object sh_gate, nb::object sh_up, nb::object sh_down,
              nb::object sh_gate_vec) {
-            if (gating != "softmax" && gating != "sigmoid")
-              throw std::invalid_argument("unknown expert gating function '" + gating + "'");
-            numoe::MoeStep f{s.op(router, "router"), nullptr, k, gating == "sigmoid"};
+            numoe::MoeStep f{s.op(router, "router"), nullptr, k, gating_id(gating)};
             PyMoE *moe = nullptr;
             if (!nb::try_cast<PyMoE *>(experts, moe) || moe == nullptr)
               throw std::invalid_argument("DecodeBlock: experts must be a numoe._cpu.MoE");

@@ -17,16 +17,21 @@ void need(bool ok, const std::string &what) {
   if (!ok) throw std::invalid_argument("DecodeBlock: " + what);
 }
 
-// op maps n_in -> n_out with no groups (nullptr: absent, accepted when optional).
-void plain(const LinearOp *op, int64_t n_out, int64_t n_in, const char *what, bool optional) {
-  if (op == nullptr) {
-    need(optional, std::string(what) + " is missing");
-    return;
-  }
+// op maps n_in -> n_out with no groups.
+void plain(const LinearOp *op, int64_t n_out, int64_t n_in, const std::string &what) {
+  need(op != nullptr, what + " is missing");
   need(op->groups() == 1 && op->n_out() == n_out && op->n_in() == n_in,
-       std::string(what) + " must be [" + std::to_string(n_out) + ", " + std::to_string(n_in) +
-           "], got [" + std::to_string(op->n_out()) + ", " + std::to_string(op->n_in()) + "]" +
+       what + " must be [" + std::to_string(n_out) + ", " + std::to_string(n_in) + "], got [" +
+           std::to_string(op->n_out()) + ", " + std::to_string(op->n_in()) + "]" +
            (op->groups() != 1 ? " x " + std::to_string(op->groups()) + " groups" : ""));
+}
+
+// gate, up [F, D] and down [D, F] of one SwiGLU (F from gate); names prefixed by `who`.
+void swiglu(const LinearOp *gate, const LinearOp *up, const LinearOp *down, int64_t D,
+            const std::string &who) {
+  plain(gate, gate != nullptr ? gate->n_out() : 0, D, who + "gate");
+  plain(up, gate->n_out(), D, who + "up");
+  plain(down, D, gate->n_out(), who + "down");
 }
 
 void add_bias(float *y, const float *b, int64_t n) {
@@ -74,7 +79,7 @@ std::vector<StageTotals> decode_profile() {
 }
 
 template <typename F>
-void DecodeBlock::stage(int s, size_t bytes, F &&f) {
+void DecodeBlock::stage(int s, F &&f) {
   if (!g_profiling.load(std::memory_order_relaxed)) {
     f();
     return;
@@ -87,7 +92,7 @@ void DecodeBlock::stage(int s, size_t bytes, F &&f) {
   std::lock_guard<std::mutex> lock(g_prof_mu);
   g_prof[s].ns += ns;
   g_prof[s].calls += 1;
-  g_prof[s].bytes += bytes;
+  g_prof[s].bytes += stage_bytes_[s];
 }
 
 float *DecodeBlock::buf(int i, size_t n) {
@@ -101,10 +106,12 @@ void DecodeBlock::set_gqa(const GqaStep &a) {
   need(!gqa_ && !mla_, "attention set twice");
   need(a.H > 0 && a.Hkv > 0 && a.Dh > 0 && a.H % a.Hkv == 0, "H must be a multiple of Hkv");
   need(a.rope_dim >= 0 && a.rope_dim % 2 == 0 && a.rope_dim <= a.Dh, "bad rope_dim");
-  plain(a.q, a.H * a.Dh, D_, "q", false);
-  plain(a.k, a.Hkv * a.Dh, D_, "k", false);
-  plain(a.v, a.Hkv * a.Dh, D_, "v", false);
-  plain(a.o, D_, a.H * a.Dh, "o", false);
+  plain(a.q, a.H * a.Dh, D_, "q");
+  plain(a.k, a.Hkv * a.Dh, D_, "k");
+  plain(a.v, a.Hkv * a.Dh, D_, "v");
+  plain(a.o, D_, a.H * a.Dh, "o");
+  stage_bytes_[kAttnIn] = bytes_of({a.q, a.k, a.v});
+  stage_bytes_[kO] = a.o->bytes();
   g_ = a;
   gqa_ = true;
 }
@@ -117,17 +124,22 @@ void DecodeBlock::set_mla(const MlaStep &a) {
   need((a.q != nullptr) != (a.q_a != nullptr && a.q_b != nullptr && a.q_a_norm != nullptr),
        "MLA takes q, or q_a, its norm and q_b");
   if (a.q != nullptr) {
-    plain(a.q, a.H * (a.dn + a.dr), D_, "q", false);
+    plain(a.q, a.H * (a.dn + a.dr), D_, "q");
   } else {
-    plain(a.q_a, a.q_a->n_out(), D_, "q_a", false);
-    plain(a.q_b, a.H * (a.dn + a.dr), a.q_a->n_out(), "q_b", false);
+    plain(a.q_a, a.q_a->n_out(), D_, "q_a");
+    plain(a.q_b, a.H * (a.dn + a.dr), a.q_a->n_out(), "q_b");
   }
-  plain(a.kv_a, a.R + a.dr, D_, "kv_a", false);
+  plain(a.kv_a, a.R + a.dr, D_, "kv_a");
   need(a.k_b != nullptr && a.k_b->groups() == a.H && a.k_b->n_out() == a.R && a.k_b->n_in() == a.dn,
        "k_b must be H groups of [R, d_nope]");
   need(a.v_b != nullptr && a.v_b->groups() == a.H && a.v_b->n_out() == a.dv && a.v_b->n_in() == a.R,
        "v_b must be H groups of [d_v, R]");
-  plain(a.o, D_, a.H * a.dv, "o", false);
+  plain(a.o, D_, a.H * a.dv, "o");
+  stage_bytes_[kAttnIn] = bytes_of({a.q, a.q_a, a.kv_a});
+  stage_bytes_[kQb] = bytes_of({a.q_b});
+  stage_bytes_[kKb] = a.k_b->bytes();
+  stage_bytes_[kVb] = a.v_b->bytes();
+  stage_bytes_[kO] = a.o->bytes();
   m_ = a;
   mla_ = true;
 }
@@ -135,11 +147,9 @@ void DecodeBlock::set_mla(const MlaStep &a) {
 void DecodeBlock::set_dense(const DenseStep &f) {
   std::lock_guard<std::mutex> lock(mu_);
   need(!dense_ && !moe_, "FFN set twice");
-  need(f.gate != nullptr && f.up != nullptr && f.down != nullptr, "dense FFN needs gate, up, down");
-  const int64_t F = f.gate->n_out();
-  plain(f.gate, F, D_, "gate", false);
-  plain(f.up, F, D_, "up", false);
-  plain(f.down, D_, F, "down", false);
+  swiglu(f.gate, f.up, f.down, D_, "");
+  stage_bytes_[kFfnIn] = bytes_of({f.gate, f.up});
+  stage_bytes_[kFfnDown] = f.down->bytes();
   d_ = f;
   dense_ = true;
 }
@@ -149,19 +159,19 @@ void DecodeBlock::set_moe(const MoeStep &f) {
   need(!dense_ && !moe_, "FFN set twice");
   need(f.router != nullptr && f.experts != nullptr, "MoE needs a router and experts");
   const int64_t E = f.experts->n_expert();
-  plain(f.router, E, D_, "router", false);
+  plain(f.router, E, D_, "router");
   need(f.experts->n_embd() == D_, "experts' n_embd differs from the block's");
   ops::check_route(E, f.k, f.gating, f.bias != nullptr, f.n_group, f.topk_group);
   need((f.sh_gate == nullptr) == (f.sh_up == nullptr) &&
            (f.sh_gate == nullptr) == (f.sh_down == nullptr),
        "a shared expert needs gate, up and down");
   need(f.sh_gate_vec == nullptr || f.sh_gate != nullptr, "a shared gate without shared expert");
-  if (f.sh_gate != nullptr) {
-    const int64_t F = f.sh_gate->n_out();
-    plain(f.sh_gate, F, D_, "shared gate", false);
-    plain(f.sh_up, F, D_, "shared up", false);
-    plain(f.sh_down, D_, F, "shared down", false);
-  }
+  if (f.sh_gate != nullptr) swiglu(f.sh_gate, f.sh_up, f.sh_down, D_, "shared ");
+  stage_bytes_[kFfnIn] = bytes_of({f.router, f.sh_gate, f.sh_up});
+  stage_bytes_[kExperts] =
+      static_cast<size_t>(f.k) *
+      (f.experts->gate_bytes() + f.experts->up_bytes() + f.experts->down_bytes());
+  stage_bytes_[kFfnDown] = bytes_of({f.sh_down});
   e_ = f;
   moe_ = true;
 }
@@ -178,7 +188,7 @@ void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache
   need(ready(), "step before an attention and an FFN were set");
   float *h = buf(0, D_);
   float *a = buf(1, D_);
-  stage(kNorm, 0, [&] {
+  stage(kNorm, [&] {
     if (add)
       ops::add_rms_norm(x, f, attn_norm_, eps_, 1, D_, x, h);
     else
@@ -188,7 +198,7 @@ void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache
     gqa(h, cache0, cache1, pos, cos, sin, a);
   else
     mla(h, cache0, cache1, pos, cos, sin, a);
-  stage(kNorm, 0, [&] { ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h); });
+  stage(kNorm, [&] { ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h); });
   ffn(h, f);
 }
 
@@ -197,7 +207,7 @@ void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const f
   const GqaStep &a = g_;
   const int64_t nq = a.H * a.Dh, nkv = a.Hkv * a.Dh;
   float *q = buf(2, nq), *k = buf(3, nkv), *v = buf(4, nkv), *att = buf(5, nq);
-  stage(kAttnIn, bytes_of({a.q, a.k, a.v}), [&] {
+  stage(kAttnIn, [&] {
     LinearOp::forward_many({a.q, a.k, a.v}, h, 1, {q, k, v});
     add_bias(q, a.bq, nq);
     add_bias(k, a.bk, nkv);
@@ -211,8 +221,8 @@ void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const f
   d.sin = sin;
   d.rope_dim = a.rope_dim;
   d.neox = a.neox;
-  stage(kAttn, 0, [&] { ops::gqa_decode(d, att); });
-  stage(kO, a.o->bytes(), [&] { a.o->forward(att, 1, out); });
+  stage(kAttn, [&] { ops::gqa_decode(d, att); });
+  stage(kO, [&] { a.o->forward(att, 1, out); });
 }
 
 void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
@@ -221,20 +231,18 @@ void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const f
   const int64_t dq = a.dn + a.dr;
   float *q = buf(2, a.H * dq), *kv = buf(3, a.R + a.dr);
   if (a.q != nullptr) {
-    stage(kAttnIn, bytes_of({a.q, a.kv_a}),
-          [&] { LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv}); });
+    stage(kAttnIn, [&] { LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv}); });
   } else {
     const int64_t Q = a.q_a->n_out();
     float *qa = buf(4, Q);
-    stage(kAttnIn, bytes_of({a.q_a, a.kv_a}),
-          [&] { LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv}); });
-    stage(kQb, a.q_b->bytes(), [&] {
+    stage(kAttnIn, [&] { LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv}); });
+    stage(kQb, [&] {
       ops::rms_norm(qa, Q, a.q_a_norm, eps_, 1, Q, qa);
       a.q_b->forward(qa, 1, q);
     });
   }
   float *q_nope = buf(5, a.H * a.dn), *q_lat = buf(6, a.H * a.R);
-  stage(kKb, a.k_b->bytes(), [&] {
+  stage(kKb, [&] {
     for (int64_t i = 0; i < a.H; ++i)
       for (int64_t j = 0; j < a.dn; ++j) q_nope[i * a.dn + j] = q[i * dq + j];
     a.k_b->forward(q_nope, 1, q_lat);  // [H, R]: W_uk absorbed into the query
@@ -242,18 +250,17 @@ void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const f
   float *o_lat = buf(7, a.H * a.R), *vo = buf(8, a.H * a.dv);
   const ops::MlaDecode d{q_lat, q + a.dn, dq,   kv,  a.kv_norm, eps_, c0,  c1,
                          a.H,   a.R,      a.dr, pos, a.scale,   cos,  sin, a.neox};
-  stage(kAttn, 0, [&] { ops::mla_decode(d, o_lat); });
-  stage(kVb, a.v_b->bytes(), [&] { a.v_b->forward(o_lat, 1, vo); });  // [H, dv]
-  stage(kO, a.o->bytes(), [&] { a.o->forward(vo, 1, out); });
+  stage(kAttn, [&] { ops::mla_decode(d, o_lat); });
+  stage(kVb, [&] { a.v_b->forward(o_lat, 1, vo); });  // [H, dv]
+  stage(kO, [&] { a.o->forward(vo, 1, out); });
 }
 
 void DecodeBlock::ffn(const float *h, float *out) {
   if (dense_) {
     const int64_t F = d_.gate->n_out();
     float *g = buf(9, F), *u = buf(10, F);
-    stage(kFfnIn, bytes_of({d_.gate, d_.up}),
-          [&] { LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u}); });
-    stage(kFfnDown, d_.down->bytes(), [&] {
+    stage(kFfnIn, [&] { LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u}); });
+    stage(kFfnDown, [&] {
       ops::silu_mul(g, u, F, g);
       d_.down->forward(g, 1, out);
     });
@@ -265,7 +272,7 @@ void DecodeBlock::ffn(const float *h, float *out) {
   ids_.resize(e.k);
   const int64_t F = e.sh_gate != nullptr ? e.sh_gate->n_out() : 0;
   float *g = nullptr, *u = nullptr;
-  stage(kFfnIn, bytes_of({e.router, e.sh_gate, e.sh_up}), [&] {
+  stage(kFfnIn, [&] {
     if (e.sh_gate != nullptr) {  // the router and the shared expert's gate, up: one pool call
       g = buf(9, F);
       u = buf(10, F);
@@ -274,16 +281,13 @@ void DecodeBlock::ffn(const float *h, float *out) {
       e.router->forward(h, 1, logits);
     }
   });
-  stage(kRoute, 0, [&] {
+  stage(kRoute, [&] {
     ops::route(logits, 1, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
                ids_.data(), w);
   });
-  const size_t expert_bytes =
-      e.experts->gate_bytes() + e.experts->up_bytes() + e.experts->down_bytes();
-  stage(kExperts, expert_bytes * static_cast<size_t>(e.k),
-        [&] { e.experts->forward(h, 1, ids_.data(), true, e.k, w, out); });
+  stage(kExperts, [&] { e.experts->forward(h, 1, ids_.data(), true, e.k, w, out); });
   if (e.sh_gate == nullptr) return;
-  stage(kFfnDown, e.sh_down->bytes(), [&] {
+  stage(kFfnDown, [&] {
     float *s = buf(13, D_);
     ops::silu_mul(g, u, F, g);
     e.sh_down->forward(g, 1, s);

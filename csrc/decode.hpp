@@ -123,9 +123,9 @@ class DecodeBlock {
            float *out);
   void ffn(const float *h, float *out);
   float *buf(int i, size_t n);  // per-block scratch buffer i of at least n floats
-  // Runs f as stage s (timed when profiling), counting `bytes` weight bytes per call.
+  // Runs f as stage s (timed when profiling, counting stage_bytes_[s] weight bytes a call).
   template <typename F>
-  void stage(int s, size_t bytes, F &&f);
+  void stage(int s, F &&f);
 
   const float *attn_norm_, *ffn_norm_;
   float eps_;
@@ -135,7 +135,8 @@ class DecodeBlock {
   MlaStep m_{};
   DenseStep d_{};
   MoeStep e_{};
-  std::mutex mu_;  // held by step() and the setters
+  size_t stage_bytes_[kStages] = {};  // weight bytes a call of each stage reads (setters)
+  std::mutex mu_;                     // held by step() and the setters
   std::vector<std::vector<float>> bufs_;
   std::vector<int64_t> ids_;
 };

@@ -70,11 +70,7 @@ class GQAAttention:
             and rope.dim == Dh
             and cpu_f32(self.q_norm, self.k_norm)
         ):
-            self._cpu_norms = (
-                (self.q_norm.contiguous().numpy(), self.k_norm.contiguous().numpy())
-                if cfg.qk_norm
-                else (None, None)
-            )
+            self._cpu_norms = (f32_numpy(self.q_norm), f32_numpy(self.k_norm))
 
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""

@@ -95,7 +95,7 @@ class MLAttention:
         first = [self.q_b if Q else self.q, self.kv_a]
         self._cpu_norm = None
         if all(lin.op is not None for lin in first) and rope.dim == dr and cpu_f32(self.kv_a_norm):
-            self._cpu_norm = self.kv_a_norm.contiguous().numpy()
+            self._cpu_norm = f32_numpy(self.kv_a_norm)
 
     def warm(self) -> None:
         """Start reading the first projection into the caches (see Linear.warm)."""
@@ -105,11 +105,8 @@ class MLAttention:
         """Give a C++ decode block (models/base.py) this attention; False when some part
         cannot run there (then the block decodes through __call__)."""
         q_a, q_b, q = self.q_a, self.q_b, self.q
-        if self._cpu_norm is None or not cpu_ops(
-            q, q_a, q_b, self.kv_a, self.k_b, self.v_b, self.o
-        ):
-            return False
-        if not cpu_f32(self.q_a_norm):
+        lins = (q, q_a, q_b, self.kv_a, self.k_b, self.v_b, self.o)
+        if self._cpu_norm is None or not cpu_ops(*lins) or not cpu_f32(self.q_a_norm):
             return False
         db.set_mla(
             q and q.op, q_a and q_a.op, f32_numpy(self.q_a_norm), q_b and q_b.op, self.kv_a.op,
