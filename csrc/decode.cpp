@@ -164,9 +164,9 @@ void DecodeBlock::set_moe(const MoeStep &f) {
   ops::check_route(E, f.k, f.gating, f.bias != nullptr, f.n_group, f.topk_group);
   need((f.sh_gate == nullptr) == (f.sh_up == nullptr) &&
            (f.sh_gate == nullptr) == (f.sh_down == nullptr),
-       "a shared expert needs gate, up and down");
-  need(f.sh_gate_vec == nullptr || f.sh_gate != nullptr, "a shared gate without shared expert");
-  if (f.sh_gate != nullptr) swiglu(f.sh_gate, f.sh_up, f.sh_down, D_, "shared ");
+       "a shared expert needs sh_gate, sh_up and sh_down");
+  need(f.sh_gate_vec == nullptr || f.sh_gate != nullptr, "sh_gate_vec without a shared expert");
+  if (f.sh_gate != nullptr) swiglu(f.sh_gate, f.sh_up, f.sh_down, D_, "sh_");
   stage_bytes_[kFfnIn] = bytes_of({f.router, f.sh_gate, f.sh_up});
   stage_bytes_[kExperts] =
       static_cast<size_t>(f.k) *

@@ -4,10 +4,11 @@
 // Why: a decode step streams megabytes of weights between its ops, which evicts the Python
 // interpreter from the caches; the ~10 Python calls per layer between the ops then cost
 // 10-20 us each (~3 ms per token on DeepSeek-V2-Lite shapes, 8 layers, 2-core VM: this gains
-// ~8 % of tg there). Chained here they cost ~1 us each. Every op is the one the Python path
-// calls, in the same order with the same inputs, so the result is the same bit for bit, but
-// for qwen2moe's shared-expert gate (a dot product summed in another order than torch's);
-// numoe/models/base.py's Block is the reference the tests compare against.
+// ~8 % of tg there). Chained here they cost ~1 us each. The linear and MoE ops are the ones
+// the torch path (numoe/models/base.py's Block, the reference the tests compare against)
+// calls, in the same order with the same inputs; the norms, rope, attention and routing are
+// numoe's C++ ops (ops.hpp, attention.hpp) where that path has torch's, so the two agree to
+// float rounding.
 //
 //   x += f_prev (when add);  h = rms_norm(x) * attn_norm
 //   x += attention(h)        (GQA or MLA, K/V or latent stored at row pos of the cache)

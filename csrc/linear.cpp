@@ -167,7 +167,6 @@ void LinearOp::forward(const float *x, int64_t T, float *y) const {
   const int64_t n_act = T * groups_;  // activation rows: (t, g) -> t*G + g
   uint8_t *act = scratch(0, static_cast<size_t>(n_act) * act_row_bytes_);
   quantize_rows(act_type_, x, n_in_, n_act, n_in_, act, act_row_bytes_);
-  ThreadPool::instance().warm_done(w_, bytes());
   const Plan p = plan(T, pool_threads());
   parallel_for(p.n_tasks, [&](int64_t task, int) { run_task(p, task, act, T, y); });
 }
@@ -196,7 +195,6 @@ void LinearOp::forward_many(const std::vector<const LinearOp *> &ops, const floa
     }
     acts[i] = a;
   }
-  for (const LinearOp *op : ops) ThreadPool::instance().warm_done(op->w_, op->bytes());
   const int threads = pool_threads();
   std::vector<Plan> plans;
   std::vector<int64_t> first(ops.size() + 1, 0);  // op i's tasks: [first[i], first[i+1])

@@ -44,7 +44,7 @@ class LinearOp {
  public:
   LinearOp(const uint8_t *w, int type, int64_t n_out, int64_t n_in, int64_t groups = 1);
 
-  // x [T, groups*n_in] float32 (row stride x_stride floats) -> y [T, groups*n_out].
+  // x [T, groups*n_in] float32 (contiguous) -> y [T, groups*n_out].
   void forward(const float *x, int64_t T, float *y) const;
   // The same for several ops with the same input (e.g. an attention's q, k and v): x is
   // quantized once per activation type and all their tasks share one pool call. ops[i] writes

@@ -32,9 +32,9 @@ namespace numoe {
 namespace {
 
 // How long an idle worker spins before it sleeps on the futex (set_spin_us). Decode calls
-// the pool a few times per layer with the Python work of a layer (norms, attention, routing:
-// 0.1-1 ms) in between: spinning through those gaps keeps the wake-ups free (a futex wake
-// and a core leaving its idle state cost more than the op on small matrices).
+// the pool a few times per layer with other work in between (norms, attention, routing, the
+// Python between two blocks: 0.1-1 ms): spinning through those gaps keeps the wake-ups free
+// (a futex wake and a core leaving its idle state cost more than the op on small matrices).
 std::atomic<int64_t> g_spin_us{100};
 
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
@@ -108,14 +108,6 @@ struct ThreadPool::Impl {
   std::vector<int> slot_group;
   std::unique_ptr<std::atomic<int64_t>[]> slot_next;
   size_t slot_cap = 0;
-  // Background warm-up (warm_async): the workers read [warm_ptr, warm_ptr + warm_bytes) into
-  // the caches in chunks while the caller goes on; a pool call pauses it (the workers leave
-  // it at their next chunk) and resumes what is left after the call. warm_ptr is set (under
-  // call_mu) exactly while one runs.
-  const uint8_t *warm_ptr = nullptr;
-  size_t warm_bytes = 0;
-  alignas(64) std::atomic<size_t> warm_next{0};
-  alignas(64) std::atomic<bool> warm_cancel{false};
   std::atomic<bool> stop{false};
   std::mutex err_mu;
   std::exception_ptr err;
@@ -138,59 +130,15 @@ struct ThreadPool::Impl {
     }
   }
 
-  static constexpr size_t kWarmChunk = 16 << 10;
-
-  void run_warm() {
-    uint64_t sum = 0;
-    for (;;) {
-      const size_t b0 = warm_next.fetch_add(kWarmChunk, std::memory_order_relaxed);
-      if (b0 >= warm_bytes || warm_cancel.load(std::memory_order_relaxed)) break;
-      const size_t b1 = std::min(warm_bytes, b0 + kWarmChunk);
-      for (size_t b = b0; b < b1; b += 64) sum += warm_ptr[b];  // one load per cache line
-    }
-    static std::atomic<uint64_t> sink{0};
-    sink.fetch_add(sum, std::memory_order_relaxed);
-  }
-
-  // Start a background warm-up (under call_mu, none running, workers present).
-  void start_warm(const uint8_t *p, size_t bytes) {
-    warm_ptr = p;
-    warm_bytes = bytes;
-    warm_next.store(0, std::memory_order_relaxed);
-    pending.store(static_cast<int>(workers.size()), std::memory_order_relaxed);
-    kick();
-  }
-
-  // Stop a background warm-up and wait for the workers to leave it (under call_mu). Returns
-  // the part not read yet ({nullptr, 0} if none; a few chunks may be read twice).
-  std::pair<const uint8_t *, size_t> finish_warm() {
-    if (warm_ptr == nullptr) return {nullptr, 0};
-    warm_cancel.store(true, std::memory_order_relaxed);
-    wait_pending();
-    const size_t claimed = std::min(warm_next.load(std::memory_order_relaxed), warm_bytes);
-    const size_t done = claimed - std::min(claimed, workers.size() * kWarmChunk);
-    std::pair<const uint8_t *, size_t> rest{warm_ptr + done, warm_bytes - done};
-    if (rest.second == 0) rest.first = nullptr;
-    warm_ptr = nullptr;
-    warm_cancel.store(false, std::memory_order_relaxed);
-    return rest;
-  }
-
   // A forked child: the parent's workers do not exist here; forget their state.
   void reset_after_fork() {
     workers.clear();  // no join: those threads live in the parent only
     gen.store(0);
     sleepers.store(0);
     pending.store(0);
-    warm_ptr = nullptr;
-    warm_cancel.store(false);
   }
 
   void run_tasks(int thread) {
-    if (warm_ptr != nullptr) {
-      run_warm();
-      return;
-    }
     const bool was = t_in_task;
     t_in_task = true;
     if (sfn != nullptr) {
@@ -278,7 +226,6 @@ struct ThreadPool::Impl {
   }
 
   void stop_workers() {
-    finish_warm();
     if (!workers.empty()) {
       stop.store(true, std::memory_order_release);
       kick();
@@ -319,14 +266,12 @@ struct ThreadPool::Impl {
     }
   }
 
-  // Move the caller off a worker's CPU to its own slot's CPU; true when moved (restore `saved`).
   // Run the call set up in fn / sfn: wake the workers, take slot 0 here, wait for all, then
   // rethrow the first exception a task threw. The caller is not pinned (it is the Python
   // thread, and threads it starts later, e.g. torch's, inherit its mask): when it sits on a
   // worker's CPU the two would share that core for the whole call, so it moves to its own
   // CPU for the call and gets its mask back after.
   void dispatch() {
-    const auto warm_rest = finish_warm();  // paused for the call, resumed after it
     err = nullptr;
     cpu_set_t saved;
     const bool moved = move_caller(&saved);
@@ -337,7 +282,6 @@ struct ThreadPool::Impl {
     fn = nullptr;
     sfn = nullptr;
     if (moved) sched_setaffinity(0, sizeof(saved), &saved);
-    if (warm_rest.first != nullptr) start_warm(warm_rest.first, warm_rest.second);
     if (err) {
       std::exception_ptr e = err;
       err = nullptr;
@@ -345,6 +289,7 @@ struct ThreadPool::Impl {
     }
   }
 
+  // Move the caller off a worker's CPU to its own slot's CPU; true when moved (restore `saved`).
   bool move_caller(cpu_set_t *saved) {
     const int here = sched_getcpu();
     if (here >= 0 && here < CPU_SETSIZE && worker_cpu[here] && caller_cpu >= 0 &&
@@ -445,31 +390,6 @@ void ThreadPool::parallel_for(int64_t n_tasks, const Task &fn) {
   p.n_tasks = n_tasks;
   p.next.store(0, std::memory_order_relaxed);
   p.dispatch();
-}
-
-void ThreadPool::warm_async(const void *p, size_t bytes) {
-  Impl &q = *impl_;
-  std::unique_lock<std::mutex> lk(q.call_mu, std::defer_lock);
-  if (p == nullptr || bytes == 0 || t_in_task || !lk.try_lock()) return;
-  q.check_fork();
-  if (q.workers.empty()) return;
-  q.finish_warm();
-  q.start_warm(static_cast<const uint8_t *>(p), bytes);
-}
-
-void ThreadPool::cancel_warm() {
-  Impl &q = *impl_;
-  std::lock_guard<std::mutex> lk(q.call_mu);
-  if (getpid() == q.pid) q.finish_warm();
-}
-
-void ThreadPool::warm_done(const void *p, size_t bytes) {
-  Impl &q = *impl_;
-  std::unique_lock<std::mutex> lk(q.call_mu, std::defer_lock);
-  if (t_in_task || !lk.try_lock() || getpid() != q.pid) return;
-  const uint8_t *lo = static_cast<const uint8_t *>(p);
-  if (q.warm_ptr != nullptr && q.warm_ptr < lo + bytes && lo < q.warm_ptr + q.warm_bytes)
-    q.finish_warm();
 }
 
 int ThreadPool::group_threads(int g) const {

@@ -53,19 +53,6 @@ class ThreadPool {
   using SlotTask = std::function<void(int64_t slot, int64_t task, int thread)>;
   void parallel_for_groups(const std::vector<int64_t> &n_tasks, const std::vector<int> &group,
                            const SlotTask &fn);
-  // Start the workers reading [p, p + bytes) into the caches (one load per cache line) and
-  // return at once: decode calls it for the next matrix before the Python work between two
-  // ops, so that matrix comes from cache. A parallel call pauses it (its workers leave it at
-  // the end of their 16 KiB chunk) and resumes the rest after; calls that run serially on the
-  // caller (one task, nested, or while another thread's call runs) run beside it. The next
-  // warm_async replaces it. Does nothing without workers, from inside a task or while another
-  // call runs. The bytes must stay mapped until cancel_warm (or a later warm_async) returns.
-  void warm_async(const void *p, size_t bytes);
-  // Stop a background warm-up and wait for the workers to leave it (before its memory goes).
-  void cancel_warm();
-  // The op reading [p, p + bytes) is about to run: stop a warm-up of those bytes for good
-  // (a pool call would only pause it, and the rest read after the op is wasted bandwidth).
-  void warm_done(const void *p, size_t bytes);
   // Threads of group g (g taken modulo the number of groups).
   int group_threads(int g) const;
 

@@ -67,23 +67,26 @@ struct q4_K_avx2 {
 
 // 128 elements per 512-bit load of qs: its low nibbles are sub-blocks 4c, 4c + 2 and its
 // high nibbles 4c + 1, 4c + 3, as the Q8_K4 activation at 128c and 128c + 64 holds them.
-NUMOE_TARGET_AVX512VNNI inline void q4_K_unpack_avx512(const block_q4_K &x, __m256i w16,
-                                                       __m512i q[4], __m512i sc[4]) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  for (int c = 0; c < 2; ++c) {
-    const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
-    q[2 * c] = _mm512_and_si512(bits, m4);
-    q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+struct q4_K_avx512 {
+  using block = block_q4_K;
+  NUMOE_TARGET_AVX512VNNI static void unpack(const block_q4_K &x, __m256i w16, __m512i q[4],
+                                             __m512i sc[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 2; ++c) {
+      const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
+      q[2 * c] = _mm512_and_si512(bits, m4);
+      q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+    }
+    simd::k4_scale_words(w16, sc);
   }
-  simd::k4_scale_words(w16, sc);
-}
+};
 
-constexpr vec_dot_fn vec_dot_q4_K_avx2 = simd::k4_vec_dot_avx2<q4_K_avx2>;
-constexpr vec_dot_fn vec_dot_q4_K_avx512 = simd::k4_vec_dot_avx512<block_q4_K, q4_K_unpack_avx512>;
+constexpr vec_dot_fn vec_dot_q4_K_avx2 = simd::k_vec_dot_avx2<simd::k4_avx2<q4_K_avx2>>;
+constexpr vec_dot_fn vec_dot_q4_K_avx512 = simd::k_vec_dot_avx512<simd::k4_avx512<q4_K_avx512>>;
 template <int N>
 constexpr simd::q8_K_row_fn q4_K_n_avx2 = simd::k4_n_avx2<q4_K_avx2, N>;
 template <int N>
-constexpr simd::q8_K_row_fn q4_K_n_avx512 = simd::k4_n_avx512<block_q4_K, q4_K_unpack_avx512, N>;
+constexpr simd::q8_K_row_fn q4_K_n_avx512 = simd::k4_n_avx512<q4_K_avx512, N>;
 
 NUMOE_VEC_DOT_N(q4_K, avx2, NUMOE_ROW_BODIES)
 NUMOE_VEC_DOT_N(q4_K, avx512, NUMOE_ROW_BODIES)

@@ -73,29 +73,32 @@ struct q5_K_avx2 {
 
 // As Q4_K's AVX-512 unpack (q[2c]: sub-blocks 4c, 4c + 2; q[2c + 1]: 4c + 1, 4c + 3); the
 // fifth bits come from [qh | qh >> 2]: bits 0 and 1 of each byte, then 4 and 5.
-NUMOE_TARGET_AVX512VNNI inline void q5_K_unpack_avx512(const block_q5_K &x, __m256i w16,
-                                                       __m512i q[4], __m512i sc[4]) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1), two = _mm512_set1_epi8(2);
-  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh));
-  // 16-bit shifts are safe: each byte only ever reads its own bits
-  __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
-  for (int c = 0; c < 2; ++c) {
-    const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
-    q[2 * c] = _mm512_or_si512(_mm512_and_si512(bits, m4),
-                               _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
-    q[2 * c + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m4),
-                                   _mm512_slli_epi16(_mm512_and_si512(hb, two), 3));
-    hb = _mm512_srli_epi16(hb, 4);
+struct q5_K_avx512 {
+  using block = block_q5_K;
+  NUMOE_TARGET_AVX512VNNI static void unpack(const block_q5_K &x, __m256i w16, __m512i q[4],
+                                             __m512i sc[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1), two = _mm512_set1_epi8(2);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qh));
+    // 16-bit shifts are safe: each byte only ever reads its own bits
+    __m512i hb = simd::concat(qh, _mm256_srli_epi16(qh, 2));
+    for (int c = 0; c < 2; ++c) {
+      const __m512i bits = _mm512_loadu_si512(x.qs + 64 * c);
+      q[2 * c] = _mm512_or_si512(_mm512_and_si512(bits, m4),
+                                 _mm512_slli_epi16(_mm512_and_si512(hb, one), 4));
+      q[2 * c + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m4),
+                                     _mm512_slli_epi16(_mm512_and_si512(hb, two), 3));
+      hb = _mm512_srli_epi16(hb, 4);
+    }
+    simd::k4_scale_words(w16, sc);
   }
-  simd::k4_scale_words(w16, sc);
-}
+};
 
-constexpr vec_dot_fn vec_dot_q5_K_avx2 = simd::k4_vec_dot_avx2<q5_K_avx2>;
-constexpr vec_dot_fn vec_dot_q5_K_avx512 = simd::k4_vec_dot_avx512<block_q5_K, q5_K_unpack_avx512>;
+constexpr vec_dot_fn vec_dot_q5_K_avx2 = simd::k_vec_dot_avx2<simd::k4_avx2<q5_K_avx2>>;
+constexpr vec_dot_fn vec_dot_q5_K_avx512 = simd::k_vec_dot_avx512<simd::k4_avx512<q5_K_avx512>>;
 template <int N>
 constexpr simd::q8_K_row_fn q5_K_n_avx2 = simd::k4_n_avx2<q5_K_avx2, N>;
 template <int N>
-constexpr simd::q8_K_row_fn q5_K_n_avx512 = simd::k4_n_avx512<block_q5_K, q5_K_unpack_avx512, N>;
+constexpr simd::q8_K_row_fn q5_K_n_avx512 = simd::k4_n_avx512<q5_K_avx512, N>;
 
 NUMOE_VEC_DOT_N(q5_K, avx2, NUMOE_ROW_BODIES)
 NUMOE_VEC_DOT_N(q5_K, avx512, NUMOE_ROW_BODIES)

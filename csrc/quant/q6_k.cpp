@@ -136,22 +136,19 @@ NUMOE_TARGET_AVX2 inline __m256i q6_K_block_avx2(const block_q6_K &x, const bloc
   return _mm256_sub_epi32(_mm256_add_epi32(acc0, acc1), offset_term(x.scales, y.bsums));
 }
 
-NUMOE_TARGET_AVX2 float vec_dot_q6_K_avx2(int n, const void *w, const void *act) {
-  const block_q6_K *x = static_cast<const block_q6_K *>(w);
-  const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const int nb = n / QK_K;
-  float s = 0.f;
-  int i = 0;
-  for (; i + 4 <= nb; i += 4) {
+struct q6_K_avx2 {  // the kernel of simd::k_vec_dot_avx2
+  using block = block_q6_K;
+  NUMOE_K_STEP(NUMOE_TARGET_AVX2)
+  float four(float s, const block_q6_K *x, const block_q8_K *y, int i) {
     __m256i is[4];
     for (int k = 0; k < 4; ++k) is[k] = q6_K_block_avx2(x[i + k], y[i + k]);
-    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is[0], is[1], is[2], is[3]));
+    return q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is[0], is[1], is[2], is[3]));
   }
-  for (; i < nb; ++i)
-    s += fp16_to_fp32(x[i].d) * y[i].d *
-         static_cast<float>(simd::hsum_i32(q6_K_block_avx2(x[i], y[i])));
-  return s;
-}
+  NUMOE_K_STEP(NUMOE_TARGET_AVX2) float one(const block_q6_K &x, const block_q8_K &y) {
+    return fp16_to_fp32(x.d) * y.d * static_cast<float>(simd::hsum_i32(q6_K_block_avx2(x, y)));
+  }
+};
+constexpr vec_dot_fn vec_dot_q6_K_avx2 = simd::k_vec_dot_avx2<q6_K_avx2>;
 
 // The 16 int16 scales of a Q6_K block.
 NUMOE_TARGET_AVX2 inline __m256i q6_K_scales16(const block_q6_K &x) {
@@ -199,22 +196,20 @@ NUMOE_TARGET_AVX512VNNI inline __m512i q6_K_block_avx512(const block_q6_K &x, co
       _mm512_zextsi256_si512(_mm256_mullo_epi16(w16, _mm256_set1_epi16(-32))));
 }
 
-NUMOE_TARGET_AVX512VNNI float vec_dot_q6_K_avx512(int n, const void *w, const void *act) {
-  const block_q6_K *x = static_cast<const block_q6_K *>(w);
-  const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const int nb = n / QK_K;
-  float s = 0.f;
-  int i = 0;
-  for (; i + 4 <= nb; i += 4) {
+struct q6_K_avx512 {  // the kernel of simd::k_vec_dot_avx512
+  using block = block_q6_K;
+  NUMOE_K_STEP(NUMOE_TARGET_AVX512VNNI)
+  float four(float s, const block_q6_K *x, const block_q8_K *y, int i) {
     __m512i is[4];
     for (int k = 0; k < 4; ++k) is[k] = q6_K_block_avx512(x[i + k], y[i + k]);
-    s = q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is));
+    return q6_K_combine4(s, x + i, y + i, simd::hsum4_i32(is));
   }
-  for (; i < nb; ++i)
-    s += fp16_to_fp32(x[i].d) * y[i].d *
-         static_cast<float>(_mm512_reduce_add_epi32(q6_K_block_avx512(x[i], y[i])));
-  return s;
-}
+  NUMOE_K_STEP(NUMOE_TARGET_AVX512VNNI) float one(const block_q6_K &x, const block_q8_K &y) {
+    return fp16_to_fp32(x.d) * y.d *
+           static_cast<float>(_mm512_reduce_add_epi32(q6_K_block_avx512(x, y)));
+  }
+};
+constexpr vec_dot_fn vec_dot_q6_K_avx512 = simd::k_vec_dot_avx512<q6_K_avx512>;
 
 // N activations at once (as Q4_K's): values and scale words unpacked once per super-block,
 // each activation's exact isum (the offset term as one madd of its bsums by -32 * scales)

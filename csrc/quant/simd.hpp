@@ -24,39 +24,10 @@ NUMOE_TARGET_AVX2 inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-NUMOE_TARGET_AVX2 inline int32_t hsum_i32(__m128i s) {
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
-
 NUMOE_TARGET_AVX2 inline float fp16(half h) { return _cvtsh_ss(h); }
-
-// Signed int8 x int8 dot of 32 bytes into 8 int32 lanes (|x|, |y| <= 127, or x = -128 with
-// |y| <= 127): maddubs needs an unsigned operand, so move x's sign onto y.
-NUMOE_TARGET_AVX2 inline __m256i dot_i8(__m256i x, __m256i y) {
-  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-}
-
-NUMOE_TARGET_AVX512VNNI inline __m256i dot_i8_vnni(__m256i x, __m256i y) {
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x),
-                             _mm256_sign_epi8(y, x));
-}
-
-// The same on 64 bytes: zmm has no sign_epi8, so negate y under x's sign mask.
-NUMOE_TARGET_AVX512VNNI inline __m512i dot_i8_vnni(__m512i x, __m512i y) {
-  const __mmask64 neg = _mm512_movepi8_mask(x);
-  const __m512i ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(x), ys);
-}
 
 NUMOE_TARGET_AVX512 inline __m512i concat(__m256i lo, __m256i hi) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-NUMOE_TARGET_AVX512 inline __m512 concat(__m256 lo, __m256 hi) {
-  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
 // The 8 6-bit scales (bytes 0..7) and 8 6-bit mins (bytes 8..15) of a Q4_K / Q5_K block,
@@ -78,9 +49,6 @@ NUMOE_TARGET_AVX2 inline __m128i k4_scales_mins(const uint8_t *q) {
 NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
   const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-NUMOE_TARGET_AVX2 inline __m128i hsum4_i32(__m128i v0, __m128i v1, __m128i v2, __m128i v3) {
-  return _mm_hadd_epi32(_mm_hadd_epi32(v0, v1), _mm_hadd_epi32(v2, v3));
 }
 
 // s += k4_block_sum(...) for four consecutive Q4_K / Q5_K super-blocks x[0..3] (d, dmin in
@@ -242,6 +210,33 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
   for (int j = 0; j < N; ++j) out[j] = r[j];
 }
 
+// ---- the K-quant vec_dot (Q4_K, Q5_K, Q6_K): super-blocks four at a time ----
+// k_vec_dot_<SUF>, one per level (TARGET its function attribute), over a kernel K:
+// K::block the weight block; K::four(s, x, y, i) adds super-blocks i..i+3 of x against
+// those of y to s (their exact int32 sums reduced together, then combined one by one in the
+// scalar order); K::one(x, y) the term of one super-block (the tail). So every level adds
+// the scalar body's float terms in its order: the results are bit-identical.
+#define NUMOE_K_VEC_DOT(SUF, TARGET)                                        \
+  template <typename K>                                                     \
+  TARGET float k_vec_dot_##SUF(int n, const void *w, const void *act) {     \
+    const typename K::block *x = static_cast<const typename K::block *>(w); \
+    const block_q8_K *y = static_cast<const block_q8_K *>(act);             \
+    const int nb = n / QK_K;                                                \
+    float s = 0.f;                                                          \
+    int i = 0;                                                              \
+    for (; i + 4 <= nb; i += 4) s = K::four(s, x, y, i);                    \
+    for (; i < nb; ++i) s += K::one(x[i], y[i]);                            \
+    return s;                                                               \
+  }
+
+NUMOE_K_VEC_DOT(avx2, NUMOE_TARGET_AVX2)
+NUMOE_K_VEC_DOT(avx512, NUMOE_TARGET_AVX512VNNI)
+#undef NUMOE_K_VEC_DOT
+
+// How a kernel declares K::four and K::one: static, always inlined into k_vec_dot (they are
+// its loop bodies).
+#define NUMOE_K_STEP(TARGET) TARGET __attribute__((always_inline)) static inline
+
 // ---- Q4_K / Q5_K bodies, from a format's unpacking, against Q8_K4 activations ----
 // Per super-block, isum = sum_j sc[j] * (q . a over sub-block j) and the min term msum are
 // formed as exact int32 lanes; four super-blocks are reduced together and combined in the
@@ -252,10 +247,11 @@ NUMOE_TARGET_AVX2 inline void store_n(__m256 s, int N, float *out) {
 //
 // AVX2 unpacker U: U::block the block type; U u(x) per super-block, then u.next(c, lo, hi)
 // for c = 0..3 gives the unsigned values of sub-blocks 2c (lo) and 2c + 1 (hi).
-// AVX-512 Unpack(x, w16, q, sc): q[k] the unsigned values that a 64-byte load of the Q8_K4
-// activation at 64k pairs with (sub-blocks 4c, 4c+2 for k = 2c; 4c+1, 4c+3 for k = 2c+1),
-// sc[k] their int16 scale words (k4_scale_words); w16 from k4_words. No cross-lane shuffle
-// of the values: the activation is in their order.
+// AVX-512 unpacker U: U::block the block type; U::unpack(x, w16, q, sc) gives q[k], the
+// unsigned values that a 64-byte load of the Q8_K4 activation at 64k pairs with (sub-blocks
+// 4c, 4c+2 for k = 2c; 4c+1, 4c+3 for k = 2c+1), and sc[k], their int16 scale words
+// (k4_scale_words); w16 from k4_words. No cross-lane shuffle of the values: the activation
+// is in their order.
 
 // int16 word k of a 128-bit lane, repeated (pshufb index).
 constexpr int16_t word_idx(int k) { return static_cast<int16_t>(((2 * k + 1) << 8) | (2 * k)); }
@@ -295,27 +291,23 @@ NUMOE_TARGET_AVX2 inline void k4_block_avx2(const typename U::block &x, const bl
   isum = _mm256_add_epi32(acc0, acc1);
 }
 
+// The kernel (k_vec_dot_avx2) of unpacker U.
 template <typename U>
-NUMOE_TARGET_AVX2 float k4_vec_dot_avx2(int n, const void *w, const void *act) {
-  using B = typename U::block;
-  const B *x = static_cast<const B *>(w);
-  const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const int nb = n / QK_K;
-  float s = 0.f;
-  int i = 0;
-  for (; i + 4 <= nb; i += 4) {
+struct k4_avx2 {
+  using block = typename U::block;
+  NUMOE_K_STEP(NUMOE_TARGET_AVX2)
+  float four(float s, const block *x, const block_q8_K *y, int i) {
     __m256i is[4], ms[4];
     for (int k = 0; k < 4; ++k) k4_block_avx2<U>(x[i + k], y[i + k], is[k], ms[k]);
-    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i, hsum4_i32(is),
-                    hsum4_i32(ms));
+    return k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(block), y + i,
+                       hsum4_i32(is), hsum4_i32(ms));
   }
-  for (; i < nb; ++i) {
+  NUMOE_K_STEP(NUMOE_TARGET_AVX2) float one(const block &x, const block_q8_K &y) {
     __m256i is, ms;
-    k4_block_avx2<U>(x[i], y[i], is, ms);
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, hsum_i32(is), hsum_i32(ms));
+    k4_block_avx2<U>(x, y, is, ms);
+    return k4_block_sum(x.d, x.dmin, y.d, hsum_i32(is), hsum_i32(ms));
   }
-  return s;
-}
+};
 
 template <typename U, int N>
 NUMOE_TARGET_AVX2 void k4_n_avx2(int n, const void *w, const block_q8_K *const *y, const float *dy,
@@ -375,56 +367,51 @@ NUMOE_TARGET_AVX512 inline void k4_scale_words(__m256i w16, __m512i sc[4]) {
   }
 }
 
-template <typename B>
-using k4_unpack512_fn = void (*)(const B &x, __m256i w16, __m512i q[4], __m512i sc[4]);
-
-template <typename B, k4_unpack512_fn<B> Unpack>
-NUMOE_TARGET_AVX512VNNI inline void k4_block_avx512(const B &x, const block_q8_K &y, __m512i &isum,
-                                                    __m256i &msum) {
+template <typename U>
+NUMOE_TARGET_AVX512VNNI inline void k4_block_avx512(const typename U::block &x, const block_q8_K &y,
+                                                    __m512i &isum, __m256i &msum) {
   const __m256i w16 = k4_words(x.scales);
   msum = k4_min_terms(w16, y);
   __m512i q[4], sc[4];
-  Unpack(x, w16, q, sc);
+  U::unpack(x, w16, q, sc);
   isum = k_isum_avx512(q, sc, y.qs);
 }
 
-template <typename B, k4_unpack512_fn<B> Unpack>
-NUMOE_TARGET_AVX512VNNI float k4_vec_dot_avx512(int n, const void *w, const void *act) {
-  const B *x = static_cast<const B *>(w);
-  const block_q8_K *y = static_cast<const block_q8_K *>(act);
-  const int nb = n / QK_K;
-  float s = 0.f;
-  int i = 0;
-  for (; i + 4 <= nb; i += 4) {
+// The kernel (k_vec_dot_avx512) of unpacker U.
+template <typename U>
+struct k4_avx512 {
+  using B = typename U::block;
+  using block = B;
+  NUMOE_K_STEP(NUMOE_TARGET_AVX512VNNI)
+  float four(float s, const B *x, const block_q8_K *y, int i) {
     __m512i v[8];  // the four isums, then the four msums
     for (int k = 0; k < 4; ++k) {
       __m256i ms;
-      k4_block_avx512<B, Unpack>(x[i + k], y[i + k], v[k], ms);
+      k4_block_avx512<U>(x[i + k], y[i + k], v[k], ms);
       v[4 + k] = _mm512_zextsi256_si512(ms);
     }
     const __m256i r = hsum8_i32(v);
-    s = k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
-                    _mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    return k4_combine4(s, reinterpret_cast<const uint8_t *>(x + i), sizeof(B), y + i,
+                       _mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
-  for (; i < nb; ++i) {
+  NUMOE_K_STEP(NUMOE_TARGET_AVX512VNNI) float one(const B &x, const block_q8_K &y) {
     __m512i is;
     __m256i ms;
-    k4_block_avx512<B, Unpack>(x[i], y[i], is, ms);
-    s += k4_block_sum(x[i].d, x[i].dmin, y[i].d, _mm512_reduce_add_epi32(is), hsum_i32(ms));
+    k4_block_avx512<U>(x, y, is, ms);
+    return k4_block_sum(x.d, x.dmin, y.d, _mm512_reduce_add_epi32(is), hsum_i32(ms));
   }
-  return s;
-}
+};
 
-template <typename B, k4_unpack512_fn<B> Unpack, int N>
+template <typename U, int N>
 NUMOE_TARGET_AVX512VNNI void k4_n_avx512(int n, const void *w, const block_q8_K *const *y,
                                          const float *dy, float *out) {
-  const B *x = static_cast<const B *>(w);
+  const typename U::block *x = static_cast<const typename U::block *>(w);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
     const __m256i w16 = k4_words(x[i].scales);
     __m512i q[4], sc[4], is[8];
     __m256i ms[8];
-    Unpack(x[i], w16, q, sc);
+    U::unpack(x[i], w16, q, sc);
     for (int j = 0; j < 8; ++j) {
       is[j] = j < N ? k_isum_avx512(q, sc, y[j][i].qs) : _mm512_setzero_si512();
       ms[j] = j < N ? k4_min_terms(w16, y[j][i]) : _mm256_setzero_si256();
@@ -477,8 +464,8 @@ NUMOE_TARGET_AVX2 inline const float *q8_0_scales(const block_q8_0 *const *y, in
 }
 
 // ---- AVX2 bodies against Q8_0 activations (Q8_0, Q4_0 weights), from a format's values ----
-// Values(x): the 32 values of weight block x as signed bytes in element order (as dot_i8
-// takes them). Two accumulators, blocks alternating, FMA of dx * dy into each.
+// Values(x): the 32 values of weight block x as signed bytes in element order. Two
+// accumulators, blocks alternating, FMA of dx * dy into each.
 
 NUMOE_TARGET_AVX2 inline __m256i load32(const int8_t *p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
