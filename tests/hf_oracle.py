@@ -14,7 +14,7 @@ from numoe.convert import convert_hf
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
-from numoe.placement import Placement
+from numoe.runtime.settings import Runtime
 from numoe.sampling import Sampler, SamplingParams
 
 LOGIT_ATOL = 1e-3  # float32 vs float32 with a different summation order; logits are O(1)
@@ -56,7 +56,7 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
 
 def numoe_model(path, device: str = "cpu"):
     g = open_gguf(path)
-    _, model = load(g, Placement.parse(device))
+    _, model = load(g, Runtime.create(device=device))
     return model
 
 

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from numoe import config, pool
+from numoe import config
 from numoe.cli import _parser, main
 from numoe.cli.common import HELP_FMT
+from numoe.runtime import pool
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_run_reads_the_config_file(cfg_file, capsys, tiny_model):
     finally:
         pool.set_threads(None)
     err = capsys.readouterr().err
-    assert "1 threads" in err
+    assert "with 1 thread," in err
 
 
 @pytest.mark.parametrize(

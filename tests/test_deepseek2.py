@@ -12,10 +12,10 @@ from hf_oracle import check_against_hf, numoe_model, randomize
 
 from numoe.convert import deepseek2 as conv
 from numoe.gguf import GGUFError, open_gguf
-from numoe.gguf_write import write_gguf
+from numoe.gguf.write import write_gguf
 from numoe.models import deepseek2 as ds2
 from numoe.synth import synth
-from numoe.tokenizer import synth_vocab_metadata
+from numoe.text import synth_vocab_metadata
 
 SMALL = {
     "vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,

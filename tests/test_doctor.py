@@ -17,14 +17,14 @@ from numa_fixtures import (
     two_sockets_32,
 )
 
-from numoe import _cpu, doctor, numa, pool
+from numoe import _cpu, doctor
 from numoe.cli import main
 from numoe.cli.doctor import format_report
-from numoe.numa import EXECUTED, plan_threads
-from numoe.topology import Topology
+from numoe.runtime import pool
+from numoe.runtime.numa import parse_numa_nodes, plan_threads
+from numoe.runtime.topology import Topology
 
 GiB = 2**30
-PENDING = set() if "shard" in EXECUTED else {"policy_pending"}
 
 REPORT_KEYS = {
     "numoe", "source", "live", "packages", "nodes", "online_cpus", "allowed_cpus",
@@ -67,7 +67,7 @@ def codes(report) -> set[str]:
 
 def test_two_sockets(trees):
     r = doctor.diagnose(sysfs=trees["2x32"])
-    assert codes(r) == PENDING  # a healthy 2-socket machine: nothing to fix
+    assert codes(r) == set()  # a healthy 2-socket machine: nothing to fix
     assert r["policy"]["name"] == "shard" and r["policy"]["reason"] == "auto: 2 logical nodes"
     assert [g["cpus"] for g in r["thread_plan"]["groups"]] == [
         list(range(32)),
@@ -77,17 +77,17 @@ def test_two_sockets(trees):
     assert r["nodes"][0]["cores"] == list(range(32))
     assert r["nodes"][0]["smt_siblings"] == list(range(64, 96))
     smt = doctor.diagnose(sysfs=trees["2x32"], smt=True)
-    assert codes(smt) == PENDING | {"smt_threads"}
+    assert codes(smt) == {"smt_threads"}
     assert smt["thread_plan"]["threads"] == 128
     capped = doctor.diagnose(sysfs=trees["2x32"], threads=500)
-    assert codes(capped) == PENDING | {"smt_threads", "threads_capped"}
+    assert codes(capped) == {"smt_threads", "threads_capped"}
     off = doctor.diagnose(sysfs=trees["2x32"], numa="off")
-    assert codes(off) == set() and off["policy"]["executed"]
+    assert codes(off) == set() and off["policy"]["name"] == "off"
 
 
 def test_twenty_four_nodes(trees):
     r = doctor.diagnose(sysfs=trees["24"])
-    assert codes(r) == PENDING | {"many_small_nodes"}
+    assert codes(r) == {"many_small_nodes"}
     many = next(a for a in r["advice"] if a["code"] == "many_small_nodes")
     assert many["level"] == "warn" and "NPS1" in many["text"] and "12 per socket" in many["text"]
     assert len(r["thread_plan"]["groups"]) == 24 and r["thread_plan"]["threads"] == 192
@@ -108,7 +108,7 @@ def test_container_confined(trees):
 
 def test_cpu_node_without_memory(trees):
     r = doctor.diagnose(sysfs=trees["nomem"])
-    assert codes(r) == PENDING | {"memoryless_node_cpus"}
+    assert codes(r) == {"memoryless_node_cpus"}
     text = next(a["text"] for a in r["advice"] if a["code"] == "memoryless_node_cpus")
     assert "Node 1" in text and "from node 0" in text
     assert [g["mem_node"] for g in r["thread_plan"]["groups"]] == [0, 0]
@@ -124,7 +124,7 @@ def test_memory_only_node(trees):
 def test_one_node(trees):
     assert codes(doctor.diagnose(sysfs=trees["one"])) == {"one_node"}
     split = doctor.diagnose(sysfs=trees["one"], numa_nodes=[0, 0])
-    assert codes(split) == PENDING
+    assert codes(split) == set()
     assert [g["split"] for g in split["thread_plan"]["groups"]] == [[0, 2], [1, 2]]
 
 
@@ -142,7 +142,7 @@ def test_process_facts_of_a_captured_machine(trees, tmp_path):
     shutil.copytree(trees["2x32"], root)
     (root / doctor.PROCESS_FILE).write_text(json.dumps(facts))
     r = doctor.diagnose(sysfs=str(root))
-    assert codes(r) == PENDING | {"numa_balancing_on", "libnuma_refused", "confined"}
+    assert codes(r) == {"numa_balancing_on", "libnuma_refused", "confined"}
     assert r["libnuma"]["status"] == "refused" and r["numa_balancing"] == 1
     facts["libnuma"] = {"status": "missing", "text": "not installed"}
     (root / doctor.PROCESS_FILE).write_text(json.dumps(facts))
@@ -164,7 +164,7 @@ def test_memory_by_policy(trees):
     assert m["replicate"]["per_node"] == {n: 240 * GiB for n in range(24)}
     assert m["replicate"]["total"] == 24 * 240 * GiB + 12 * GiB
     # two logical nodes on one memory node: the node holds both halves (shard), both copies
-    # (replicate: one per logical node, as numoe.numa_experts does)
+    # (replicate: one per logical node, as numoe.layers.numa_experts does)
     one = Topology.read(trees["one"], allowed_cpus=list(range(8)))
     m = doctor.memory_by_policy(plan_threads(one, numa_nodes=[0, 0]), 10 * GiB, GiB)
     assert m["shard"]["per_node"] == {0: 10 * GiB} and m["replicate"]["per_node"] == {0: 20 * GiB}
@@ -227,7 +227,7 @@ def test_doctor_json_keys(trees, capsys):
         "cpus",
         "cores",
     }
-    assert set(r["policy"]) == {"requested", "name", "reason", "executed"}
+    assert set(r["policy"]) == {"requested", "name", "reason"}
     assert all(set(a) == {"code", "level", "text"} for a in r["advice"])
     assert all(a["code"] in doctor.ADVICE and a["level"] in ("info", "warn") for a in r["advice"])
 
@@ -333,8 +333,8 @@ def test_bad_flag_syntax_exits_2(capsys, argv):
 
 
 def test_run_with_numa_nodes_and_cpu_infer(capsys, tiny):
-    """--numa-nodes N,N splits this machine's node in two pool groups; the policy is recorded
-    for part B and, while not carried out, said in one line. --cpu-infer is -t."""
+    """--numa-nodes N,N splits this machine's node in two pool groups and shards the experts
+    over them (the load line names the policy). --cpu-infer is -t."""
     topo = Topology.read()
     n0 = plan_threads(topo).nodes[0].node
     twice = len(topo.cores_by_node()[n0]) >= 2
@@ -343,13 +343,12 @@ def test_run_with_numa_nodes_and_cpu_infer(capsys, tiny):
         argv = ["run", "-m", tiny, "-p", "hi", "-n", "2", "--temp", "0", "--numa-nodes", nodes]
         assert main(argv) == 0
         err = capsys.readouterr().err
-        plan, policy = numa.active()
+        plan = plan_threads(topo, None, parse_numa_nodes(nodes))
         assert pool.thread_groups() == plan.groups
         if twice:
-            assert len(plan.groups) == 2 and policy.name == "shard"
-            assert err.count("NUMA policy pending") == (0 if policy.executed else 1)
+            assert len(plan.groups) == 2 and ", NUMA shard," in err
         assert main(["run", "-m", tiny, "-p", "hi", "-n", "1", "--cpu-infer", "1"]) == 0
-        capsys.readouterr()
-        assert pool.num_threads() == 1 and numa.active()[1].name == "off"
+        err = capsys.readouterr().err
+        assert pool.num_threads() == 1 and "with 1 thread, NUMA off," in err
     finally:
         pool.set_threads(None)

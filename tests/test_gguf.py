@@ -1,4 +1,4 @@
-"""numoe.gguf / numoe.gguf_write: round trips against the `gguf` package (the oracle) and
+"""numoe.gguf (read, write): round trips against the `gguf` package (the oracle) and
 hostile files, each of which must give a GGUFError at once, never a crash or a hang."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from numoe.gguf import GGUFError, dequantize, open_gguf
-from numoe.gguf_write import Lazy, write_gguf
+from numoe.gguf.write import Lazy, write_gguf
 
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType

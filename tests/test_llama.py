@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from numoe.convert.llama import llama3_freq_factors, permute_qk
 from numoe.gguf import open_gguf
-from numoe.gguf_write import write_gguf
+from numoe.gguf.write import write_gguf
 from numoe.layers.rope import Rope
 from numoe.models import llama
 

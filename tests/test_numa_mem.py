@@ -1,4 +1,4 @@
-"""Node memory (csrc/numa_mem.*, numoe.numa_mem): NodeBuffer placement and the allocator's
+"""Node memory (csrc/numa_mem.*, numoe.runtime.memory): NodeBuffer placement and the allocator's
 accounting, page placement queries on anonymous and file memory, releasing file pages from
 RSS, and the placement report of a GGUF file. Must pass on one node, without libnuma, and where
 mbind / move_pages are refused (containers): the code falls back, the tests accept either."""
@@ -11,8 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from numoe import _cpu, numa_mem, pool
-from numoe.numa_mem import NOT_RESIDENT, UNKNOWN_NODE, NodeBuffer
+from numoe import _cpu
+from numoe.runtime import memory, pool
+from numoe.runtime.memory import NOT_RESIDENT, UNKNOWN_NODE, NodeBuffer
 
 MiB = 1 << 20
 NODES = sorted(_cpu.node_memory())
@@ -57,7 +58,7 @@ def test_node_buffer_is_on_its_node(groups):
         assert a.dtype == np.uint8 and a.shape == (4 * MiB + 5,) and not a.any()  # zeroed
         a[:] = 7
         assert int(a[-1]) == 7
-        p = numa_mem.pages_per_node(a)
+        p = memory.pages_per_node(a)
         assert sum(p.values()) == a.nbytes
         assert on_node(p, NODE) == a.nbytes, p
         if len(NODES) == 1:
@@ -75,7 +76,7 @@ def test_node_buffer_is_on_its_node(groups):
 
 def test_node_buffer_strict():
     b = NodeBuffer(1, NODE, strict=True)
-    assert b.mapped == 2 * MiB and on_node(numa_mem.pages_per_node(b.array), NODE) == 1
+    assert b.mapped == 2 * MiB and on_node(memory.pages_per_node(b.array), NODE) == 1
 
 
 def test_node_buffer_bad_arguments():
@@ -102,14 +103,14 @@ def test_fallbacks_when_the_kernel_refuses(monkeypatch, data_file):
     monkeypatch.setenv("NUMOE_NUMA_SYSCALLS", "off")
     b = NodeBuffer(3 * MiB, NODE)
     assert not b.bound and b.how == "first-touch" and "NUMOE_NUMA_SYSCALLS=off" in b.mbind_error
-    p = numa_mem.pages_per_node(b.array)  # mincore: resident, on the only node (one node)
+    p = memory.pages_per_node(b.array)  # mincore: resident, on the only node (one node)
     assert sum(p.values()) == b.nbytes and on_node(p, NODE) == b.nbytes, p
     m = np.memmap(data_file, dtype=np.uint8, mode="r")
     int(m[: 4 * MiB].sum())
-    p = numa_mem.pages_per_node(m[: 4 * MiB])
+    p = memory.pages_per_node(m[: 4 * MiB])
     assert on_node(p, NODE) == 4 * MiB, p
-    numa_mem.release(m)  # page-cache residency stays (mincore): only RSS drops
-    assert sum(numa_mem.pages_per_node(m).values()) == m.nbytes
+    memory.release(m)  # page-cache residency stays (mincore): only RSS drops
+    assert sum(memory.pages_per_node(m).values()) == m.nbytes
 
 
 # --- pages_per_node ------------------------------------------------------------------------
@@ -117,29 +118,29 @@ def test_fallbacks_when_the_kernel_refuses(monkeypatch, data_file):
 
 def test_file_pages_untouched_then_read(data_file):
     m = np.memmap(data_file, dtype=np.uint8, mode="r")
-    assert numa_mem.pages_per_node(m) == {NOT_RESIDENT: m.nbytes}  # nothing mapped yet
+    assert memory.pages_per_node(m) == {NOT_RESIDENT: m.nbytes}  # nothing mapped yet
     part = m[12345 : 5 * MiB + 17]  # partial first and last pages count only their bytes
     int(part.sum())
-    p = numa_mem.pages_per_node(part)
+    p = memory.pages_per_node(part)
     assert sum(p.values()) == part.nbytes and on_node(p, NODE) == part.nbytes, p
     int(m.sum())
-    assert on_node(numa_mem.pages_per_node(m), NODE) == m.nbytes
+    assert on_node(memory.pages_per_node(m), NODE) == m.nbytes
 
 
 def test_file_pages_in_the_page_cache(data_file):
     # just written: the page cache holds the file; map_cached maps those pages to find them
     m = np.memmap(data_file, dtype=np.uint8, mode="r")
-    p = numa_mem.pages_per_node(m, map_cached=True)
+    p = memory.pages_per_node(m, map_cached=True)
     assert sum(p.values()) == m.nbytes
     assert on_node(p, NODE) > 0, p
 
 
 def test_pages_per_node_edges():
-    assert numa_mem.pages_per_node(np.zeros(0, np.uint8)) == {}
+    assert memory.pages_per_node(np.zeros(0, np.uint8)) == {}
     x = np.ones((64, 64), np.float32)
-    assert sum(numa_mem.pages_per_node(x).values()) == x.nbytes
+    assert sum(memory.pages_per_node(x).values()) == x.nbytes
     with pytest.raises(ValueError, match="C-contiguous"):
-        numa_mem.pages_per_node(x[:, ::2])
+        memory.pages_per_node(x[:, ::2])
 
 
 # --- release -------------------------------------------------------------------------------
@@ -149,25 +150,25 @@ def test_release_drops_rss(data_file):
     m = np.memmap(data_file, dtype=np.uint8, mode="r")
     int(m.sum())
     before = rss()
-    assert numa_mem.release(m) == m.nbytes
+    assert memory.release(m) == m.nbytes
     after = rss()
     assert before - after >= 0.9 * m.nbytes, (before, after)
-    assert numa_mem.pages_per_node(m) == {NOT_RESIDENT: m.nbytes}
+    assert memory.pages_per_node(m) == {NOT_RESIDENT: m.nbytes}
     assert int(m[:16].sum()) >= 0  # still mapped: re-reads fault the pages back in
     pg = os.sysconf("SC_PAGE_SIZE")
-    assert numa_mem.release(m[1 : 3 * pg + 1]) == 2 * pg  # whole pages inside only
-    assert numa_mem.release(m[1:100]) == 0
+    assert memory.release(m[1 : 3 * pg + 1]) == 2 * pg  # whole pages inside only
+    assert memory.release(m[1:100]) == 0
 
 
 def test_release_refuses_memory_it_would_lose(data_file):
     with pytest.raises(ValueError, match="read-only file mapping"):
-        numa_mem.release(np.ones(8 * MiB, np.uint8))
+        memory.release(np.ones(8 * MiB, np.uint8))
     b = NodeBuffer(MiB, NODE)
     with pytest.raises(ValueError, match="read-only file mapping"):
-        numa_mem.release(b.array)
+        memory.release(b.array)
     w = np.memmap(data_file, dtype=np.uint8, mode="r+")
     with pytest.raises(ValueError, match="read-only file mapping"):
-        numa_mem.release(w)
+        memory.release(w)
     del w
 
 
@@ -188,17 +189,17 @@ def test_placement_of_a_gguf(tiny):
 
     g = open_gguf(tiny)
     total = sum(t.nbytes for t in g.tensors.values())
-    p = numa_mem.placement(g)  # only the pages shared with the header (just parsed) are in
+    p = memory.placement(g)  # only the pages shared with the header (just parsed) are in
     assert sum(p.values()) == total and p[NOT_RESIDENT] > 0, p
     for t in g.tensors.values():
         int(t.data.sum())
-    p = numa_mem.placement(g)
+    p = memory.placement(g)
     assert on_node(p, NODE) == total, p
-    experts = numa_mem.placement(g, select=lambda n: "_exps" in n)
+    experts = memory.placement(g, select=lambda n: "_exps" in n)
     assert 0 < sum(experts.values()) < total
-    text = numa_mem.format_placement(p)
+    text = memory.format_placement(p)
     assert f"on node {NODE}" in text and "MiB" in text
-    fresh = numa_mem.placement(tiny, map_cached=True)  # a path: mapped afresh
+    fresh = memory.placement(tiny, map_cached=True)  # a path: mapped afresh
     assert sum(fresh.values()) == total
 
 
@@ -212,31 +213,30 @@ def test_doctor_prints_the_page_cache(tiny, capsys):
 
 
 def test_prefault_maps_every_page(tmp_path):
-    """numa_mem.prefault: after it, no page of the file is missing from the process (the
+    """memory.prefault: after it, no page of the file is missing from the process (the
     page-placement report's "not resident" is 0)."""
-    from numoe import numa_mem
+    from numoe.runtime import memory
 
     p = tmp_path / "f.bin"
     p.write_bytes(np.arange(3 << 20, dtype=np.uint32).tobytes()[: (3 << 20) * 4 - 100])
     mm = np.memmap(p, dtype=np.uint8, mode="r")
-    assert numa_mem.pages_per_node(mm).get("not resident", 0) > 0  # nothing touched yet
+    assert memory.pages_per_node(mm).get("not resident", 0) > 0  # nothing touched yet
     assert _cpu.prefault_pages(mm) in (True, False)
-    assert numa_mem.pages_per_node(mm).get("not resident", 0) == 0
+    assert memory.pages_per_node(mm).get("not resident", 0) == 0
     assert int(mm[-1]) == np.frombuffer(p.read_bytes()[-1:], np.uint8)[0]
 
     class Huge:  # what prefault reads of a GGUFFile, larger than the available memory
         file_size = 1 << 60
         mmap = mm
 
-    assert numa_mem.prefault(Huge()) is False  # left alone: pages come in on first use
+    assert memory.prefault(Huge()) is False  # left alone: pages come in on first use
 
 
 def test_load_prefaults_the_file(tiny_model):
-    from numoe import numa_mem
     from numoe.gguf import open_gguf
     from numoe.models import load
-    from numoe.placement import Placement
+    from numoe.runtime import memory
 
     g = open_gguf(tiny_model)
-    load(g, Placement.parse("cpu"))
-    assert numa_mem.pages_per_node(g.mmap).get("not resident", 0) == 0
+    load(g)
+    assert memory.pages_per_node(g.mmap).get("not resident", 0) == 0

@@ -1,9 +1,8 @@
-"""numoe.numa: thread plans (logical nodes, --numa-nodes, SMT, -t), policies, libnuma and
+"""numoe.runtime.numa: thread plans (logical nodes, --numa-nodes, SMT, -t), policies, libnuma and
 NUMA balancing probes, on sysfs trees of real shapes (numa_fixtures) and this machine."""
 
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
@@ -15,8 +14,9 @@ from numa_fixtures import (
     two_sockets_32,
 )
 
-from numoe import _cpu, numa
-from numoe.numa import (
+from numoe import _cpu
+from numoe.runtime import numa
+from numoe.runtime.numa import (
     LibNuma,
     PlanError,
     format_ids,
@@ -25,7 +25,7 @@ from numoe.numa import (
     probe_libnuma,
     resolve_policy,
 )
-from numoe.topology import Topology, read_mems_allowed, thread_plan
+from numoe.runtime.topology import Topology, read_mems_allowed
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,6 @@ def test_threads_split_in_proportion_to_cores(big):
     assert plan_threads(topo).groups == [[0, 1], list(range(32, 38))]
     assert plan_threads(topo, 4).groups == [[0], [32, 33, 34]]
     assert plan_threads(topo, 1).groups == [[32]]  # largest share first
-    assert thread_plan(topo, 4) == [[0], [32, 33, 34]]  # the short form
 
 
 def test_numa_nodes_order_is_kept(big):
@@ -207,11 +206,10 @@ def test_policies(tmp_path):
     pol = resolve_policy("auto", two)
     assert (pol.name, pol.reason, len(pol.nodes)) == ("shard", "auto: 2 logical nodes", 2)
     assert resolve_policy("replicate", one).name == "replicate"
-    assert resolve_policy("off", two).pending_notice() is None
-    for name in ("shard", "replicate"):
-        p = resolve_policy(name, two)
-        if not p.executed:
-            assert "not carried out yet" in p.pending_notice()
+    assert (resolve_policy("off", two).name, resolve_policy("shard", two).reason) == (
+        "off",
+        "asked",
+    )
     with pytest.raises(ValueError, match="--numa must be one of"):
         resolve_policy("interleave", one)
 
@@ -222,7 +220,7 @@ def test_policies(tmp_path):
 def test_plan_on_this_machine():
     topo = Topology.read()
     plan = plan_threads(topo)
-    assert plan.groups == thread_plan(topo)
+    assert plan.groups == plan_threads(topo).groups
     assert plan.threads == topo.default_threads()
     assert set(topo.allowed_mems) <= {n.id for n in topo.nodes}
     n0 = plan.nodes[0].node
@@ -248,7 +246,7 @@ def test_pool_workers_run_where_the_plan_says():
             if th > 0:
                 assert cpu == flat[th]
     finally:
-        from numoe import pool
+        from numoe.runtime import pool
 
         pool.set_threads(None)
 
@@ -293,17 +291,11 @@ def test_probe_libnuma():
     assert real.status in ("ok", "missing", "refused")
 
 
-def test_fallback_notice_once(monkeypatch):
-    monkeypatch.setattr(numa, "_noticed", False)
-    buf = io.StringIO()
-    refused = LibNuma("refused", "refused (numa_available() == -1)")
-    assert numa.fallback_notice(refused, buf) is True
-    assert numa.fallback_notice(refused, buf) is False
-    assert numa.fallback_notice(LibNuma("missing", "x"), buf) is False
-    lines = buf.getvalue().splitlines()
-    assert len(lines) == 1 and "first touch from pinned threads" in lines[0]
-    monkeypatch.setattr(numa, "_noticed", False)
-    assert numa.fallback_notice(LibNuma("ok", "ok"), buf) is False
+def test_fallback_notice():
+    refused = numa.fallback_notice(LibNuma("refused", "refused (numa_available() == -1)"))
+    assert "libnuma refused" in refused and "first touch from pinned threads" in refused
+    assert "libnuma not installed" in numa.fallback_notice(LibNuma("missing", "x"))
+    assert numa.fallback_notice(LibNuma("ok", "ok")) is None
 
 
 def test_numa_balancing(tmp_path):

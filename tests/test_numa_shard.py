@@ -1,4 +1,4 @@
-"""--numa shard / replicate for the routed experts (numoe.numa_experts, MoE slices in
+"""--numa shard / replicate for the routed experts (numoe.layers.numa_experts, MoE slices in
 csrc/moe.*, ThreadPool::parallel_for_groups), with 2 logical nodes mapped onto this machine's
 first node (--numa-nodes N,N): each logical node is a pool group of its own.
 
@@ -25,14 +25,16 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from numoe import _cpu, numa, numa_experts, pool
+from numoe import _cpu
 from numoe.gguf import open_gguf
-from numoe.gguf_write import Raw, write_gguf
+from numoe.gguf.write import Raw, write_gguf
+from numoe.layers import numa_experts
 from numoe.layers.moe import Experts
 from numoe.models import load
-from numoe.placement import Placement
+from numoe.runtime import numa, pool
+from numoe.runtime.settings import Runtime
+from numoe.runtime.topology import Topology
 from numoe.synth import synth
-from numoe.topology import Topology
 
 MiB = 1 << 20
 MOE_RTOL = 1e-5
@@ -48,15 +50,18 @@ def _two_nodes():
 
 
 @pytest.fixture
-def policy(monkeypatch):
-    """set(name): pool and numa.active() as `--numa-nodes N,N --numa name`."""
+def policy():
+    """runtime(name): the Runtime of `--numa-nodes N,N --numa name`, its pool sized."""
     plan = _two_nodes()
+    nodes = [n.node for n in plan.nodes]
     pool.set_plan(plan)
 
-    def set_policy(name: str):
-        monkeypatch.setattr(numa, "_active", (plan, numa.resolve_policy(name, plan)))
+    def runtime(name: str) -> Runtime:
+        rt = Runtime.create(numa_nodes=nodes, numa=name)
+        rt.activate()
+        return rt
 
-    yield set_policy
+    yield runtime
     pool.set_threads(None)
 
 
@@ -135,9 +140,9 @@ def test_moe_shard_and_replicate_equal_off(tmp_path, policy, types, Fd, D, T):
     xt, it, wt = map(torch.from_numpy, (x, ids, w))
     out, alloc = {}, {}
     for name in ("off", "shard", "replicate"):
-        policy(name)
+        rt = policy(name)
         before = sum(_cpu.node_allocated().values())
-        ex = Experts.load(open_gguf(path), 0, E, D, Fd, torch.device("cpu"))
+        ex = Experts.load(open_gguf(path), 0, E, D, Fd, rt.policy)
         alloc[name] = sum(_cpu.node_allocated().values()) - before
         assert ex.policy == name and ex.op.n_slices == (1 if name == "off" else 2)
         out[name] = ex(xt, it, wt).numpy()
@@ -167,11 +172,11 @@ def test_rss_shard_1x_replicate_2x(tmp_path, policy):
     nbytes = E * 3 * numa_experts.row_bytes(int(Q.Q8_0), D) * Fd
     grew = {}
     for name in ("off", "shard", "replicate"):
-        policy(name)
+        rt = policy(name)
         gc.collect()
         before = rss()
         g = open_gguf(path)
-        ex = Experts.load(g, 0, E, D, Fd, torch.device("cpu"))
+        ex = Experts.load(g, 0, E, D, Fd, rt.policy)
         ex(x, ids, w)
         grew[name] = (rss() - before) / nbytes
         del ex, g
@@ -192,26 +197,23 @@ def test_model_logits_equal_off(small_model, policy):
     prompt = torch.tensor([1, 17, 33, 200, 5, 99, 412])
     logits = {}
     for name in ("off", "shard", "replicate"):
-        policy(name)
-        _, model = load(open_gguf(small_model), Placement.parse("cpu"))
+        rt = policy(name)
+        _, model = load(open_gguf(small_model), rt)
         with torch.no_grad():
             cache = model.new_cache(32)
             pre = model.forward(prompt, cache, 0).float()  # [T, V]
-            assert model._decode_steps()  # decode: the (sliced) MoE op in the C++ blocks
             n = len(prompt)
-            dec = [model.forward(torch.tensor([t]), cache, n + i) for i, t in enumerate([3, 8])]
+            dec = [  # decode: the (sliced) MoE op in the C++ blocks
+                model.forward(torch.tensor([t]), cache, n + i, path="cpp")
+                for i, t in enumerate([3, 8])
+            ]
+            assert model.cpp_steps == 2
             logits[name] = torch.cat([pre, *dec])  # [T + 2, V]
         del model
     scale = logits["off"].abs().max().item()
     err = (logits["shard"] - logits["off"]).abs().max().item() / scale
     assert err < LOGIT_TOL, err
     assert torch.equal(logits["replicate"], logits["shard"])
-
-
-def test_policies_are_executed():
-    assert {"shard", "replicate"} <= numa.EXECUTED
-    plan = _two_nodes()
-    assert numa.resolve_policy("shard", plan).pending_notice() is None
 
 
 def test_fewer_blocks_than_nodes(tmp_path, policy):
@@ -224,8 +226,8 @@ def test_fewer_blocks_than_nodes(tmp_path, policy):
     ids, w = map(torch.from_numpy, skewed_ids(T, E, k, rng))
     out = {}
     for name in ("off", "shard"):
-        policy(name)
-        ex = Experts.load(open_gguf(path), 0, E, D, Fd, torch.device("cpu"))
+        rt = policy(name)
+        ex = Experts.load(open_gguf(path), 0, E, D, Fd, rt.policy)
         assert ex.op.n_slices == 1 and len(ex.buffers) == (name == "shard")
         out[name] = ex(x, ids, w)
     assert torch.equal(out["shard"], out["off"])

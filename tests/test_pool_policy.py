@@ -1,10 +1,13 @@
-"""The torch-threads / pool-spin policy applied before each forward (numoe.pool)."""
+"""The torch-threads / pool-spin policy a Runtime applies before each forward
+(numoe.runtime.settings, numoe.runtime.pool)."""
 
 import pytest
 import torch
 
-from numoe import _cpu, pool
+from numoe import _cpu
 from numoe.engine import Session
+from numoe.runtime import pool
+from numoe.runtime.settings import Runtime
 from numoe.synth import synth
 
 
@@ -12,29 +15,49 @@ from numoe.synth import synth
 def restore():
     n = torch.get_num_threads()
     yield
-    pool.set_torch_threads()
     torch.set_num_threads(n)
     _cpu.set_spin_us(100)
 
 
 def test_decode_runs_torch_on_one_thread_and_spins_long():
-    pool.set_threads(None)
-    pool.torch_threads_for(1)
+    rt = Runtime.create()
+    rt.activate(1)
     assert torch.get_num_threads() == 1
     assert _cpu.spin_us() == pool.SPIN_US["decode"]
-    pool.torch_threads_for(64)
-    assert torch.get_num_threads() == pool.num_threads()
+    assert pool.thread_groups() == rt.plan.groups
+    rt.activate(64)
+    assert torch.get_num_threads() == pool.num_threads() == rt.threads
     assert _cpu.spin_us() == pool.SPIN_US["prefill"]
 
 
 def test_policy_can_be_changed_and_is_checked():
-    pool.set_torch_threads(decode=2, prefill=1)
-    pool.torch_threads_for(1)
+    rt = Runtime.create(torch_threads_decode=2, torch_threads_prefill=1)
+    rt.activate(1)
     assert torch.get_num_threads() == 2
-    pool.torch_threads_for(7)
+    rt.activate(7)
     assert torch.get_num_threads() == 1
-    with pytest.raises(ValueError, match="decode"):
-        pool.set_torch_threads(decode=0)
+    with pytest.raises(ValueError, match="torch_threads_decode"):
+        Runtime.create(torch_threads_decode=0)
+
+
+def test_two_runtimes_in_one_process_each_run_with_their_own_plan(tmp_path):
+    """Two models loaded with different thread counts: each forward runs on its own plan
+    (the pool is the process's; each model's runtime applies its plan), with equal logits."""
+    from numoe.gguf import open_gguf
+    from numoe.models import load
+
+    synth("tiny-qwen3moe", tmp_path / "m.gguf", "Q8_0")
+    one = Runtime.create(threads=1)
+    full = Runtime.create()
+    _, m1 = load(open_gguf(tmp_path / "m.gguf"), one)
+    _, m2 = load(open_gguf(tmp_path / "m.gguf"), full)
+    tok = torch.tensor([3, 1, 4, 1, 5])
+    a = m1.forward(tok, m1.new_cache(16), 0)
+    assert pool.num_threads() == 1
+    b = m2.forward(tok, m2.new_cache(16), 0)
+    assert pool.num_threads() == full.threads
+    assert torch.equal(a, b)  # results do not depend on the thread count
+    assert "1 thread, NUMA" in str(one)
 
 
 def test_spin_time_is_clamped():
@@ -47,10 +70,9 @@ def test_spin_time_is_clamped():
 def test_session_applies_the_policy(tmp_path):
     from numoe.gguf import open_gguf
     from numoe.models import load
-    from numoe.placement import Placement
 
     synth("tiny-qwen3moe", tmp_path / "m.gguf", "Q8_0")
-    _, model = load(open_gguf(tmp_path / "m.gguf"), Placement.parse("cpu"))
+    _, model = load(open_gguf(tmp_path / "m.gguf"))
     s = Session(model, n_ctx=32)
     s.prefill([1, 2, 3, 4])
     assert torch.get_num_threads() == pool.num_threads()
@@ -62,8 +84,8 @@ def test_session_applies_the_policy(tmp_path):
 def test_each_worker_reads_the_affinity_the_plan_gives(split):
     """Every pool worker reads its own mask (sched_getaffinity, inside the worker) after
     pinning: exactly the one CPU of its slot in the plan."""
-    from numoe import numa
-    from numoe.topology import Topology
+    from numoe.runtime import numa
+    from numoe.runtime.topology import Topology
 
     topo = Topology.read()
     node = topo.nodes[0].id

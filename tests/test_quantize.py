@@ -18,9 +18,10 @@ import torch
 from numoe import _cpu
 from numoe.cli import main as cli_main
 from numoe.gguf import open_gguf
-from numoe.gguf_write import Lazy, write_gguf
-from numoe.quantize import FTYPES, mix_info, plan, quantize_array, quantize_file, use_more_bits
-from numoe.quantize import tensor_type as mix_type
+from numoe.gguf.mix import FTYPES, mix_info, plan, quantize_array, use_more_bits
+from numoe.gguf.mix import tensor_type as mix_type
+from numoe.gguf.quantize import quantize_file
+from numoe.gguf.write import Lazy, write_gguf
 
 Q = gguf.GGMLQuantizationType
 f32 = np.float32
@@ -401,7 +402,7 @@ def _write_f32(path, cfg, seed=0):
     from numoe.convert import keep_f32
     from numoe.models import get as get_arch
     from numoe.synth import random_tensor
-    from numoe.tokenizer import synth_vocab_metadata
+    from numoe.text import synth_vocab_metadata
 
     arch = get_arch(cfg.arch)
     rng = np.random.default_rng(seed)
@@ -413,9 +414,8 @@ def _write_f32(path, cfg, seed=0):
 def _logits(path, tokens=(1, 5, 9, 200, 3, 17)):
     from numoe.engine import Session
     from numoe.models import load
-    from numoe.placement import Placement
 
-    _, model = load(open_gguf(path), Placement.parse("cpu"))
+    _, model = load(open_gguf(path))
     return Session(model, n_ctx=32).prefill(list(tokens)).float()
 
 
@@ -491,7 +491,7 @@ def test_synth_k_types_stream_through_the_mix(tmp_path, capsys):
     assert {t.tensor_type for t in r.tensors} == {Q.Q8_0, Q.F32}
     cfg = _qwen_cfg(2)
     from numoe.models import get as get_arch
-    from numoe.tokenizer import synth_vocab_metadata
+    from numoe.text import synth_vocab_metadata
 
     arch = get_arch(cfg.arch)
     specs = arch.tensor_specs(cfg)

@@ -15,7 +15,6 @@ from numoe.cli import main
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
-from numoe.placement import Placement
 from numoe.synth import presets, synth
 
 TINY = [name for name in presets() if name.startswith("tiny")]
@@ -57,7 +56,7 @@ def test_synth_is_standard_gguf_and_runs(tmp_path, preset, qtype):
     assert n_tok == cfg.n_vocab
 
     g = open_gguf(path)
-    _, model = load(g, Placement.parse("cpu"))
+    _, model = load(g)
     sess = Session(model, n_ctx=32)
     logits = sess.prefill([1, 2, 3])
     assert logits.shape == (cfg.n_vocab,) and torch.isfinite(logits).all()
@@ -103,11 +102,11 @@ def test_run_greedy_is_deterministic_and_stdout_is_only_text(capsys, tiny):
 
     # stdout is exactly the decoded greedy continuation, computed independently here
     from numoe.sampling import Sampler, SamplingParams
-    from numoe.tokenizer import Tokenizer
+    from numoe.text import Tokenizer
 
     g = open_gguf(tiny)
     tok = Tokenizer.from_gguf(g)
-    _, model = load(g, Placement.parse("cpu"))
+    _, model = load(g)
     ids, cache, want = tok.encode("Hello there", special=True), model.new_cache(64), []
     logits = model.forward(torch.tensor(ids), cache, 0)[-1]
     for i in range(12):
@@ -196,7 +195,7 @@ def test_chat_ctrl_c_stops_the_reply_not_the_program(tiny):
 def _rewrite(src: str, dst, arch=None, drop=(), reshape=None):
     """Copy a GGUF with another architecture name, tensors dropped or one tensor reshaped."""
     from numoe.gguf import dequantize
-    from numoe.gguf_write import write_gguf
+    from numoe.gguf.write import write_gguf
 
     g = open_gguf(src)
     meta = {k: v for k, v in g.meta.items() if not k.startswith("general.")}

@@ -9,14 +9,15 @@ import sentencepiece as spm
 import tokenizers
 from tokenizers import AddedToken, Regex, models, pre_tokenizers
 
-from numoe.tokenizer import (
-    _PRE,
+from numoe.text import (
     CHATML_TEMPLATE,
     MISTRAL_TEMPLATE,
     IncrementalDecoder,
     Tokenizer,
     synth_vocab_metadata,
 )
+from numoe.text.synth_vocab import _SYNTH_TEXT
+from numoe.text.tokenizer import _PRE
 
 # Qwen2's pre-tokenizer regex as its tokenizer.json writes it (HF form, not llama.cpp's)
 QWEN2_RE = (
@@ -373,7 +374,7 @@ def test_gpt2_pre_gpt2_matches_bytelevel_oracle(gpt2_meta, text):
 
 
 def test_unknown_pre_warns_and_falls_back(gpt2_meta, caplog):
-    with caplog.at_level(logging.WARNING, logger="numoe.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="numoe.text.tokenizer"):
         tok = Tokenizer.from_metadata({**gpt2_meta, "tokenizer.ggml.pre": "martian"})
     assert "martian" in caplog.text
     assert tok.encode("abc 12345") == PyBPE(gpt2_meta, GPT2_RE).encode("abc 12345")
@@ -461,8 +462,6 @@ def test_llama_special_tokens(llama):
 
 def _spm_meta():
     """Metadata converted (as llama.cpp's convert does) from a real SentencePiece model."""
-    from numoe.tokenizer import _SYNTH_TEXT
-
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_SYNTH_TEXT.splitlines()),
@@ -571,7 +570,7 @@ def test_chat_template_fallback_is_chatml(gpt2_meta, caplog):
     meta = {k: v for k, v in gpt2_meta.items() if k != "tokenizer.chat_template"}
     tok = Tokenizer.from_metadata(meta)
     assert tok.chat_template is None
-    with caplog.at_level(logging.WARNING, logger="numoe.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="numoe.text.chat_template"):
         text = tok.apply_chat_template([{"role": "user", "content": "hi"}])
     assert "chat template" in caplog.text
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

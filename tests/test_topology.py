@@ -1,4 +1,4 @@
-"""numoe.topology and numoe._cpu's sysfs reader, on sysfs trees built in tmp_path and on
+"""numoe.runtime.topology and numoe._cpu's sysfs reader, on sysfs trees built in tmp_path and on
 this machine's /sys. Expected values are worked out by hand from each tree."""
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from numoe import _cpu
-from numoe.topology import Topology, thread_plan
+from numoe.runtime.numa import plan_threads
+from numoe.runtime.topology import Topology
+
+
+def thread_plan(topo, n=None):
+    """The pool's CPU groups for n threads (the default plan's rules)."""
+    return plan_threads(topo, n).groups
+
 
 GiB_kB = 1024 * 1024  # kB in a GiB
 

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runtime.numa import POLICIES, parse_numa_nodes
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -50,16 +52,12 @@ def _threads(v: object) -> int:
 
 
 def _policy(v: object) -> str:
-    from .numa import POLICIES
-
     if not isinstance(v, str) or v.strip() not in POLICIES:
         raise ValueError("one of " + ", ".join(POLICIES))
     return v.strip()
 
 
 def _nodes(v: object) -> str:
-    from .numa import parse_numa_nodes
-
     if isinstance(v, int) and not isinstance(v, bool):
         v = str(v)
     text = v.strip() if isinstance(v, str) else ""

@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 
 from . import __version__
-from .numa import (
-    EXECUTED,
+from .runtime.numa import (
     LibNuma,
     ThreadPlan,
     format_ids,
@@ -28,7 +27,7 @@ from .numa import (
     plan_threads,
     resolve_policy,
 )
-from .topology import Topology
+from .runtime.topology import Topology
 
 GiB = 1 << 30
 PROCESS_FILE = "numoe-process.json"
@@ -45,7 +44,6 @@ ADVICE = {
     "libnuma_missing": "libnuma is not installed, on a machine with several nodes",
     "libnuma_refused": "libnuma is refused (numa_available() == -1), with several nodes",
     "threads_capped": "-t asks for more threads than this process may run",
-    "policy_pending": "the chosen NUMA policy is not carried out yet (weights from the map)",
     "insufficient_memory": "the model needs more memory than a node / the machine has",
 }
 
@@ -59,6 +57,8 @@ def gib(n: float) -> str:
 
 def model_bytes(path) -> dict:
     """Routed-expert and dense (everything else) bytes of a GGUF file, at stored size."""
+    # Here, not at the top: numoe.gguf imports torch, which `numoe doctor` without -m
+    # never needs (start-up time).
     from .gguf import open_gguf
     from .roofline import is_routed_expert
 
@@ -81,7 +81,7 @@ def memory_by_policy(plan: ThreadPlan, expert_bytes: int, dense_bytes: int) -> d
     for ln in plan.nodes:
         if ln.mem_node is not None:
             shard[ln.mem_node] = shard.get(ln.mem_node, 0) + expert_bytes // n
-    replicate: dict[int, int] = {}  # a copy per logical node (numoe.numa_experts)
+    replicate: dict[int, int] = {}  # a copy per logical node (numoe.layers.numa_experts)
     for ln in plan.nodes:
         if ln.mem_node is not None:
             replicate[ln.mem_node] = replicate.get(ln.mem_node, 0) + expert_bytes
@@ -96,8 +96,8 @@ def memory_by_policy(plan: ThreadPlan, expert_bytes: int, dense_bytes: int) -> d
 def page_cache_placement(path) -> dict | None:
     """Where the page cache holds the file's weights now (live machine only):
     {"per_node": {node: bytes}, "not_resident": bytes, "unknown_node": bytes}; None when the
-    query fails. What policy off reads from; see numoe.numa_mem.placement."""
-    from .numa_mem import NOT_RESIDENT, UNKNOWN_NODE, placement
+    query fails. What policy off reads from; see numoe.runtime.memory.placement."""
+    from .runtime.memory import NOT_RESIDENT, UNKNOWN_NODE, placement  # imports torch: above
 
     try:
         p = placement(path, map_cached=True)
@@ -218,7 +218,6 @@ def diagnose(
             "requested": policy.requested,
             "name": policy.name,
             "reason": policy.reason,
-            "executed": policy.executed,
         },
         "model": mb,
         "settings": settings,
@@ -353,13 +352,6 @@ def advise(topo: Topology, plan: ThreadPlan, policy: str, lib, balancing, mb) ->
             f"-t {plan.requested} asks for more threads than this plan can run: "
             f"{plan.threads} (one per allowed CPU of the chosen nodes). numoe runs "
             f"{plan.threads}.",
-        )
-    if policy not in EXECUTED:
-        add(
-            "policy_pending",
-            "info",
-            f"--numa {policy} is chosen but not carried out yet: the weights are read from "
-            "the memory map, unsharded, wherever the kernel first put each page.",
         )
     if mb is not None:
         _advise_memory(topo, plan, policy, mb, add)

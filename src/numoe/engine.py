@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import pool
 from .cache import ContextFull
 from .sampling import Sampler
 
@@ -68,7 +67,6 @@ class Session:
         self.tokens = self.tokens[:keep]
         t0 = time.perf_counter()
         logits = None
-        pool.torch_threads_for(len(tokens) - keep)
         for s in range(keep, len(tokens), self.chunk):
             part = tokens[s : s + self.chunk]
             last = s + self.chunk >= len(tokens)
@@ -83,7 +81,6 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; logits [V] for the next."""
         pos = len(self.tokens)
-        pool.torch_threads_for(1)
         logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos, 1)
         self.tokens.append(token)
         return logits[-1]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .convert import keep_f32
-from .gguf_write import Lazy, write_gguf
+from .gguf.write import Lazy, write_gguf
 from .models import ARCHITECTURES
 from .models import get as get_arch
-from .tokenizer import synth_vocab_metadata
+from .text import synth_vocab_metadata
 
 DEFAULT_PRESET = "tiny-qwen3moe"
 

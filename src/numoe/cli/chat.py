@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from ..engine import Session
-    from ..tokenizer import IncrementalDecoder
+    from ..text import IncrementalDecoder
 
     _, model, tok = load_from_args(args)
     sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size)

@@ -44,7 +44,7 @@ class FlagError(ValueError):
 
 def numa_nodes_arg(s: str) -> str:
     """--numa-nodes syntax ('0,1', '0-3', '0,0'); kept as text for messages."""
-    from ..numa import parse_numa_nodes
+    from ..runtime.numa import parse_numa_nodes
 
     try:
         parse_numa_nodes(s)
@@ -70,7 +70,7 @@ def count_list(s: str) -> list[int]:
 
 
 def policy_list(s: str) -> list[str]:
-    from ..numa import POLICIES
+    from ..runtime.numa import POLICIES
 
     vals = [x.strip() for x in s.split(",")]
     bad = [v for v in vals if v not in POLICIES]
@@ -89,7 +89,7 @@ def add_thread_args(g, sweep: str | None = None) -> None:
     sweep="bench": -t and --numa take comma lists (one run per combination); sweep="tune":
     comma lists too, whose default is the tune sweep (not the settings)."""
     from ..config import setting_help
-    from ..numa import POLICIES
+    from ..runtime.numa import POLICIES
 
     S = argparse.SUPPRESS
     if sweep is None:
@@ -202,51 +202,32 @@ def default_model_path() -> Path:
     return path
 
 
-def make_plan(threads, numa_nodes, smt, numa_policy, topology=None):
-    """(ThreadPlan, NumaPolicy) from -t, --numa-nodes, --smt, --numa values; FlagError for a
-    node list this machine cannot honour."""
-    from ..numa import PlanError, parse_numa_nodes, plan_threads, resolve_policy
-    from ..topology import Topology
+def make_runtime(threads, numa_nodes, smt, numa_policy, device="cpu", topology=None):
+    """The `Runtime` for -t, --numa-nodes, --smt, --numa and --device values; FlagError for a
+    node list this machine cannot honour, DeviceError for a bad device."""
+    from ..runtime.numa import PlanError, parse_numa_nodes
+    from ..runtime.settings import Runtime
 
-    topo = topology if topology is not None else Topology.read()
     nodes = parse_numa_nodes(numa_nodes) if numa_nodes else None
     try:
-        plan = plan_threads(topo, threads, nodes, smt)
+        return Runtime.create(threads, nodes, smt, numa_policy, device, topology=topology)
     except PlanError as e:
         raise FlagError(f"--numa-nodes {numa_nodes}: {e}") from None
-    return plan, resolve_policy(numa_policy, plan)
 
 
-def plan_from_args(args, topology=None):
-    """(ThreadPlan, NumaPolicy) from the resolved -t, --numa-nodes, --smt, --numa."""
-    return make_plan(args.threads, args.numa_nodes, args.smt, args.numa, topology)
+def runtime_from_args(args):
+    """The `Runtime` from the resolved thread settings and --device; says in one line when
+    NUMA placement has to do without libnuma."""
+    from ..runtime.numa import fallback_notice
 
-
-def set_threads(args) -> int:
-    """numoe's pool and torch's threads from the resolved thread settings (see activate)."""
-    return activate(*plan_from_args(args))
-
-
-def activate(plan, policy) -> int:
-    """numoe's pool (pinned, from the thread plan) and torch's intra-op threads; records the
-    plan and NUMA policy (numoe.numa.active) and says in one line when the policy is not
-    carried out yet. Returns the thread count."""
-    import torch
-
-    from .. import numa, pool
-
-    n = pool.set_plan(plan)
-    torch.set_num_threads(n)
-    numa.set_active(plan, policy)
-    if policy.name != "off":
-        numa.fallback_notice()
-    notice = policy.pending_notice()
+    rt = make_runtime(args.threads, args.numa_nodes, args.smt, args.numa, args.device)
+    notice = fallback_notice() if rt.policy.name != "off" else None
     if notice:
         print(notice, file=sys.stderr)
-    return n
+    return rt
 
 
-def load_model(path: Path, placement, threads: int):
+def load_model(path: Path, runtime):
     """(GGUFFile, config, model); a progress bar on a terminal, one line with the time."""
     from ..gguf import open_gguf
     from ..models import load
@@ -256,7 +237,7 @@ def load_model(path: Path, placement, threads: int):
     prog = LoadProgress(g, path.name)
     g.on_tensor = prog
     try:
-        cfg, model = load(g, placement)
+        cfg, model = load(g, runtime)
     except BaseException:
         prog.clear()
         raise
@@ -264,7 +245,7 @@ def load_model(path: Path, placement, threads: int):
         g.on_tensor = None
     prog.finish(
         f"numoe: loaded {path.name} ({g.arch}, {cfg.n_layer} layers, {len(prog.seen)} tensors, "
-        f"{size(prog.bytes)}) on {placement}, {threads} threads, in {prog.elapsed:.2f} s"
+        f"{size(prog.bytes)}) with {runtime}, in {prog.elapsed:.2f} s"
     )
     return g, cfg, model
 
@@ -281,12 +262,10 @@ def model_path(args) -> Path:
 def load_from_args(args):
     """(config, model, tokenizer) from -m/--device and the thread settings (flags, NUMOE_*,
     config file); load progress and time on stderr."""
-    from ..placement import Placement
-    from ..tokenizer import Tokenizer
+    from ..text import Tokenizer
 
     resolve_settings(args)
-    placement = Placement.parse(args.device)
-    threads = set_threads(args)
+    runtime = runtime_from_args(args)
     path = model_path(args)
-    g, cfg, model = load_model(path, placement, threads)
+    g, cfg, model = load_model(path, runtime)
     return cfg, model, Tokenizer.from_gguf(g)

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from .. import doctor
-    from ..numa import PlanError, parse_numa_nodes
+    from ..runtime.numa import PlanError, parse_numa_nodes
 
     settings = resolve_settings(args)
     if args.sysfs and not (Path(args.sysfs) / "devices" / "system").is_dir():
@@ -118,7 +118,7 @@ def _setting_text(name: str, value) -> str:
 
 
 def format_report(r: dict) -> str:
-    from ..numa import format_ids
+    from ..runtime.numa import format_ids
 
     out: list[str] = []
     w = out.append
@@ -173,8 +173,7 @@ def format_report(r: dict) -> str:
     )
     w("thread plan:" + wrapped[12:].replace("\0", " "))
     pol = r["policy"]
-    pending = "" if pol["executed"] else "; not carried out yet: weights from the memory map"
-    w(f"NUMA policy:    {pol['name']} ({pol['reason']}{pending})")
+    w(f"NUMA policy:    {pol['name']} ({pol['reason']})")
     m = r["model"]
     if m:
         w("")

@@ -6,7 +6,7 @@ from .common import HELP_FMT
 
 
 def add_parser(sub) -> None:
-    from ..quantize import FTYPES
+    from ..gguf.mix import FTYPES
 
     p = sub.add_parser(
         "quantize",
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..quantize import quantize_cli
+    from ..gguf.quantize import quantize_cli
 
     quantize_cli(args.input, args.output, args.ftype, args.threads)
     return 0

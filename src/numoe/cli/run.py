@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from ..engine import Session
-    from ..tokenizer import IncrementalDecoder
+    from ..text import IncrementalDecoder
 
     _, model, tok = load_from_args(args)
     prompt = tok.encode(args.prompt, special=True)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gguf_write import write_gguf
+from ..gguf.write import write_gguf
+from ..models import get as get_arch
+from ..text import synth_vocab_metadata
 
 # transformers model_type -> converter module in this package
 CONVERTERS = {
@@ -30,9 +32,6 @@ def convert_hf(model, path: str | Path, qtype: str = "F32", tokenizer_meta=None)
 
     tokenizer_meta: GGUF tokenizer keys; default a synthetic vocabulary of the model's size.
     """
-    from ..models import get as get_arch
-    from ..tokenizer import synth_vocab_metadata
-
     model_type = model.config.model_type
     if model_type not in CONVERTERS:
         raise ValueError(f"no converter for transformers model_type '{model_type}'")

@@ -14,8 +14,7 @@ checkpoints all have it false; transformers' V2 ignores the flag).
 
 from __future__ import annotations
 
-import math
-
+from ..layers.rope import yarn_mscale
 from ..models.deepseek2 import NO_YARN, Config
 from .common import Pairs, convert_common, split_layer
 
@@ -29,10 +28,6 @@ ATTN = {
     "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
     "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight",
 }
-
-
-def _yarn_mscale(factor: float, m: float) -> float:
-    return 1.0 if factor <= 1.0 else 0.1 * m * math.log(factor) + 1.0
 
 
 def _rope(hf) -> dict:
@@ -50,9 +45,9 @@ def _rope(hf) -> dict:
     attn_factor = rp.get("attention_factor")
     if attn_factor is None:  # as transformers' _compute_yarn_parameters
         if mscale and mscale_all:
-            attn_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+            attn_factor = yarn_mscale(factor, 0.1 * mscale) / yarn_mscale(factor, 0.1 * mscale_all)
         else:
-            attn_factor = _yarn_mscale(factor, 1.0)
+            attn_factor = yarn_mscale(factor)
     if abs(attn_factor - 1.0) > 1e-6 or rp.get("truncate", True) is False:
         raise ValueError(
             f"YaRN with attention factor {attn_factor} (mscale {mscale}, mscale_all_dim "

@@ -5,9 +5,9 @@ float32 array only when its turn to be written comes, so a model larger than RAM
 written one tensor at a time; at most one encoded tensor is held at once. The file is
 written under a temporary name and renamed into place when complete.
 
-qtype is a file type: F32, F16, BF16, Q8_0, or (through numoe.quantize, whose C++
+qtype is a file type: F32, F16, BF16, Q8_0, or (through numoe.gguf.mix, whose C++
 quantizers encode every quantized type) Q4_0, Q4_K_M, Q5_K_M, Q6_K with llama.cpp's
-per-tensor mix (see numoe.quantize). A value may also be `Raw(shape, qtype, data)`: bytes
+per-tensor mix (see numoe.gguf.mix). A value may also be `Raw(shape, qtype, data)`: bytes
 already encoded (numoe quantize copies and re-quantizes through it), written as they are.
 """
 
@@ -22,6 +22,9 @@ from typing import Any
 import gguf
 import numpy as np
 
+from .mix import plan as mix_plan
+from .mix import quantize_array  # C++, ggml's reference algorithms
+
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 WRITE_TYPES = {
@@ -29,7 +32,7 @@ WRITE_TYPES = {
     "F16": Q.F16,
     "BF16": Q.BF16,
     "Q8_0": Q.Q8_0,
-    "Q4_0": Q.Q4_0,  # these four: llama.cpp's mix (numoe.quantize.plan)
+    "Q4_0": Q.Q4_0,  # these four: llama.cpp's mix (numoe.gguf.mix.plan)
     "Q4_K_M": Q.Q4_K,
     "Q5_K_M": Q.Q5_K,
     "Q6_K": Q.Q6_K,
@@ -87,8 +90,6 @@ def _encode(arr: np.ndarray, t: Q) -> np.ndarray:
     if t == Q.F16:
         return arr.astype(np.float16)
     if t in (Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K):
-        from .quantize import quantize_array  # C++, ggml's reference algorithms
-
         return quantize_array(arr, t)  # uint8 bytes [.., row bytes]
     return gguf.quants.quantize(arr, t)
 
@@ -201,7 +202,7 @@ def write_gguf(
     qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K (any case) for the matrices;
     1-D tensors and rows not a multiple of the block stay F32, as does any tensor
     keep_f32(name, array_or_lazy) chooses (routers, as llama.cpp does). Q4_0 and the K types
-    choose each tensor's type by llama.cpp's mix (numoe.quantize.plan). Raw values keep
+    choose each tensor's type by llama.cpp's mix (numoe.gguf.mix.plan). Raw values keep
     their own type. progress(line), if given, is called after each tensor is written."""
     q = qtype.upper()
     if q not in WRITE_TYPES:
@@ -226,8 +227,6 @@ def write_gguf(
 
         mix = None
         if q in MIXES:
-            from .quantize import plan as mix_plan
-
             shapes = {n: tuple(int(s) for s in v.shape) for n, v in tensors.items()}
             mix = mix_plan(arch, meta, shapes, q)
         plan = []  # (name, value, stored type)

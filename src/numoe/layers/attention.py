@@ -61,42 +61,44 @@ class GQAAttention:
             self.q_norm = load_weight(g, f"{p}_q_norm.weight", (Dh,), device)
             self.k_norm = load_weight(g, f"{p}_k_norm.weight", (Dh,), device)
         self.rope = rope
-        # One token's attention can take the C++ op (numoe._cpu.gqa_decode) when q/k/v come
-        # from CPU ops (float32, contiguous) and the rope spans the head; decided once, with
-        # the norms as numpy (per-step checks cost more than the op between weight streams).
-        self._cpu_norms = None
-        if (
-            all(lin.op is not None for lin in (self.q, self.k, self.v))
-            and rope.dim == Dh
-            and cpu_f32(self.q_norm, self.k_norm)
-        ):
-            self._cpu_norms = (f32_numpy(self.q_norm), f32_numpy(self.k_norm))
-
-    def warm(self) -> None:
-        """Start reading the first projection into the caches (see Linear.warm)."""
-        self.q.warm()
 
     def set_step(self, db: _cpu.DecodeBlock) -> bool:
-        """Give a C++ decode block (models/base.py) this attention; False when some part
-        cannot run there (then the block decodes through __call__)."""
+        """Give a C++ decode block (models/base.py) this attention: its projections are CPU
+        ops, the norms and biases float32 CPU tensors and the rope spans the head (what
+        csrc/attention's gqa_decode takes); False when some part cannot run there (then the
+        model decodes through the torch path, __call__)."""
         biases = [lin.bias for lin in (self.q, self.k, self.v)]
-        if self._cpu_norms is None or not cpu_ops(self.o) or not cpu_f32(*biases):
+        lins = (self.q, self.k, self.v, self.o)
+        if not (
+            all(lin.op is not None for lin in lins)
+            and cpu_ops(self.o)
+            and cpu_f32(*biases, self.q_norm, self.k_norm)
+            and self.rope.dim == self.Dh
+        ):
             return False
+        bq, bk, bv = map(f32_numpy, biases)
         db.set_gqa(
-            self.q.op, self.k.op, self.v.op, self.o.op, *map(f32_numpy, biases), *self._cpu_norms,
-            self.H, self.Hkv, self.Dh, self.rope.dim, self.rope.neox, self.Dh**-0.5,
-        )  # fmt: skip
+            q=self.q.op,
+            k=self.k.op,
+            v=self.v.op,
+            o=self.o.op,
+            H=self.H,
+            Hkv=self.Hkv,
+            Dh=self.Dh,
+            rope_dim=self.rope.dim,
+            neox=self.rope.neox,
+            scale=self.Dh**-0.5,
+            bq=bq,
+            bk=bk,
+            bv=bv,
+            q_norm=f32_numpy(self.q_norm),
+            k_norm=f32_numpy(self.k_norm),
+        )
         return True
 
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T = x.shape[0]
         q, k, v = linear_many([self.q, self.k, self.v], x)
-        if T == 1:
-            self.o.warm()  # read by idle workers while the norms, rope and attention run
-        if T == 1 and self._cpu_norms is not None:
-            kv = cache.numpy_layer(self.blk)
-            if kv is not None:
-                return self.o(self._decode(q, k, v, kv, cache, pos, cos, sin))  # [1, H*Dh]
         q = q.view(T, self.H, self.Dh)  # [T, H, Dh]
         k = k.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
         v = v.view(T, self.Hkv, self.Dh)  # [T, Hkv, Dh]
@@ -108,15 +110,3 @@ class GQAAttention:
         k_all, v_all = cache.update(self.blk, pos, k, v)  # [S, Hkv, Dh]
         out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
         return self.o(out.reshape(T, self.H * self.Dh))
-
-    def _decode(self, q, k, v, kv, cache, pos, cos, sin) -> torch.Tensor:
-        """q [1, H*Dh], k, v [1, Hkv*Dh] (fresh CPU float32: normed and rotated in place),
-        kv the cache layer's numpy views -> [1, H*Dh]: norms, rope, the cache store and the
-        attention in one C++ call (numoe._cpu.gqa_decode; the torch path above is its
-        reference). Arguments by position: keyword parsing is slow between weight streams."""
-        cache.check(pos, 1)
-        out = _cpu.gqa_decode(
-            q.numpy(), k.numpy(), v.numpy(), kv[0], kv[1], pos, self.Dh**-0.5, *self._cpu_norms,
-            self.eps, cos[0].numpy(), sin[0].numpy(), self.rope.dim, self.rope.neox,
-        )  # fmt: skip
-        return torch.from_numpy(out)

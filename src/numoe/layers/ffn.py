@@ -49,15 +49,11 @@ class FeedForward:
             Linear.load(g, f"{prefix}_down{suffix}", n_embd, n_ff, device),
         )
 
-    def warm(self) -> None:
-        """Start reading the gate projection into the caches (see Linear.warm)."""
-        self.gate.warm()
-
     def set_step(self, db: _cpu.DecodeBlock) -> bool:
         """Give a C++ decode block (models/base.py) this FFN; False when it cannot run there."""
         if not cpu_ops(self.gate, self.up, self.down):
             return False
-        db.set_dense(self.gate.op, self.up.op, self.down.op)
+        db.set_dense(gate=self.gate.op, up=self.up.op, down=self.down.op)
         return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]

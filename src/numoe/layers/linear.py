@@ -9,13 +9,11 @@ dequantized.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from .. import _cpu, pool
+from .. import _cpu
 from ..gguf import SUPPORTED_TYPES, GGUFError, GGUFFile, TensorInfo, dequantize
 
 
@@ -51,15 +49,6 @@ def raw_bytes(t: TensorInfo) -> np.ndarray:
     if not np.shares_memory(flat, t.data):  # reshape copied: the view was not contiguous
         raise GGUFError(f"tensor '{t.name}': bytes are not contiguous")
     return flat
-
-
-@functools.cache
-def warm_max_bytes() -> int:
-    """The most one warm-up reads: half the largest CPU cache, 4 to 64 MiB (reading more
-    would evict what it read first)."""
-    from ..roofline import largest_cache
-
-    return min(max(largest_cache() // 2, 4 << 20), 64 << 20)
 
 
 def cpu_f32(*ts: torch.Tensor | None) -> bool:
@@ -130,7 +119,6 @@ class Linear:
     ) -> Linear:
         """W from a tensor already checked to be [groups, n_out, n_in] (or [n_out, n_in])."""
         if torch.device(device).type == "cpu":
-            pool.ensure()
             return cls(op=_cpu.Linear(raw_bytes(t), int(t.qtype), n_out, n_in, groups))
         shape = (groups, n_out, n_in) if groups > 1 else (n_out, n_in)
         return cls(dequantize(t).reshape(shape).to(device))
@@ -143,7 +131,6 @@ class Linear:
             return cls(w.contiguous())
         w = w.detach().float().contiguous()
         shape = (1, *w.shape) if w.dim() == 2 else w.shape
-        pool.ensure()
         raw = w.numpy().reshape(-1).view(np.uint8)
         return cls(op=_cpu.Linear(raw, int(GGMLQuantizationType.F32), shape[1], shape[2], shape[0]))
 
@@ -165,13 +152,6 @@ class Linear:
         if bias:
             lin.bias = load_weight(g, f"{name}.bias", (n_out,), device)
         return lin
-
-    def warm(self, max_bytes: int | None = None) -> None:
-        """Have the idle pool workers read this weight into the caches in the background, up
-        to max_bytes (default `warm_max_bytes()`); pool calls in between pause it, the next
-        warm-up replaces it (numoe._cpu ThreadPool::warm_async). No-op off the CPU."""
-        if self.op is not None:
-            self.op.warm(warm_max_bytes() if max_bytes is None else max_bytes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -228,7 +208,6 @@ class Embedding:
         self.n_vocab, self.n_embd = n_vocab, n_embd
         self.tensor = t
         if self.device.type == "cpu":
-            pool.ensure()
             self.op = _cpu.Linear(raw_bytes(t), int(t.qtype), n_vocab, n_embd)
             self.weight = None
         else:

@@ -89,46 +89,46 @@ class MLAttention:
             self.k_b = Linear.from_float(kv_b[:, :dn].transpose(1, 2))  # [H, R, dn]
             self.v_b = Linear.from_float(kv_b[:, dn:])  # [H, dv, R]
         self.o = Linear.load(g, f"{p}_output", D, H * dv, device)
-        # One token's norm, ropes, cache store and attention can take the C++ op (numoe._cpu.
-        # mla_decode) when q and kv come from CPU ops (float32, contiguous) and the rope spans
-        # d_rope; decided once (per-step checks cost more than the op between weight streams).
-        first = [self.q_b if Q else self.q, self.kv_a]
-        self._cpu_norm = None
-        if all(lin.op is not None for lin in first) and rope.dim == dr and cpu_f32(self.kv_a_norm):
-            self._cpu_norm = f32_numpy(self.kv_a_norm)
-
-    def warm(self) -> None:
-        """Start reading the first projection into the caches (see Linear.warm)."""
-        (self.q_a if self.q is None else self.q).warm()
 
     def set_step(self, db: _cpu.DecodeBlock) -> bool:
-        """Give a C++ decode block (models/base.py) this attention; False when some part
-        cannot run there (then the block decodes through __call__)."""
+        """Give a C++ decode block (models/base.py) this attention: every projection a CPU op,
+        the norms float32 CPU tensors and the rope spanning d_rope (what csrc/attention's
+        mla_decode takes); False when some part cannot run there (then the model decodes
+        through the torch path, __call__)."""
         q_a, q_b, q = self.q_a, self.q_b, self.q
         lins = (q, q_a, q_b, self.kv_a, self.k_b, self.v_b, self.o)
-        if self._cpu_norm is None or not cpu_ops(*lins) or not cpu_f32(self.q_a_norm):
+        if (
+            not cpu_ops(*lins)
+            or not cpu_f32(self.q_a_norm, self.kv_a_norm)
+            or self.rope.dim != self.dr
+        ):
             return False
         db.set_mla(
-            q and q.op, q_a and q_a.op, f32_numpy(self.q_a_norm), q_b and q_b.op, self.kv_a.op,
-            self._cpu_norm, self.k_b.op, self.v_b.op, self.o.op,
-            self.H, self.R, self.dn, self.dr, self.dv, self.rope.neox, self.scale,
-        )  # fmt: skip
+            kv_a=self.kv_a.op,
+            kv_norm=f32_numpy(self.kv_a_norm),
+            k_b=self.k_b.op,
+            v_b=self.v_b.op,
+            o=self.o.op,
+            H=self.H,
+            R=self.R,
+            d_nope=self.dn,
+            d_rope=self.dr,
+            d_v=self.dv,
+            neox=self.rope.neox,
+            scale=self.scale,
+            q=q and q.op,
+            q_a=q_a and q_a.op,
+            q_a_norm=f32_numpy(self.q_a_norm),
+            q_b=q_b and q_b.op,
+        )
         return True
 
     def __call__(self, x, cache, pos, cos, sin):  # x [T, D] -> [T, D]
         T, H = x.shape[0], self.H
         # x's two projections in one pool call: kv [T, R + dr], q or q_a
         q, kv = linear_many([self.q_a if self.q is None else self.q, self.kv_a], x)
-        # decode: each next matrix is read by idle workers while the Python in front runs
-        warm = (lambda lin: lin.warm()) if T == 1 else (lambda lin: None)
-        warm(self.k_b if self.q is not None else self.q_b)
         if self.q is None:
             q = self.q_b(rms_norm(q, self.q_a_norm, self.eps))
-            warm(self.k_b)
-        if T == 1 and self._cpu_norm is not None:
-            lat_kr = cache.numpy_layer(self.blk)
-            if lat_kr is not None:
-                return self._decode(q, kv, lat_kr, cache, pos, cos, sin)
         q = q.view(T, H, self.dn + self.dr)  # [T, H, dn + dr]
         q_nope, q_rope = q[..., : self.dn], q[..., self.dn :]
         latent = rms_norm(kv[:, : self.R], self.kv_a_norm, self.eps)  # [T, R]
@@ -136,24 +136,6 @@ class MLAttention:
         q_rope = self.rope.apply(q_rope, cos, sin)  # [T, H, dr]
         lat_all, kr_all = cache.update(self.blk, pos, latent, k_rope)  # [S, R], [S, dr]
         q_lat = self.k_b(q_nope)  # [T, H, R], W_uk absorbed into the query
-        warm(self.v_b)
         o_lat = latent_attention(q_lat, q_rope, lat_all, kr_all, pos, self.scale)
         out = self.v_b(o_lat)  # [T, H, dv]
-        warm(self.o)
         return self.o(out.reshape(T, H * self.dv))
-
-    def _decode(self, q, kv, lat_kr, cache, pos, cos, sin) -> torch.Tensor:
-        """q [1, H*(dn+dr)], kv [1, R+dr] (fresh CPU float32: normed and rotated in place),
-        lat_kr the cache layer's numpy views -> [1, D]: W_uk absorbed into the query, then
-        the norm, ropes, cache store and attention in one C++ call (numoe._cpu.mla_decode;
-        the torch path in __call__ is its reference), then W_uv and the output projection."""
-        cache.check(pos, 1)
-        q_lat = self.k_b(q.view(1, self.H, -1)[..., : self.dn])  # [1, H, R]
-        self.v_b.warm()
-        o_lat = _cpu.mla_decode(
-            q_lat.contiguous().numpy(), q.numpy(), self.dn, kv.numpy(), self._cpu_norm, self.eps,
-            lat_kr[0], lat_kr[1], pos, self.scale, cos[0].numpy(), sin[0].numpy(), self.rope.neox,
-        )  # fmt: skip
-        out = self.v_b(torch.from_numpy(o_lat).view(1, self.H, self.R))  # [1, H, dv]
-        self.o.warm()
-        return self.o(out.reshape(1, self.H * self.dv))

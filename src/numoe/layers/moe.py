@@ -7,10 +7,10 @@ fused MoE op over the GGUF expert tensors read in place.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .. import _cpu, numa, numa_experts, pool
-from ..gguf import GGUFError, GGUFFile, dequantize
+from .. import _cpu
+from ..gguf import GGUFError, GGUFFile
+from . import numa_experts
 from .linear import Linear, _tensor, as_numpy, cpu_f32, cpu_ops, f32_numpy, linear_many, raw_bytes
 
 
@@ -96,40 +96,24 @@ def route_torch(
 
 
 class Experts:
-    """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F].
+    """Routed SwiGLU experts; gate/up [E, F, D], down [E, D, F], always on the CPU: numoe's
+    fused C++ MoE op (``numoe._cpu.MoE``) over the GGUF tensors read in place (no float
+    copy), or under ``--numa shard|replicate`` over copies in node memory
+    (``numoe.layers.numa_experts``). Its float reference: `ref_moe` in
+    tests/test_linear_moe.py."""
 
-    On the CPU (always, for routed experts) the op is numoe's fused C++ MoE op
-    (``numoe._cpu.MoE``) over the GGUF tensors read in place: no float copy. Under
-    ``--numa shard|replicate`` (``numoe.numa.active()``) the op runs over copies in node
-    memory instead (``numoe.numa_experts``). A float path
-    (tensors given, e.g. on another device) is kept as the reference."""
-
-    def __init__(
-        self,
-        gate: torch.Tensor | None = None,
-        up: torch.Tensor | None = None,
-        down: torch.Tensor | None = None,
-        op: _cpu.MoE | None = None,
-        buffers: list | None = None,
-        policy: str = "off",
-    ):
-        if (op is None) == (gate is None):
-            raise ValueError("Experts needs float tensors or a CPU op")
-        self.gate, self.up, self.down, self.op = gate, up, down, op
-        # NUMA policy carried out (numoe.numa_experts) and its node buffers (kept alive).
+    def __init__(self, op: _cpu.MoE, buffers: list | None = None, policy: str = "off"):
+        self.op = op
+        # NUMA policy carried out (numoe.layers.numa_experts) and its node buffers (kept alive).
         self.buffers, self.policy = buffers or [], policy
 
     @classmethod
     def load(
-        cls,
-        g: GGUFFile,
-        blk: int,
-        n_expert: int,
-        n_embd: int,
-        n_ff: int,
-        device: torch.device,
+        cls, g: GGUFFile, blk: int, n_expert: int, n_embd: int, n_ff: int, numa=None
     ) -> Experts:
-        """Merged 'blk.N.ffn_{gate,up,down}_exps' or per-expert 'blk.N.ffn_gate.E' tensors."""
+        """Merged 'blk.N.ffn_{gate,up,down}_exps' or per-expert 'blk.N.ffn_gate.E' tensors.
+        `numa`: the run's ``NumaPolicy`` (``numoe.runtime.numa``); None or 'off' reads the
+        experts from the memory map."""
         shapes = {"gate": (n_ff, n_embd), "up": (n_ff, n_embd), "down": (n_embd, n_ff)}
         merged = f"blk.{blk}.ffn_gate_exps.weight"
         if g.has(merged) or not g.has(f"blk.{blk}.ffn_gate.0.weight"):
@@ -142,12 +126,6 @@ class Experts:
                 p: [_tensor(g, f"blk.{blk}.ffn_{p}.{e}.weight", s) for e in range(n_expert)]
                 for p, s in shapes.items()
             }
-        if torch.device(device).type != "cpu":
-            w = {
-                p: torch.cat([dequantize(t).reshape(-1, *shapes[p]) for t in v]).to(device)
-                for p, v in ts.items()
-            }
-            return cls(w["gate"], w["up"], w["down"])
         types = {}
         for p, v in ts.items():
             kinds = {t.qtype for t in v}
@@ -155,13 +133,11 @@ class Experts:
                 names = ", ".join(sorted(f"{t.name}: {t.qtype.name}" for t in v))
                 raise GGUFError(f"blk.{blk}: per-expert {p} tensors differ in type ({names})")
             types[p] = int(v[0].qtype)
-        pool.ensure()
-        active = numa.active()
-        if active is not None and active[1].name in ("shard", "replicate"):
+        if numa is not None and numa.name in ("shard", "replicate"):
             op, buffers = numa_experts.build(
-                ts, types, n_expert, n_ff, n_embd, active[1].name, active[1].nodes
+                ts, types, n_expert, n_ff, n_embd, numa.name, numa.nodes
             )
-            return cls(op=op, buffers=buffers, policy=active[1].name)
+            return cls(op, buffers, numa.name)
         op = _cpu.MoE(
             [raw_bytes(t) for t in ts["gate"]],
             [raw_bytes(t) for t in ts["up"]],
@@ -173,24 +149,13 @@ class Experts:
             n_ff,
             n_embd,
         )
-        return cls(op=op)
+        return cls(op)
 
     def __call__(self, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [T, D], ids [T, k], w [T, k] -> sum_j w[t, j] * expert_{ids[t, j]}(x[t]), [T, D]."""
-        if self.op is not None:
-            ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
-            out = self.op.forward(as_numpy(x), ids_np, as_numpy(w))  # [T, D]
-            return torch.from_numpy(out).to(x.device)
-        dev = x.device
-        x = x.to(self.gate.device).float()
-        ids, w = ids.to(x.device), w.to(x.device).float()
-        out = torch.zeros_like(x)  # [T, D]
-        for e in torch.unique(ids).tolist():
-            tok, slot = (ids == e).nonzero(as_tuple=True)  # [n], [n]
-            h = x[tok]  # [n, D]
-            y = (F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)) @ self.down[e].T  # [n, D]
-            out.index_add_(0, tok, y * w[tok, slot, None])
-        return out.to(dev)
+        ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+        out = self.op.forward(as_numpy(x), ids_np, as_numpy(w))  # [T, D]
+        return torch.from_numpy(out).to(x.device)
 
 
 def check_experts(n_expert: int, n_used: int, where: str) -> None:
@@ -235,10 +200,6 @@ class SparseMoE:
             "topk_group": topk_group,
         }
 
-    def warm(self) -> None:
-        """Start reading the router into the caches (see Linear.warm)."""
-        self.router.warm()
-
     def set_step(self, db: _cpu.DecodeBlock) -> bool:
         """Give a C++ decode block (models/base.py) this MoE; False when it cannot run there."""
         a, sh = self.route_args, self.shared
@@ -250,11 +211,20 @@ class SparseMoE:
         ):
             return False
         db.set_moe(
-            self.router.op, self.experts.op, a["k"], a["gating"], f32_numpy(a["bias"]),
-            a["n_group"], a["topk_group"], a["norm"], a["scale"],
-            *((None,) * 3 if sh is None else (sh.gate.op, sh.up.op, sh.down.op)),
-            f32_numpy(self.shared_gate),
-        )  # fmt: skip
+            router=self.router.op,
+            experts=self.experts.op,
+            k=a["k"],
+            gating=a["gating"],
+            bias=f32_numpy(a["bias"]),
+            n_group=a["n_group"],
+            topk_group=a["topk_group"],
+            norm=a["norm"],
+            scale=a["scale"],
+            sh_gate=sh and sh.gate.op,
+            sh_up=sh and sh.up.op,
+            sh_down=sh and sh.down.op,
+            sh_gate_vec=f32_numpy(self.shared_gate),
+        )
         return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
@@ -265,8 +235,6 @@ class SparseMoE:
         ids, w = route(logits, **self.route_args)  # [T, k], [T, k]
         out = self.experts(x, ids, w)  # [T, D]
         if self.shared is not None:
-            if x.shape[0] == 1:
-                self.shared.down.warm()  # read by idle workers while silu(g) * u runs
             s = self.shared.finish(g, u)  # [T, D]
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(x @ self.shared_gate)[:, None]

@@ -15,24 +15,24 @@ copy of the layer's experts; the work is split exactly as for shard (node k comp
 benchmark isolates the cost of the copies. Expert memory: Nx.
 
 In both, the memory-map pages of the copied tensors are released afterwards
-(``numa_mem.release``), so the resident memory counts the copies, not the file too.
+(``memory.release``), so the resident memory counts the copies, not the file too.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from . import _cpu, numa_mem
+from .. import _cpu
+from ..kernels import quant_type
+from ..runtime import memory
+from .linear import raw_bytes
 
 SHARD_BLOCK = 256
 
 
 def row_bytes(qtype: int, n: int) -> int:
-    blk, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-    if n % blk:
-        raise ValueError(f"{n} elements are not whole {GGMLQuantizationType(qtype).name} blocks")
-    return n // blk * size
+    """Bytes of a row of n elements of type `qtype` (whole blocks; ValueError otherwise)."""
+    return quant_type(qtype).row_bytes(n)
 
 
 def shard_granule(n_ff: int, down_type: int) -> int:
@@ -40,7 +40,7 @@ def shard_granule(n_ff: int, down_type: int) -> int:
     size (at least 32, the Q8_0 activation block); F itself when that does not divide F."""
     if n_ff % SHARD_BLOCK == 0:
         return SHARD_BLOCK
-    g = max(32, GGML_QUANT_SIZES[GGMLQuantizationType(down_type)][0])
+    g = max(32, quant_type(down_type).block_size)
     return g if n_ff % g == 0 else n_ff
 
 
@@ -60,8 +60,6 @@ def shard_bounds(n_ff: int, weights, down_type: int) -> list[tuple[int, int]]:
 
 def _expert_bytes(ts, n_expert: int) -> list[np.ndarray]:
     """Per expert, its bytes (views into the map) from one merged tensor or E tensors."""
-    from .layers.linear import raw_bytes
-
     if len(ts) == 1:
         return list(raw_bytes(ts[0]).reshape(n_expert, -1))
     return [raw_bytes(t) for t in ts]
@@ -69,7 +67,7 @@ def _expert_bytes(ts, n_expert: int) -> list[np.ndarray]:
 
 def build(ts: dict, types: dict, n_expert: int, n_ff: int, n_embd: int, policy: str, nodes):
     """The sliced ``_cpu.MoE`` for `policy` ('shard' | 'replicate') over the logical `nodes`
-    (numoe.numa.LogicalNode: .index = pool group, .mem_node); returns (op, buffers). `ts`:
+    (numoe.runtime.numa.LogicalNode: .index = pool group, .mem_node); returns (op, buffers). `ts`:
     {'gate'|'up'|'down': [TensorInfo...]}, `types`: {part: GGML type id}."""
     E, F, D = n_expert, n_ff, n_embd
     gb, ub = row_bytes(types["gate"], D), row_bytes(types["up"], D)
@@ -80,7 +78,7 @@ def build(ts: dict, types: dict, n_expert: int, n_ff: int, n_embd: int, policy: 
     for node, (f0, f1) in zip(nodes, bounds):
         mem = node.mem_node if node.mem_node is not None else max(node.node, 0)
         if policy == "replicate":
-            buf = numa_mem.NodeBuffer(E * F * (gb + ub) + E * D * dbF, mem)
+            buf = memory.NodeBuffer(E * F * (gb + ub) + E * D * dbF, mem)
             a = buf.array
             parts = {"gate": (0, F * gb), "up": (E * F * gb, F * ub), "down": (E * F * (gb + ub),)}
             parts["down"] += (D * dbF,)
@@ -104,7 +102,7 @@ def build(ts: dict, types: dict, n_expert: int, n_ff: int, n_embd: int, policy: 
         n = f1 - f0
         dbn = row_bytes(types["down"], n)
         c0 = row_bytes(types["down"], f0) if f0 else 0
-        buf = numa_mem.NodeBuffer(E * n * (gb + ub) + E * D * dbn, mem)
+        buf = memory.NodeBuffer(E * n * (gb + ub) + E * D * dbn, mem)
         a = buf.array
         g = a[: E * n * gb].reshape(E, n * gb)
         u = a[E * n * gb : E * n * (gb + ub)].reshape(E, n * ub)
@@ -129,9 +127,7 @@ def build(ts: dict, types: dict, n_expert: int, n_ff: int, n_embd: int, policy: 
 
 def release(t) -> int:
     """Release the map pages of tensor `t` (0 when its bytes are not a read-only file map)."""
-    from .layers.linear import raw_bytes
-
     try:
-        return numa_mem.release(raw_bytes(t))
+        return memory.release(raw_bytes(t))
     except ValueError:
         return 0

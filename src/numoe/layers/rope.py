@@ -19,9 +19,11 @@ def base_inv_freq(dim: int, base: float) -> torch.Tensor:  # [dim/2]
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
 
 
-def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    """YaRN's attention-temperature correction, 0.1 * m * ln(s) + 1 (1 when s <= 1)."""
-    return 1.0 if scale <= 1.0 else 0.1 * mscale * math.log(scale) + 1.0
+def yarn_mscale(scale: float, log_mul: float = 0.1) -> float:
+    """YaRN's attention-temperature correction, log_mul * ln(s) + 1 (1 when s <= 1).
+    transformers' mscale m is log_mul = 0.1 * m; GGUF stores log_mul itself
+    (rope.scaling.yarn_log_multiplier)."""
+    return 1.0 if scale <= 1.0 else log_mul * math.log(scale) + 1.0
 
 
 def yarn_inv_freq(

@@ -6,7 +6,8 @@ import importlib
 from types import ModuleType
 
 from ..gguf import GGUFError, GGUFFile
-from ..placement import Placement
+from ..runtime.memory import prefault as prefault_file
+from ..runtime.settings import Runtime
 
 # GGUF general.architecture -> module in this package
 ARCHITECTURES = {
@@ -26,18 +27,18 @@ def get(arch: str) -> ModuleType:
     return importlib.import_module(f".{ARCHITECTURES[arch]}", __name__)
 
 
-def load(g: GGUFFile, placement: Placement, prefault: bool = True):
-    """(config, model) for an opened GGUF file.
+def load(g: GGUFFile, runtime: Runtime | None = None, prefault: bool = True):
+    """(config, model) for an opened GGUF file, to run as `runtime` says (None: the default,
+    ``Runtime.create()``: every allowed physical core, --numa auto, the CPU).
 
-    prefault: map the whole file into the process first (numa_mem.prefault: what llama.cpp's
-    MAP_POPULATE does) when it fits in the available memory and the routed experts are read
-    from the map (policy off), so no decode step pays page faults on an expert's first use."""
+    prefault: map the whole file into the process first (``runtime.memory.prefault``: what
+    llama.cpp's MAP_POPULATE does) when it fits in the available memory and the routed
+    experts are read from the map (policy off), so no decode step pays page faults on an
+    expert's first use."""
     mod = get(g.arch)
     cfg = mod.config_from_gguf(g)
-    if prefault:
-        from .. import numa, numa_mem
-
-        active = numa.active()
-        if active is None or active[1].name == "off":
-            numa_mem.prefault(g)
-    return cfg, mod.Model(cfg, g, placement)
+    runtime = runtime if runtime is not None else Runtime.create()
+    runtime.activate()  # the pool as planned: node buffers are first-touched by its workers
+    if prefault and runtime.policy.name == "off":
+        prefault_file(g)
+    return cfg, mod.Model(cfg, g, runtime)

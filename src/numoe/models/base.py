@@ -1,5 +1,14 @@
 """What every decoder-only architecture here shares: embeddings, the block loop, the
-final norm and the output head. Architecture files supply the blocks and the rope."""
+final norm and the output head. Architecture files supply the blocks and the rope.
+
+Two ways through the blocks (`DecoderModel.forward`'s `path`):
+- "torch": each block's layers called from Python (torch ops and numoe's C++ linear and MoE
+  ops): prefill, a CUDA dense device, and the reference the tests hold the other path to;
+- "cpp": one decode step of a whole block in one C++ call (``numoe._cpu.DecodeBlock``: the
+  same ops in the same order, no Python between them), for one token when every block can
+  run there (CPU ops, float32 norms and caches).
+"auto" takes "cpp" for one token when the model can, else "torch".
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from .. import _cpu
 from ..gguf import GGUFFile
 from ..layers.linear import Embedding, Linear, cpu_f32, f32_numpy, load_weight
 from ..layers.norms import add_rms_norm
-from ..placement import Placement
+from ..runtime.settings import Runtime
 
 
 class Block:
@@ -36,15 +45,8 @@ class Block:
     def __call__(self, x, cache, pos, cos, sin, y=None):
         """x [T, D] plus y [T, D] (the previous block's FFN branch, or None) -> (x, f): the
         residual stream after attention and this block's FFN branch, [T, D] each."""
-        # Decode: each op's weights start streaming into the caches (idle pool workers)
-        # before the Python work in front of it; the op then reads them from cache.
-        decode = x.shape[0] == 1
-        if decode:
-            self.attn.warm()
         x, h = add_rms_norm(x, y, self.attn_norm, self.eps)
         a = self.attn(h, cache, pos, cos, sin)
-        if decode:
-            self.ffn.warm()
         x, h = add_rms_norm(x, a, self.ffn_norm, self.eps)
         return x, self.ffn(h)
 
@@ -52,9 +54,9 @@ class Block:
 class DecoderModel:
     """tokens [T] -> logits [T, V]. Subclasses set self.blocks, self.rope, new_cache()."""
 
-    def __init__(self, cfg, g: GGUFFile, placement: Placement):
-        self.cfg, self.placement = cfg, placement
-        dev = placement.dense
+    def __init__(self, cfg, g: GGUFFile, runtime: Runtime):
+        self.cfg, self.runtime, self.placement = cfg, runtime, runtime.placement
+        dev = self.placement.dense
         V, D = cfg.n_vocab, cfg.n_embd
         self.tok_embd = Embedding.load(g, "token_embd.weight", V, D, dev)  # [V, D]
         self.output_norm = load_weight(g, "output_norm.weight", (D,), dev)
@@ -63,23 +65,43 @@ class DecoderModel:
         else:  # tied embeddings
             self.output = self.tok_embd.as_linear()
         self.blocks: list = []
-        self._steps: list | None = None  # C++ decode blocks, made on the first decode step
+        self._cpp_blocks: list | None = None  # C++ decode blocks, made on first use
+        self.cpp_steps = 0  # decode steps run through them (tests assert the path ran)
 
     def new_cache(self, n_ctx: int):
         raise NotImplementedError
 
     @torch.inference_mode()
     def forward(
-        self, tokens: torch.Tensor, cache, pos: int, n_logits: int | None = None
+        self,
+        tokens: torch.Tensor,
+        cache,
+        pos: int,
+        n_logits: int | None = None,
+        path: str = "auto",
     ) -> torch.Tensor | None:
         """tokens [T] at positions pos.. -> logits [T, V] of every position, or of the last
         n_logits only ([n_logits, V]; 0: none, returns None: a prefill chunk whose logits
-        nobody reads skips the output head, the biggest matrix of most models)."""
+        nobody reads skips the output head, the biggest matrix of most models).
+
+        path: "auto", "torch" or "cpp" (the module doc); "cpp" is a ValueError where the
+        model cannot take it (more than one token, or a block or cache it cannot run)."""
+        T = tokens.shape[0]
+        if path not in ("auto", "torch", "cpp"):
+            raise ValueError(f"path must be 'auto', 'torch' or 'cpp', got {path!r}")
+        cpp = path != "torch" and T == 1 and self.can_decode_cpp(cache)
+        if path == "cpp" and not cpp:
+            raise ValueError(
+                "the C++ decode blocks take one token on CPU float32 ops and caches; "
+                f"this call has {T} tokens"
+                + ("" if T != 1 else " and a block or cache they cannot run")
+            )
+        self.runtime.activate(T)
         dev = self.placement.dense
         tokens = tokens.to(dev)
         x = self.tok_embd(tokens)  # [T, D]
-        cos, sin = self.rope.cos_sin(pos, tokens.shape[0], dev)  # [T, d_rope/2]
-        if tokens.shape[0] == 1 and self._decode_steps() and cache.numpy_layer(0) is not None:
+        cos, sin = self.rope.cos_sin(pos, T, dev)  # [T, d_rope/2]
+        if cpp:
             x, y = self._decode(x, cache, pos, cos, sin)
         else:
             y = None  # the last block's FFN branch, added with the final norm
@@ -90,17 +112,19 @@ class DecoderModel:
                 return None
             x = x[-n_logits:]  # [n_logits, D]
             y = None if y is None else y[-n_logits:]
-        if x.shape[0] == 1:
-            self.output.warm()
         _, x = add_rms_norm(x, y, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 
-    def _decode_steps(self) -> list:
+    def cpp_blocks(self) -> list:
         """Every block's C++ decode block, or [] when one cannot have it (decided once)."""
-        if self._steps is None:
+        if self._cpp_blocks is None:
             steps = [blk.decode_block() for blk in self.blocks]
-            self._steps = steps if steps and all(s is not None for s in steps) else []
-        return self._steps
+            self._cpp_blocks = steps if steps and all(s is not None for s in steps) else []
+        return self._cpp_blocks
+
+    def can_decode_cpp(self, cache) -> bool:
+        """Whether a one-token forward over `cache` can take the C++ decode blocks."""
+        return bool(self.cpp_blocks()) and cache.numpy_layer(0) is not None
 
     def _decode(self, x, cache, pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """One token through every block, one C++ call each (Block.decode_block); x [1, D]
@@ -109,9 +133,10 @@ class DecoderModel:
         x = x.contiguous()
         xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [1, D] each
         c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
-        for i, step in enumerate(self._steps):
+        for i, step in enumerate(self._cpp_blocks):
             kv = cache.numpy_layer(i)
             step.step(xn, f, i > 0, kv[0], kv[1], pos, c, s)
+        self.cpp_steps += 1
         return x, torch.from_numpy(f)
 
 

@@ -32,7 +32,8 @@ from ..layers.ffn import FeedForward
 from ..layers.linear import Linear, load_weight
 from ..layers.mla import MLAttention
 from ..layers.moe import Experts, SparseMoE, check_experts
-from ..layers.rope import Rope, yarn_inv_freq
+from ..layers.rope import Rope, yarn_inv_freq, yarn_mscale
+from ..runtime.settings import Runtime
 from .base import Block, DecoderModel, n_vocab_of
 
 GATING = {1: "softmax", 2: "sigmoid"}  # GGUF expert_gating_func, as llama.cpp
@@ -79,9 +80,7 @@ class Config:
 
     @property
     def softmax_scale(self) -> float:
-        m = 1.0
-        if self.rope_scaling == "yarn" and self.rope_factor > 1.0:
-            m = 1.0 + self.yarn_log_mul * math.log(self.rope_factor)
+        m = yarn_mscale(self.rope_factor, self.yarn_log_mul) if self.rope_scaling == "yarn" else 1.0
         return m * m / math.sqrt(self.d_qk)
 
 
@@ -324,9 +323,9 @@ def make_rope(cfg: Config) -> Rope:
 
 
 class Model(DecoderModel):
-    def __init__(self, cfg: Config, g: GGUFFile, placement):
-        super().__init__(cfg, g, placement)
-        dev = placement.dense
+    def __init__(self, cfg: Config, g: GGUFFile, runtime: Runtime):
+        super().__init__(cfg, g, runtime)
+        dev = self.placement.dense
         self.rope = make_rope(cfg)
         self.blocks = [self._block(g, i, dev) for i in range(cfg.n_layer)]
 
@@ -351,7 +350,7 @@ class Model(DecoderModel):
             bias = load_weight(g, f"blk.{i}.exp_probs_b.bias", (c.n_expert,), dev)
         moe = SparseMoE(
             Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts),
+            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.runtime.policy),
             k=c.n_expert_used,
             gating=c.gating,
             norm=c.norm_topk,

@@ -21,6 +21,7 @@ from ..layers.ffn import FeedForward
 from ..layers.linear import Linear
 from ..layers.moe import Experts, SparseMoE, check_experts
 from ..layers.rope import Rope, base_inv_freq
+from ..runtime.settings import Runtime
 from .base import Block, DecoderModel, n_vocab_of
 
 TOKENIZER_KIND = "llama"  # SentencePiece-style vocabulary for synth / convert
@@ -169,9 +170,9 @@ def tensor_specs(cfg: Config) -> dict[str, tuple[int, ...]]:
 
 
 class Model(DecoderModel):
-    def __init__(self, cfg: Config, g: GGUFFile, placement):
-        super().__init__(cfg, g, placement)
-        dev = placement.dense
+    def __init__(self, cfg: Config, g: GGUFFile, runtime: Runtime):
+        super().__init__(cfg, g, runtime)
+        dev = self.placement.dense
         inv_freq = base_inv_freq(cfg.head_dim, cfg.rope_base)  # [Dh/2] float64
         if cfg.rope_freq_factors:
             inv_freq = inv_freq / torch.tensor(cfg.rope_freq_factors, dtype=torch.float64)
@@ -183,7 +184,7 @@ class Model(DecoderModel):
         if c.n_expert:
             ffn = SparseMoE(
                 Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-                Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff, self.placement.experts),
+                Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff, self.runtime.policy),
                 k=c.n_expert_used,
                 norm=True,  # Mixtral: top-k softmax weights renormalised
             )

@@ -16,6 +16,7 @@ from ..layers.ffn import FeedForward
 from ..layers.linear import Linear, load_weight
 from ..layers.moe import Experts, SparseMoE, check_experts
 from ..layers.rope import Rope
+from ..runtime.settings import Runtime
 from .base import Block, DecoderModel, n_vocab_of
 
 
@@ -155,9 +156,9 @@ def tensor_specs(cfg: Config) -> dict[str, tuple[int, ...]]:
 
 
 class Model(DecoderModel):
-    def __init__(self, cfg: Config, g: GGUFFile, placement):
-        super().__init__(cfg, g, placement)
-        dev = placement.dense
+    def __init__(self, cfg: Config, g: GGUFFile, runtime: Runtime):
+        super().__init__(cfg, g, runtime)
+        dev = self.placement.dense
         self.rope = Rope.plain(cfg.head_dim, cfg.rope_base, neox=True)
         self.blocks = [self._block(g, i, dev) for i in range(cfg.n_layer)]
 
@@ -169,7 +170,7 @@ class Model(DecoderModel):
             gate = load_weight(g, f"blk.{i}.ffn_gate_inp_shexp.weight", (c.n_embd,), dev)
         moe = SparseMoE(
             Linear.load(g, f"blk.{i}.ffn_gate_inp", c.n_expert, c.n_embd, dev),
-            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.placement.experts),
+            Experts.load(g, i, c.n_expert, c.n_embd, c.n_ff_exp, self.runtime.policy),
             k=c.n_expert_used,
             norm=c.norm_topk,
             shared=shared,

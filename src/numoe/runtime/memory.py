@@ -1,4 +1,4 @@
-"""Node memory and the placement report (issue 4 part B, first step).
+"""Node memory and page placement: NUMA-placed buffers, where a file's pages are, prefault.
 
 The C++ side (``csrc/numa_mem.*``, in ``numoe._cpu``):
 
@@ -20,7 +20,9 @@ import os
 
 import numpy as np
 
-from . import _cpu
+from .. import _cpu
+from ..gguf import GGUFFile, open_gguf
+from .machine import mem_available
 
 NodeBuffer = _cpu.NodeBuffer
 node_allocated = _cpu.node_allocated
@@ -54,8 +56,6 @@ def prefault(g) -> bool:
     """Map every page of GGUF file `g` into this process now (MADV_POPULATE_READ, else one
     read per page on the pool), reading from disk what is not cached, when the file fits in
     the available memory; False when it does not (pages then come in on first use)."""
-    from .roofline import mem_available
-
     avail = mem_available()
     if avail is not None and g.file_size > avail * 0.9:
         return False
@@ -77,8 +77,6 @@ def placement(g, select=None, map_cached: bool = False) -> dict:
     has the weights (policy off: the memory map). For a path the file is mapped afresh, so pass
     map_cached=True to see where the page cache holds it (``numoe doctor -m``).
     """
-    from .gguf import GGUFFile, open_gguf
-
     if not isinstance(g, GGUFFile):
         g = open_gguf(os.fspath(g))
     out: dict = {}

@@ -2,8 +2,8 @@
 
 No build flag: libnuma is opened with dlopen (``ctypes``) when needed; where it is missing
 or refused (``numa_available() == -1``, e.g. under a container's default seccomp profile)
-numoe falls back to sysfs (``numoe.topology``) plus first touch from pinned threads, and
-says so once (:func:`fallback_notice`).
+numoe falls back to sysfs (``numoe.runtime.topology``) plus first touch from pinned threads,
+and the CLI says so (:func:`fallback_notice`).
 
 Thread plan (:func:`plan_threads`): one logical node per chosen NUMA node (``--numa-nodes``
 picks them; a node listed k times becomes k logical nodes that split its physical cores),
@@ -11,13 +11,12 @@ each a group of CPUs, one pinned pool worker per CPU: physical cores first, SMT 
 only when asked (``smt=True``, or more threads than physical cores). ``-t N`` is split over
 the logical nodes in proportion to their cores. Each logical node records its physical node
 and the node whose memory serves it (``mem_node``): what the shard/replicate placement
-(issue 4 part B) binds its slice or copy to.
+binds its slice or copy to.
 
 Policy (:func:`resolve_policy`): ``auto`` = shard on more than one logical node, else off.
 ``shard`` (experts split across the logical nodes, one copy in total), ``replicate`` (a copy
 per logical node, for comparison) and ``off`` (weights straight from the memory map); the
-routed experts follow them (``numoe.numa_experts``); :data:`EXECUTED` lists the policies
-carried out (the CLI says so in one line when another one is chosen).
+routed experts follow them (``numoe.layers.numa_experts``).
 """
 
 from __future__ import annotations
@@ -25,14 +24,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import sys
 from dataclasses import dataclass, field
 
 from .topology import Topology
 
 POLICIES = ("auto", "shard", "replicate", "off")
-# Policies the CPU path carries out (shard, replicate: numoe.numa_experts, routed experts).
-EXECUTED = frozenset({"off", "shard", "replicate"})
 
 
 class PlanError(ValueError):
@@ -242,26 +238,12 @@ def plan_threads(
 
 @dataclass(frozen=True)
 class NumaPolicy:
-    """What ``--numa`` resolved to for a plan. Part B (sharded placement) consumes this."""
+    """What ``--numa`` resolved to for a plan (``numoe.layers.numa_experts`` carries it out)."""
 
     requested: str  # auto | shard | replicate | off
     name: str  # shard | replicate | off
     reason: str
     nodes: tuple[LogicalNode, ...]  # logical nodes the weights are spread over / copied to
-
-    @property
-    def executed(self) -> bool:
-        """Whether numoe carries this policy out today (else weights come from the map)."""
-        return self.name in EXECUTED
-
-    def pending_notice(self) -> str | None:
-        """One line for stderr when the policy is chosen but not carried out yet."""
-        if self.executed:
-            return None
-        return (
-            f"numoe: --numa {self.name} ({self.reason}) is not carried out yet: the weights "
-            "are read from the memory map, unsharded (NUMA policy pending)"
-        )
 
 
 def resolve_policy(requested: str, plan: ThreadPlan) -> NumaPolicy:
@@ -274,21 +256,6 @@ def resolve_policy(requested: str, plan: ThreadPlan) -> NumaPolicy:
     else:
         name, reason = requested, "asked"
     return NumaPolicy(requested=requested, name=name, reason=reason, nodes=plan.nodes)
-
-
-_active: tuple[ThreadPlan, NumaPolicy] | None = None
-
-
-def set_active(plan: ThreadPlan, policy: NumaPolicy) -> None:
-    """Record the plan the pool runs and the policy the weights follow (the CLI calls this
-    before loading a model)."""
-    global _active
-    _active = (plan, policy)
-
-
-def active() -> tuple[ThreadPlan, NumaPolicy] | None:
-    """(plan, policy) set by :func:`set_active`, or None (then: default plan, policy off)."""
-    return _active
 
 
 # --- the system: libnuma, automatic NUMA balancing -----------------------------------------
@@ -355,21 +322,14 @@ def numa_balancing(path: str = "/proc/sys/kernel/numa_balancing") -> int | None:
         return None
 
 
-_noticed = False
-
-
-def fallback_notice(status: LibNuma | None = None, stream=None) -> bool:
-    """Say once per process that NUMA placement falls back to sysfs + first touch because
-    libnuma is missing or refused. Returns whether a line was written."""
-    global _noticed
+def fallback_notice(status: LibNuma | None = None) -> str | None:
+    """The line that says NUMA placement falls back to sysfs + first touch because libnuma is
+    missing or refused; None when libnuma is usable."""
     status = status if status is not None else libnuma()
-    if status.ok or _noticed:
-        return False
-    _noticed = True
+    if status.ok:
+        return None
     why = "not installed" if status.status == "missing" else status.text
-    print(
+    return (
         f"numoe: libnuma {why}: NUMA placement falls back to sysfs and first touch from "
-        "pinned threads (`numoe doctor` says more)",
-        file=stream if stream is not None else sys.stderr,
+        "pinned threads (`numoe doctor` says more)"
     )
-    return True

@@ -7,13 +7,16 @@ physical cores only (never SMT siblings), only CPUs the process may use
 
 Tests point ``root`` at fixture trees and pass ``allowed_cpus`` / ``allowed_mems`` to
 simulate containers, ``taskset`` and ``numactl``. The thread plan itself (logical nodes,
-``--numa-nodes``, SMT) lives in ``numoe.numa``; :func:`thread_plan` is its short form.
+``--numa-nodes``, SMT) lives in ``numoe.runtime.numa``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from .. import _cpu
+from .machine import system_memory
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,6 @@ class Topology:
 
         Raises ValueError naming the file when sysfs content is malformed.
         """
-        from . import _cpu
 
         d = _cpu.read_topology(str(root), None if allowed_cpus is None else list(allowed_cpus))
         live = os.path.realpath(str(root)) == "/sys"
@@ -80,7 +82,7 @@ class Topology:
             mem_total, mem_free = n["mem_total"], n["mem_free"]
             if n.get("synthetic") and live and mem_total == 0:
                 # No node directories in this sysfs: the one node holds all the memory.
-                mem_total, mem_free = _system_memory()
+                mem_total, mem_free = system_memory()
             nodes.append(
                 Node(
                     id=n["id"],
@@ -180,19 +182,9 @@ class Topology:
         """Number of allowed physical cores (at least 1): numoe's default thread count."""
         return max(1, len(self.physical_cores(allowed_only=True)))
 
-    def smt_threads_by_node(self) -> dict[int, list[int]]:
-        """Node id -> allowed CPUs that are not the chosen thread of their core."""
-        chosen = set(self.physical_cores(allowed_only=True))
-        out: dict[int, list[int]] = {}
-        for c in self.cpus:
-            if c.allowed and c.id not in chosen:
-                out.setdefault(c.node, []).append(c.id)
-        return out
-
 
 def read_mems_allowed(status_path: str = "/proc/self/status") -> list[int] | None:
     """Memory nodes this process may allocate on (``Mems_allowed_list``); None if unknown."""
-    from . import _cpu
 
     try:
         with open(status_path, encoding="ascii", errors="replace") as f:
@@ -202,21 +194,3 @@ def read_mems_allowed(status_path: str = "/proc/self/status") -> list[int] | Non
     except OSError:
         return None
     return None
-
-
-def _system_memory() -> tuple[int, int]:
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0, 0
-
-
-def thread_plan(topology: Topology, n_threads: int | None = None) -> list[list[int]]:
-    """CPUs for n_threads worker threads, one list per NUMA node (node order): the CPU
-    groups of ``numoe.numa.plan_threads(topology, n_threads)``, which documents the rules
-    (physical cores of every node the process may use, split in proportion to the nodes'
-    cores; SMT siblings only beyond the physical cores)."""
-    from .numa import plan_threads
-
-    return plan_threads(topology, n_threads).groups

@@ -1,4 +1,4 @@
-"""Tokenizer built from GGUF metadata, and chat templates.
+"""Tokenizer built from GGUF metadata.
 
 Two GGUF tokenizer models are supported, built on the `tokenizers` library:
 
@@ -16,30 +16,27 @@ llama.cpp does.
 Decoding does not use `tokenizers`: each id maps to its bytes and the byte stream is
 decoded as UTF-8 (errors replaced), which `IncrementalDecoder` reproduces chunk by chunk.
 
-Chat templates are rendered with Jinja2's immutable sandbox, set up like `transformers`.
+Chat templates are rendered by `numoe.text.chat_template`.
 """
 
 from __future__ import annotations
 
 import codecs
-import json
 import logging
 import re
 import threading
 from collections.abc import Iterable
-from datetime import datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+from .chat_template import render_chat
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CHATML_TEMPLATE",
-    "MISTRAL_TEMPLATE",
-    "IncrementalDecoder",
-    "Tokenizer",
-    "synth_vocab_metadata",
-]
+__all__ = ["IncrementalDecoder", "Tokenizer"]
 
 # GGUF token types (llama.cpp's llama_token_type)
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = (
@@ -58,30 +55,6 @@ K_TYPES = "tokenizer.ggml.token_type"
 K_SCORES = "tokenizer.ggml.scores"
 K_MERGES = "tokenizer.ggml.merges"
 K_TEMPLATE = "tokenizer.chat_template"
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-MISTRAL_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- set ns = namespace(system='') %}"
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'system' %}"
-    "{%- set ns.system = message['content'] + '\\n\\n' %}"
-    "{%- elif message['role'] == 'user' %}"
-    "{{- '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
-    "{%- set ns.system = '' %}"
-    "{%- elif message['role'] == 'assistant' %}"
-    "{{- message['content'] + eos_token }}"
-    "{%- else %}"
-    "{{- raise_exception('Only system, user and assistant roles are supported') }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
 
 # Pre-tokenizer regexes, as llama.cpp (llama-vocab.cpp) writes them. Each list is applied in
 # sequence; every regex splits each piece into matches and the text between them.
@@ -231,45 +204,6 @@ def _sp_merges(
     return [(a, b) for a, b, _ in merges]
 
 
-def _make_jinja_env():
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationExt(Extension):
-        """transformers' ``{% generation %}`` tag: renders its body."""
-
-        tags: ClassVar[set[str]] = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.Scope(body, lineno=lineno)
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(
-            x,
-            ensure_ascii=ensure_ascii,
-            indent=indent,
-            separators=separators,
-            sort_keys=sort_keys,
-        )
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationExt, loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env
-
-
 class Tokenizer:
     """A GGUF tokenizer. Build with `from_metadata` or `from_gguf`."""
 
@@ -303,8 +237,6 @@ class Tokenizer:
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """From GGUF metadata keys mapped to Python values."""
-        from tokenizers import AddedToken
-
         if K_MODEL not in meta:
             raise _bad(K_MODEL, "is missing")
         kind = _as_str(meta[K_MODEL])
@@ -388,9 +320,6 @@ class Tokenizer:
         return self
 
     def _build_gpt2(self, meta: dict[str, Any], vocab: dict[str, int]):
-        from tokenizers import Regex, decoders, models, pre_tokenizers
-        from tokenizers import Tokenizer as HFTokenizer
-
         raw_merges = meta.get(K_MERGES)
         if raw_merges is None:
             raise _bad(K_MERGES, "is missing (required for tokenizer model 'gpt2')")
@@ -428,9 +357,6 @@ class Tokenizer:
         return hf
 
     def _build_llama(self, meta: dict[str, Any], vocab: dict[str, int]):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, normalizers
-
         tokens, types = self.tokens, self.token_types
         raw_scores = meta.get(K_SCORES)
         if raw_scores is None:
@@ -508,10 +434,6 @@ class Tokenizer:
         """The id of a token given its stored string, or None."""
         return self._hf.token_to_id(text)
 
-    def is_special(self, token_id: int) -> bool:
-        """True for control tokens (skipped by ``decode(skip_special=True)``)."""
-        return self.token_types[token_id] == TT_CONTROL
-
     def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
         """The bytes a token stands for (control tokens: their text, or b'' if skipped)."""
         if not 0 <= token_id < len(self._bytes):
@@ -567,23 +489,17 @@ class Tokenizer:
         to the template. Template errors (including sandbox violations, which raise
         `jinja2.exceptions.SecurityError`) propagate as `jinja2.TemplateError`.
         """
-        source = chat_template or self.chat_template
-        if source is None:
-            log.warning("tokenizer: the model has no chat template; using ChatML")
-            source = CHATML_TEMPLATE
-        tmpl = self._templates.get(source)
-        if tmpl is None:
-            tmpl = _make_jinja_env().from_string(source)
-            self._templates[source] = tmpl
         variables: dict[str, Any] = {
-            "tools": None,
-            "documents": None,
             "bos_token": self._special_text(self.bos_id),
             "eos_token": self._special_text(self.eos_id),
         }
         variables.update(kwargs)
-        return tmpl.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **variables
+        return render_chat(
+            self._templates,
+            chat_template or self.chat_template,
+            messages,
+            add_generation_prompt,
+            variables,
         )
 
     def encode_chat(
@@ -626,171 +542,3 @@ class IncrementalDecoder:
             if self.tok._strip_leading_space and s.startswith(" "):
                 s = s[1:]
         return s
-
-
-# ---- synthetic vocabularies -------------------------------------------------------------
-
-_SYNTH_TEXT = """\
-The engine reads a model file, maps its weights into memory and runs the layers one after
-another. Each layer has an attention block and a feed-forward block; in a mixture of experts
-model the feed-forward block is split into many small experts, and a router picks a few of
-them for every token. Most of the weights are in the experts, but each token only touches
-the ones it was sent to, so the work per token is much smaller than the size of the model.
-That is why such models can run on a machine whose graphics card is far too small to hold
-them: the experts stay in the main memory of the computer and are computed by the processor,
-while the attention, which every token needs, runs on the graphics card when there is one.
-When you ask the model a question, it first reads the whole prompt in one pass, then writes
-the answer one token at a time. Every new token depends on all the tokens before it, so the
-keys and values of the attention are kept in a cache and are not computed again. The speed
-of writing is limited by how fast the memory can deliver the weights: for each token the
-processor must read the attention weights, the shared experts and the few routed experts.
-A good engine keeps the threads of the processor busy, places the memory close to the cores
-that use it, and avoids copies. It should also be easy to use: one command to download, one
-command to run, and clear messages when something goes wrong. Here are some numbers to try:
-1, 2, 3, 10, 42, 100, 256, 1024, 2025 and 3.14159. Questions? Answers! "Quotes", (brackets),
-[lists], {sets}, a-b, a_b, a/b, a+b=c, 50% off, $9.99, e-mail: user@example.com, #tag.
-It's, don't, we'll, they're, I've, she'd, I'm. Hello, world. The end of the story is near,
-and the people who wrote this program hope that you will find it useful and fast.
-"""
-
-_CONTROL_GPT2 = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-_SYNTH_MERGES = 600  # merges trained; truncated to fit a smaller n_vocab
-
-
-def _trained_merges(hf) -> list[tuple[str, str]]:
-    out = []
-    for m in json.loads(hf.to_str())["model"]["merges"]:
-        a, b = m if isinstance(m, list) else m.split(" ", 1)
-        out.append((a, b))
-    return out
-
-
-@lru_cache(maxsize=4)
-def _train_gpt2_merges() -> tuple[tuple[str, str], ...]:
-    from tokenizers import Regex, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_RE_QWEN2), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=256 + _SYNTH_MERGES,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    hf.train_from_iterator([_SYNTH_TEXT], trainer)
-    return tuple(_trained_merges(hf))
-
-
-@lru_cache(maxsize=4)
-def _train_llama_pieces() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(alphabet chars, merged pieces in merge order) of a small SentencePiece-style BPE."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
-
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(vocab_size=100 + _SYNTH_MERGES, show_progress=False)
-    # newlines are left out so that they exercise the byte fallback, as in real SPM vocabs
-    hf.train_from_iterator([_SYNTH_TEXT.replace("\n", " ")], trainer)
-    merged = [a + b for a, b in _trained_merges(hf)]
-    alphabet = sorted(t for t in hf.get_vocab() if len(t) == 1)
-    return tuple(alphabet), tuple(merged)
-
-
-def synth_vocab_metadata(
-    n_vocab: int, kind: str = "gpt2", chat_template: str | None = None
-) -> dict[str, Any]:
-    """GGUF tokenizer metadata for a small working vocabulary of exactly ``n_vocab`` tokens.
-
-    Deterministic and offline: merges are learned with `tokenizers`' BPE trainer on a built-in
-    English paragraph, truncated to fit, and the vocab is padded with control tokens
-    (``<|extra_N|>`` / ``<extra_N>``). kind="gpt2": byte-level BPE with ChatML specials and
-    the ChatML template (pre "qwen2"). kind="llama": SentencePiece-style with ``<unk>``,
-    ``<s>``, ``</s>``, 256 ``<0xNN>`` byte tokens and scores, and a Mistral [INST] template.
-    ``chat_template`` overrides the template.
-    """
-    if kind == "gpt2":
-        b2u = _bytes_to_unicode()
-        tokens = [b2u[b] for b in range(256)]
-        minimum = 256 + len(_CONTROL_GPT2)
-        if n_vocab < minimum:
-            raise ValueError(
-                f"synth_vocab_metadata: n_vocab={n_vocab} < minimum {minimum} for gpt2"
-            )
-        merges = list(_train_gpt2_merges())[: n_vocab - minimum]
-        seen = set(tokens)
-        kept = []
-        for a, b in merges:
-            if a + b not in seen:
-                seen.add(a + b)
-                tokens.append(a + b)
-            kept.append(f"{a} {b}")
-        types = [TT_NORMAL] * len(tokens)
-        first_special = len(tokens)
-        tokens += _CONTROL_GPT2
-        types += [TT_CONTROL] * len(_CONTROL_GPT2)
-        k = 0
-        while len(tokens) < n_vocab:
-            tokens.append(f"<|extra_{k}|>")
-            types.append(TT_CONTROL)
-            k += 1
-        eot, im_end = first_special, first_special + 2
-        return {
-            "tokenizer.ggml.model": "gpt2",
-            "tokenizer.ggml.pre": "qwen2",
-            "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": types,
-            "tokenizer.ggml.merges": kept,
-            "tokenizer.ggml.bos_token_id": eot,
-            "tokenizer.ggml.eos_token_id": im_end,
-            "tokenizer.ggml.eot_token_id": im_end,
-            "tokenizer.ggml.padding_token_id": eot,
-            "tokenizer.ggml.add_bos_token": False,
-            "tokenizer.chat_template": chat_template or CHATML_TEMPLATE,
-        }
-    if kind == "llama":
-        alphabet, merged = _train_llama_pieces()
-        tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-        types = [TT_UNKNOWN, TT_CONTROL, TT_CONTROL] + [TT_BYTE] * 256
-        scores = [0.0] * len(tokens)
-        minimum = len(tokens) + len(alphabet)
-        if n_vocab < minimum:
-            raise ValueError(
-                f"synth_vocab_metadata: n_vocab={n_vocab} < minimum {minimum} for llama"
-            )
-        seen = set(tokens)
-        pieces = [p for p in merged if p not in seen][: n_vocab - minimum]
-        for rank, p in enumerate(pieces):
-            tokens.append(p)
-            types.append(TT_NORMAL)
-            scores.append(-float(rank))
-        for j, c in enumerate(alphabet):
-            tokens.append(c)
-            types.append(TT_NORMAL)
-            scores.append(-float(len(pieces) + j))
-        k = 0
-        while len(tokens) < n_vocab:
-            tokens.append(f"<extra_{k}>")
-            types.append(TT_CONTROL)
-            scores.append(0.0)
-            k += 1
-        return {
-            "tokenizer.ggml.model": "llama",
-            "tokenizer.ggml.pre": "default",
-            "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": types,
-            "tokenizer.ggml.scores": scores,
-            "tokenizer.ggml.bos_token_id": 1,
-            "tokenizer.ggml.eos_token_id": 2,
-            "tokenizer.ggml.unknown_token_id": 0,
-            "tokenizer.ggml.add_bos_token": True,
-            "tokenizer.ggml.add_eos_token": False,
-            "tokenizer.ggml.add_space_prefix": True,
-            "tokenizer.chat_template": chat_template or MISTRAL_TEMPLATE,
-        }
-    raise ValueError(f"synth_vocab_metadata: unknown kind {kind!r} (expected 'gpt2' or 'llama')")
