@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
+from isa_params import ISA_PARAMS
 
-from numoe import _cpu, pool
+from numoe import _cpu
 from numoe.gguf import open_gguf
-from numoe.gguf_write import Raw, write_gguf
+from numoe.gguf.write import Raw, write_gguf
 from numoe.layers.linear import Embedding, Linear, linear_many
 from numoe.layers.moe import Experts
+from numoe.runtime import pool
 
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 FLOAT_TYPES = {Q.F32, Q.F16, Q.BF16}
@@ -157,8 +159,9 @@ def test_linear_same_for_any_thread_count(qtype):
         np.testing.assert_array_equal(o, outs[0])
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
-def test_linear_any_T_equals_row_by_row(qtype):
+def test_linear_any_T_equals_row_by_row(qtype, isa):
     """Prefill (token groups through vec_dot_n, token-split tasks) gives every token's row
     bit for bit as a T = 1 call, on every ISA and thread count."""
     rng = np.random.default_rng([int(qtype), 9])
@@ -166,16 +169,15 @@ def test_linear_any_T_equals_row_by_row(qtype):
     raw, _ = encode(qtype, n_out, n_in, rng)
     x = rng.standard_normal((129, n_in)).astype(np.float32)
     op = _cpu.Linear(raw.reshape(-1), int(qtype), n_out, n_in)
-    for isa in _cpu.isa_available():
-        prev = _cpu.set_isa(isa)
-        try:
-            one = np.concatenate([op.forward(x[t : t + 1]) for t in range(len(x))])
-            for cpus in (CPUS, [CPUS[0]]):
-                _cpu.set_threads(cpus)
-                for T in (1, 3, 5, 64, 129):
-                    np.testing.assert_array_equal(op.forward(x[:T]), one[:T], err_msg=f"{isa} {T}")
-        finally:
-            _cpu.set_isa(prev)
+    prev = _cpu.set_isa(isa)
+    try:
+        one = np.concatenate([op.forward(x[t : t + 1]) for t in range(len(x))])
+        for cpus in (CPUS, [CPUS[0]]):
+            _cpu.set_threads(cpus)
+            for T in (1, 3, 5, 64, 129):
+                np.testing.assert_array_equal(op.forward(x[:T]), one[:T], err_msg=f"{isa} {T}")
+    finally:
+        _cpu.set_isa(prev)
 
 
 def test_linear_groups_are_per_head_matmuls():
@@ -215,40 +217,6 @@ def test_linear_forward_many_equals_each_op():
     other = _cpu.Linear(encode(Q.Q8_0, 4, 256, rng)[0].reshape(-1), int(Q.Q8_0), 4, 256)
     with pytest.raises(ValueError, match="input width"):
         _cpu.Linear.forward_many([ops[0], other], x)
-
-
-def test_warm_leaves_results_unchanged():
-    """Background warm-ups (decode's: the next matrix read by idle workers) are cancelled by
-    the next call, never change its result and never block it, with or without workers."""
-    rng = np.random.default_rng(6)
-    raw, _ = encode(Q.Q4_K, 256, 512, rng)
-    op = _cpu.Linear(raw.reshape(-1), int(Q.Q4_K), 256, 512)
-    big = _cpu.Linear(np.zeros((1 << 17) * 544, np.uint8), int(Q.Q8_0), 1 << 17, 512)  # 68 MiB
-    x = rng.standard_normal((1, 512)).astype(np.float32)
-    try:
-        for cpus in (CPUS, [CPUS[0]]):
-            _cpu.set_threads(cpus)
-            want = op.forward(x)
-            for max_bytes in (None, 0, 100, 1 << 40):
-                for w in (op, big):
-                    w.warm() if max_bytes is None else w.warm(max_bytes)
-                    np.testing.assert_array_equal(op.forward(x), want)
-            big.warm()
-            big.warm()  # a second warm-up replaces the first
-            np.testing.assert_array_equal(_cpu.Linear.forward_many([op, op], x)[1], want)
-    finally:
-        _cpu.set_threads(CPUS)
-    Linear(torch.zeros(4, 8)).warm()  # a float (device) weight: nothing to warm
-
-
-def test_warm_stops_before_its_bytes_go():
-    """An op dropped while idle workers read its bytes: the read stops before they are freed."""
-    for _ in range(20):
-        nbytes = (1 << 15) * 544  # 17 MiB of Q8_0 rows
-        op = _cpu.Linear(np.ones(nbytes, np.uint8), int(Q.Q8_0), 1 << 15, 512)
-        op.warm()
-        del op  # frees the only reference to the array
-        np.zeros(nbytes, np.uint8).fill(1)  # reuse the memory
 
 
 def test_linear_many_layer_adds_biases():
@@ -390,8 +358,9 @@ def test_moe_matches_torch(types, T):
     np.testing.assert_array_equal(op.forward(x, ids, w), y)
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("types", MOE_TYPES, ids=lambda t: "-".join(q.name for q in t))
-def test_moe_any_T_equals_token_by_token(types):
+def test_moe_any_T_equals_token_by_token(types, isa):
     """Tokens gathered per expert (vec_dot_n over token lists) give each token's output bit
     for bit as a call with that token alone, on every ISA."""
     rng = np.random.default_rng([5, *map(int, types)])
@@ -400,16 +369,15 @@ def test_moe_any_T_equals_token_by_token(types):
     op = _cpu.MoE(*([r.reshape(-1)] for r in raws), *map(int, types), E, Fd, D)
     x = rng.standard_normal((T, D)).astype(np.float32)
     ids, w = skewed_routing(T, E, k, rng)
-    for isa in _cpu.isa_available():
-        prev = _cpu.set_isa(isa)
-        try:
-            y = op.forward(x, ids, w)
-            for t in range(T):
-                np.testing.assert_array_equal(
-                    y[t], op.forward(x[t : t + 1], ids[t : t + 1], w[t : t + 1])[0], err_msg=isa
-                )
-        finally:
-            _cpu.set_isa(prev)
+    prev = _cpu.set_isa(isa)
+    try:
+        y = op.forward(x, ids, w)
+        for t in range(T):
+            np.testing.assert_array_equal(
+                y[t], op.forward(x[t : t + 1], ids[t : t + 1], w[t : t + 1])[0], err_msg=isa
+            )
+    finally:
+        _cpu.set_isa(prev)
 
 
 def test_moe_per_expert_tensors_equal_merged():
@@ -474,8 +442,8 @@ def test_experts_layer_from_gguf(tmp_path):
             for p, r, q, s in zip(("gate", "up", "down"), raws, types, shapes, strict=True)
         },
     )
-    ex = Experts.load(g, 0, E, D, Fd, torch.device("cpu"))
-    assert ex.op is not None and ex.gate is None
+    ex = Experts.load(g, 0, E, D, Fd)
+    assert ex.op is not None and ex.policy == "off"
     x = rng.standard_normal((T, D)).astype(np.float32)
     ids, w = skewed_routing(T, E, k, rng)
     y = ex(torch.from_numpy(x), torch.from_numpy(ids), torch.from_numpy(w))

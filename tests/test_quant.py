@@ -16,10 +16,11 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
+from isa_params import ISA_PARAMS
 
 from numoe import _cpu, kernels
 
-ISAS = _cpu.isa_available()
+ISAS = _cpu.isa_available()  # what the CPU has (ISA_PARAMS: every level, a skip where not)
 WEIGHT_TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q5_K, T.Q6_K]
 FLOAT_TYPES = {T.F32, T.F16, T.BF16}
 K_TYPES = {T.Q4_K, T.Q5_K, T.Q6_K}
@@ -143,7 +144,7 @@ def act_dequant(qtype, act, n):
 # ---- dequantize ----
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_dequantize_matches_gguf(qtype, isa):
     _cpu.set_isa(isa)
@@ -188,7 +189,7 @@ def activation_cases(rng, n):
     return x
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_quantize_q8_0_matches_reference(isa):
     _cpu.set_isa(isa)
     rng = np.random.default_rng(1)
@@ -201,7 +202,7 @@ def test_quantize_q8_0_matches_reference(isa):
     )
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_quantize_q8_K_matches_reference(isa):
     _cpu.set_isa(isa)
     rng = np.random.default_rng(2)
@@ -229,8 +230,9 @@ def test_float_activation_is_f32_bytes():
 REL = 2e-6
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
-def test_vec_dot(qtype):
+def test_vec_dot(qtype, isa):
     rng = np.random.default_rng(100 + int(qtype))
     n = 256 * 7 if qtype not in FLOAT_TYPES else 1000 + 37  # odd block counts: tails
     n_rows = 6
@@ -239,28 +241,26 @@ def test_vec_dot(qtype):
     act = _cpu.quantize_activation(int(qtype), x)
     a64 = act_dequant(qtype, act, n)
     x64 = x.astype(np.float64)
-    results = {}
-    for isa in ISAS:
-        _cpu.set_isa(isa)
-        results[isa] = np.array([_cpu.vec_dot(int(qtype), raw[r], act, n) for r in range(n_rows)])
-        assert np.array_equal(_cpu.vec_dot_rows(int(qtype), raw, act, n, n_rows), results[isa])
+    results = {}  # this level's, and the ones it is compared with
+    for level in dict.fromkeys(["scalar", *(["avx2"] if isa == "avx512" else []), isa]):
+        _cpu.set_isa(level)
+        results[level] = np.array([_cpu.vec_dot(int(qtype), raw[r], act, n) for r in range(n_rows)])
+        assert np.array_equal(_cpu.vec_dot_rows(int(qtype), raw, act, n, n_rows), results[level])
     for r in range(n_rows):
         w64 = gguf_dequantize(raw[r], qtype).astype(np.float64).ravel()
         ref = w64 @ a64
         scale = np.abs(w64 * a64).sum()
-        for isa in ISAS:
-            got = results[isa][r]
-            # 1) against the float64 dot of the dequantized operands
-            assert abs(got - ref) <= REL * scale, (isa, got, ref)
-            # 2) every ISA against the scalar path
-            if qtype in K_TYPES:
-                assert got == results["scalar"][r], isa  # integer sums, same float combine
-            else:  # SIMD lanes sum in another order than the scalar loop
-                assert abs(got - results["scalar"][r]) <= 2 * REL * scale, isa
-        if qtype == T.Q8_0 and "avx512" in ISAS:  # VNNI dots, the AVX2 float arithmetic
+        got = results[isa][r]
+        # 1) against the float64 dot of the dequantized operands
+        assert abs(got - ref) <= REL * scale, (isa, got, ref)
+        # 2) every ISA against the scalar path
+        if qtype in K_TYPES:
+            assert got == results["scalar"][r], isa  # integer sums, same float combine
+        else:  # SIMD lanes sum in another order than the scalar loop
+            assert abs(got - results["scalar"][r]) <= 2 * REL * scale, isa
+        if qtype == T.Q8_0 and isa == "avx512":  # VNNI dots, the AVX2 float arithmetic
             assert results["avx512"][r] == results["avx2"][r]
         # 3) against the unquantized activation: within the activation's quantization error
-        got = results[ISAS[-1]][r]
         exact = w64 @ x64
         if qtype in FLOAT_TYPES:
             bound = REL * np.abs(w64 * x64).sum()
@@ -289,7 +289,8 @@ def extreme_k_blocks(qtype, n: int) -> np.ndarray:
     return raw.ravel()
 
 
-def test_vec_dot_k_quants_extreme_values():
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_vec_dot_k_quants_extreme_values(isa):
     """All-max quants and the largest activations: the integer sums must not saturate."""
     n = 512
     x = np.full(n, 3.0, np.float32)
@@ -298,16 +299,15 @@ def test_vec_dot_k_quants_extreme_values():
         raw = extreme_k_blocks(qtype, n)
         act = _cpu.quantize_activation(int(qtype), x)
         ref = gguf_dequantize(raw, qtype).astype(np.float64).ravel() @ act_dequant(qtype, act, n)
-        for isa in ISAS:
-            _cpu.set_isa(isa)
-            got = _cpu.vec_dot(int(qtype), raw, act, n)
-            assert abs(got - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, got, ref)
+        _cpu.set_isa(isa)
+        got = _cpu.vec_dot(int(qtype), raw, act, n)
+        assert abs(got - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, got, ref)
 
 
 # ---- vec_dot_n (prefill: one weight row against several activations) ----
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_vec_dot_n_equals_vec_dot(qtype, isa):
     """Bit for bit vec_dot of the same ISA for every weight row and activation, for every
@@ -348,7 +348,8 @@ def test_vec_dot_n_equals_vec_dot(qtype, isa):
     )
 
 
-def test_vec_dot_n_k_quants_extreme_values():
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_vec_dot_n_k_quants_extreme_values(isa):
     """All-max quants against the largest activations: no int16/int32 saturation."""
     n = 256 * 5
     m = _cpu.VEC_DOT_N_MAX
@@ -359,12 +360,11 @@ def test_vec_dot_n_k_quants_extreme_values():
         raw = extreme_k_blocks(qtype, n)
         acts = np.concatenate([_cpu.quantize_activation(int(qtype), r) for r in x])
         w64 = gguf_dequantize(raw, qtype).astype(np.float64).ravel()
-        for isa in ISAS:
-            _cpu.set_isa(isa)
-            got = _cpu.vec_dot_n(int(qtype), raw, acts, n, list(range(m)))[:, 0]
-            for t in range(m):
-                ref = w64 @ act_dequant(qtype, acts.reshape(m, -1)[t], n)
-                assert abs(got[t] - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, t)
+        _cpu.set_isa(isa)
+        got = _cpu.vec_dot_n(int(qtype), raw, acts, n, list(range(m)))[:, 0]
+        for t in range(m):
+            ref = w64 @ act_dequant(qtype, acts.reshape(m, -1)[t], n)
+            assert abs(got[t] - ref) <= 1e-6 * abs(ref) + 1e-6, (qtype.name, isa, t)
 
 
 def test_vec_dot_n_bad_arguments():
