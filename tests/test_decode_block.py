@@ -81,8 +81,12 @@ def test_block_the_cpp_path_cannot_take_falls_back(tmp_path):
     assert model.blocks[1].decode_block() is None and model.cpp_blocks() == []
     assert model.blocks[0].decode_block() is not None
     assert not model.can_decode_cpp(model.new_cache(8))
-    with pytest.raises(ValueError, match="cannot run"):
+    with pytest.raises(ValueError, match="a block or the cache is not so"):
         model.forward(torch.tensor([1]), model.new_cache(8), 0, path="cpp")
+    with pytest.raises(ValueError, match="this call has 2 tokens"):
+        model.forward(torch.tensor([1, 2]), model.new_cache(8), 0, path="cpp")
+    with pytest.raises(ValueError, match="path must be"):
+        model.forward(torch.tensor([1]), model.new_cache(8), 0, path="python")
     biased = decode_logits(model, "auto")
     assert model.cpp_steps == 0  # "auto" took the Python blocks
     router.bias = torch.zeros(router.n_out)  # a zero bias gives the plain logits back

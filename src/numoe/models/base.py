@@ -91,10 +91,10 @@ class DecoderModel:
             raise ValueError(f"path must be 'auto', 'torch' or 'cpp', got {path!r}")
         cpp = path != "torch" and T == 1 and self.can_decode_cpp(cache)
         if path == "cpp" and not cpp:
+            why = f"this call has {T} tokens" if T != 1 else "a block or the cache is not so"
             raise ValueError(
-                "the C++ decode blocks take one token on CPU float32 ops and caches; "
-                f"this call has {T} tokens"
-                + ("" if T != 1 else " and a block or cache they cannot run")
+                "path='cpp': the C++ decode blocks take one token on CPU float32 ops and "
+                f"caches; {why}"
             )
         self.runtime.activate(T)
         dev = self.placement.dense
