@@ -125,6 +125,9 @@ def main() -> None:
     x = rng.standard_normal(a.cols).astype(np.float32)
     isas = _cpu.isa_available()
     cols = [(isa, nt) for nt in a.threads for isa in isas]
+    from numoe.bench import cpu_simd_flags
+
+    print(f"CPU flags: {' '.join(cpu_simd_flags())}; numoe's ISA at start: {_cpu.isa()}")
     print(f"{a.rows} x {a.cols}, GB/s of weight bytes (best of {a.reps}), ISA/threads")
     print(f"{'type':6} {'MB':>7} " + " ".join(f"{f'{i}/{nt}':>9}" for i, nt in cols))
     prev = _cpu.isa()

@@ -8,10 +8,12 @@ alternating in one process (medians and ratios: this machine's bandwidth drifts 
 
     python benchmarks/decode_profile.py -m model.gguf [-n 64] [-t 2] [--compare] [-r 4]
 
---compare toggles (monkeypatched here, for the measurement only):
-  all        numoe as it ships: one C++ call per block (DecodeBlock)
-  py-blocks  the Python block loop (each op called from Python), as the modes below
-  no-warm    Linear.warm does nothing: no weights read by idle workers between ops
+--compare modes (the decode path through model.forward(path=...), the rest monkeypatched here
+for the measurement only):
+  all        numoe as it ships: path "auto" (one C++ call per block, DecodeBlock, where
+             the model can; the table says how many steps took it)
+  py-blocks  path "torch": the Python block loop (each op called from Python), as the modes
+             below
   torch-attn one token's attention (GQA or MLA: norms, ropes, cache store, softmax(qK)V) by
              torch instead of numoe._cpu.gqa_decode / mla_decode
   torch-ops  torch-attn, and RMS norm (also after the residual add), rotary embedding,
@@ -28,13 +30,13 @@ from collections import defaultdict
 import torch.nn.functional as F
 
 from numoe import _cpu, cache
-from numoe.bench import Test, run_test
+from numoe.bench import Test, isa_line, run_test
 from numoe.gguf import open_gguf
 from numoe.layers import attention, ffn, linear, mla, moe, norms, rope
 from numoe.models import base, load
-from numoe.placement import Placement
-from numoe.pool import set_threads
-from numoe.roofline import read_bandwidth
+from numoe.roofline import token_bytes
+from numoe.runtime.bandwidth import read_bandwidth
+from numoe.runtime.settings import Runtime
 
 LINEAR_USERS = (attention, mla, ffn, moe)  # modules that call linear_many
 NORM_USERS = (attention, mla)  # modules that call rms_norm (base: add_rms_norm)
@@ -49,6 +51,16 @@ def type_name(type_id: int) -> str:
     from gguf import GGMLQuantizationType
 
     return GGMLQuantizationType(type_id).name
+
+
+def set_path(model, path: str) -> None:
+    """Make every forward of `model` take `path` ("auto", "torch", "cpp"): the engine's
+    Session calls model.forward without one."""
+    real = type(model).forward
+    if path == "auto":
+        model.__dict__.pop("forward", None)
+    else:
+        model.forward = lambda *a, **k: real(model, *a, **{**k, "path": path})
 
 
 def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
@@ -89,10 +101,10 @@ def profile(model, n_vocab: int, n: int) -> tuple[float, dict]:
         run_test(model, Test(512, 0), n_vocab, 512, 1, warmup=False)
         run_test(model, Test(0, 8), n_vocab, 512, 1, warmup=False)
         on[0] = True
-        model._steps = []  # the Python block loop: each op timed from Python
+        set_path(model, "torch")  # the Python block loop: each op timed from Python
         total = run_test(model, Test(0, n), n_vocab, 512, 1, warmup=False)[0]
     finally:
-        model._steps = None
+        set_path(model, "auto")
         linear.Linear.__call__, moe.Experts.__call__ = call, experts
         for m in LINEAR_USERS:
             m.linear_many = many
@@ -127,9 +139,8 @@ def torch_add_rms_norm(x, y, w, eps):
 
 
 def set_features(model, mode: str, saved: dict) -> None:
-    """'all', 'py-blocks', 'no-warm', 'torch-attn' or 'torch-ops' (the module docstring)."""
-    model._steps = None if mode == "all" else []  # [] means no C++ blocks (base.py)
-    linear.Linear.warm = saved["warm"] if mode != "no-warm" else (lambda self, *a: None)
+    """'all', 'py-blocks', 'torch-attn' or 'torch-ops' (the module docstring)."""
+    set_path(model, "auto" if mode == "all" else "torch")
     torch_ops = mode == "torch-ops"
     torch_attn = torch_ops or mode == "torch-attn"
     cache._Cache.numpy_layer = (lambda self, layer: None) if torch_attn else saved["numpy_layer"]
@@ -155,15 +166,18 @@ def main() -> None:
     args = ap.parse_args()
 
     probe = read_bandwidth()
-    if args.threads:
-        set_threads(args.threads)
     g = open_gguf(args.model)
-    cfg, model = load(g, Placement.parse("cpu"))
+    rt = Runtime.create(threads=args.threads)
+    cfg, model = load(g, runtime=rt)
     bw = probe.gbps
     how = "cached" if probe.cached else "measured"
+    tb = token_bytes(g, getattr(cfg, "n_expert_used", 0) or 0, getattr(cfg, "n_expert", 0) or 0)
     print(
-        f"{args.model}: read bandwidth {bw:.1f} GB/s ({probe.threads} threads, {how} {probe.measured})"
+        f"{args.model}: read bandwidth {bw:.1f} GB/s ({probe.threads} threads, {how} "
+        f"{probe.measured}); numoe {rt}"
     )
+    print(f"weights read per token: {tb.describe()}")
+    print(isa_line())
 
     per_tok, ops = profile(model, cfg.n_vocab, args.n_gen)
     print(f"\ndecode: {per_tok * 1e3:.2f} ms/token ({1 / per_tok:.2f} tok/s), {args.n_gen} steps")
@@ -178,7 +192,6 @@ def main() -> None:
 
     if args.compare:
         saved = {
-            "warm": linear.Linear.warm,
             "rms_norm": norms.rms_norm,
             "rope": rope.Rope.apply,
             "numpy_layer": cache._Cache.numpy_layer,
@@ -187,19 +200,26 @@ def main() -> None:
             "route": moe.route,
             "linear_many": linear.linear_many,
         }
-        modes = ["all", "py-blocks", "no-warm", "torch-attn", "torch-ops"]
+        modes = ["all", "py-blocks", "torch-attn", "torch-ops"]
         res = {m: [] for m in modes}
         test = Test(0, args.n_gen)
+        cpp = {m: [0, 0] for m in modes}  # decode steps through the C++ blocks, all steps
         for _ in range(args.reps):
             for m in modes:
                 set_features(model, m, saved)
+                c0 = model.cpp_steps
                 res[m] += [args.n_gen / s for s in run_test(model, test, cfg.n_vocab, 512, 2)]
+                cpp[m][0] += model.cpp_steps - c0
+                cpp[m][1] += 3 * args.n_gen  # the warm-up run and 2 timed
         set_features(model, "all", saved)
         ref = statistics.median(res["all"])
         print(f"\ntg{args.n_gen}, medians of {2 * args.reps} runs, alternating:")
         for m in modes:
             v = statistics.median(res[m])
-            print(f"  {m:10} {v:7.2f} tok/s  x{v / ref:.3f} of all")
+            print(
+                f"  {m:10} {v:7.2f} tok/s  x{v / ref:.3f} of all  ({cpp[m][0]} of {cpp[m][1]} "
+                "steps through the C++ blocks)"
+            )
 
 
 if __name__ == "__main__":

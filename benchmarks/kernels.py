@@ -34,7 +34,7 @@ from gguf import GGMLQuantizationType as Q
 
 from numoe import _cpu
 from numoe.kernels import quant_type
-from numoe.roofline import largest_cache
+from numoe.runtime.machine import largest_cache
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
@@ -180,13 +180,16 @@ def main() -> None:
         help="T values: 1 = the decode table, T > 1 = a prefill table each",
     )
     args = ap.parse_args()
-    from numoe.topology import Topology, thread_plan
+    from numoe.runtime.numa import plan_threads
+    from numoe.runtime.topology import Topology
 
     topo = Topology.read()
     rng = np.random.default_rng(0)
     total = args.mib << 20
-    print(f"numoe kernels; ISA {_cpu.isa()}; CPUs {cpus}; medians of {args.reps}")
-    plans = {n: thread_plan(topo, n) for n in args.threads}
+    from numoe.bench import isa_line
+
+    print(f"numoe kernels; CPUs {cpus}; medians of {args.reps}; {isa_line()}")
+    plans = {n: plan_threads(topo, n).groups for n in args.threads}
     if 1 in args.tokens:
         decode_table(args, plans, total, rng)
     for T in args.tokens:

@@ -360,7 +360,8 @@ def main() -> None:
         peer_worker(a.peer_worker)
         return
 
-    from numoe import _cpu, pool
+    from numoe import _cpu
+    from numoe.runtime import pool
 
     threads = pool.set_threads(a.threads)
     kt_threads = a.kt_threads or sorted({threads, 1}, reverse=True)
@@ -442,6 +443,9 @@ def main() -> None:
         f"({total_gb:.1f} GB per engine); numoe {threads} threads, ISA {_cpu.isa()}; "
         f"{a.rounds} interleaved rounds; load average {load0:.1f} -> {load1:.1f}"
     )
+    from numoe.bench import isa_line
+
+    print(isa_line())
     if peers:
         info = next(iter(peers.values())).info
         print(

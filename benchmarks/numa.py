@@ -37,21 +37,20 @@ def status_bytes(key: str) -> int:
 def one(path: Path, policy: str, nodes: str, threads: int | None, n_pp: int, n_tg: int, reps: int):
     import torch
 
-    from numoe import _cpu, numa, pool
+    from numoe import _cpu
     from numoe.engine import Session
     from numoe.gguf import open_gguf
     from numoe.models import load
-    from numoe.placement import Placement
+    from numoe.runtime import numa
+    from numoe.runtime.settings import Runtime
     from numoe.sampling import Sampler, SamplingParams
-    from numoe.topology import Topology
 
     nodes_list = numa.parse_numa_nodes(nodes) if nodes else None
-    plan = numa.plan_threads(Topology.read(), threads, nodes_list)
-    pool.set_plan(plan)
-    numa.set_active(plan, numa.resolve_policy(policy, plan))
+    rt = Runtime.create(threads=threads, numa_nodes=nodes_list, numa=policy)
+    plan = rt.plan
     rss0 = status_bytes("VmRSS")
     t0 = time.perf_counter()
-    cfg, model = load(open_gguf(path), Placement.parse("cpu"))
+    cfg, model = load(open_gguf(path), runtime=rt)
     load_s = time.perf_counter() - t0
     toks = torch.randint(100, cfg.n_vocab, (n_pp,), generator=torch.Generator().manual_seed(0))
     toks = toks.tolist()
@@ -68,6 +67,8 @@ def one(path: Path, policy: str, nodes: str, threads: int | None, n_pp: int, n_t
             tg.append(s2.timings.gen_tps)
     out = {
         "policy": policy,
+        "resolved": rt.policy.name,
+        "isa": _cpu.isa(),
         "threads": plan.threads,
         "groups": len(plan.groups),
         "load_s": load_s,
@@ -97,8 +98,8 @@ def child(a, policy: str, nodes: str, threads: int | None) -> dict | None:
 
 
 def sweep(a) -> None:
-    from numoe import numa
-    from numoe.topology import Topology
+    from numoe.runtime import numa
+    from numoe.runtime.topology import Topology
 
     cores = numa.plan_threads(Topology.read(), None, None).threads  # the default: all cores
     print(f"{a.model.name}: thread sweep, policy off, default plan", flush=True)
@@ -136,11 +137,15 @@ def main() -> None:
         r = one(a.model, a.one, a.numa_nodes, a.threads, a.pp, a.tg, a.reps)
         print("RESULT " + json.dumps(r), flush=True)
         return
+    from numoe.bench import isa_line
+
     if a.sweep:
+        print(isa_line(), flush=True)
         sweep(a)
         return
     size = a.model.stat().st_size
     print(f"{a.model.name}: {size / 2**30:.2f} GiB, --numa-nodes {a.numa_nodes}", flush=True)
+    print(isa_line(), flush=True)
     print(
         f"{'policy':>10} {'load s':>7} {'pp tok/s':>9} {'tg tok/s':>9} {'RSS +GiB':>9} "
         f"{'peak GiB':>9} {'node mem GiB':>13}",
@@ -150,8 +155,9 @@ def main() -> None:
         r = child(a, policy, a.numa_nodes, a.threads)
         if r is None:
             continue
+        name = policy if r["resolved"] == policy else f"{policy}->{r['resolved']}"
         print(
-            f"{policy:>10} {r['load_s']:7.1f} {r['pp']:9.1f} {r['tg']:9.2f} "
+            f"{name:>10} {r['load_s']:7.1f} {r['pp']:9.1f} {r['tg']:9.2f} "
             f"{r['rss'] / 2**30:9.2f} {r['peak'] / 2**30:9.2f} {r['allocated'] / 2**30:13.2f}",
             flush=True,
         )

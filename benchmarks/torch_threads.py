@@ -8,22 +8,26 @@ drift hits every setting alike).
 numoe's pool threads are pinned and spin briefly after each op; torch's OpenMP threads also
 spin after each parallel region. When both pools have N threads on N cores, the two spin
 on each other's cores between the many small ops of a decode step. The policy numoe uses
-(numoe.pool.torch_threads) comes from this benchmark: see docs/architecture.md.
+(Runtime.torch_threads_decode / torch_threads_prefill, numoe.runtime.settings) comes from this
+benchmark: see docs/architecture.md. Each setting is a Runtime with those two fields changed,
+which the model applies at its next forward. The decode steps take numoe's default path
+(the C++ decode blocks where the model can: torch then runs only the embedding and head).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 
 import torch
 
-from numoe import pool
+from numoe.bench import isa_line
 from numoe.engine import Session
 from numoe.gguf import open_gguf
 from numoe.models import load
-from numoe.placement import Placement
+from numoe.runtime.settings import Runtime
 from numoe.sampling import Sampler, SamplingParams
 
 
@@ -48,20 +52,31 @@ def main() -> None:
     ap.add_argument("-r", "--reps", type=int, default=3)
     a = ap.parse_args()
 
-    n = pool.set_threads(a.threads)
-    cfg, model = load(open_gguf(a.model), Placement.parse("cpu"))
+    rt = Runtime.create(threads=a.threads)
+    n = rt.threads
+    cfg, model = load(open_gguf(a.model), runtime=rt)
     settings = sorted({1, max(1, n // 2), n})
     res: dict[tuple[int, int], list[float]] = {(d, p): [] for d in settings for p in (0, 1)}
-    pool.set_torch_threads(decode=n, prefill=n)
+
+    def torch_threads(tt: int) -> Runtime:
+        return dataclasses.replace(rt, torch_threads_decode=tt, torch_threads_prefill=tt)
+
+    model.runtime = torch_threads(n)
     run_once(model, cfg.n_vocab, min(a.n_prompt, 64), 8)  # warm-up
+    steps0 = model.cpp_steps
     for r in range(a.reps):
         for tt in settings if r % 2 == 0 else reversed(settings):
-            pool.set_torch_threads(decode=tt, prefill=tt)
+            model.runtime = torch_threads(tt)
             pp, tg = run_once(model, cfg.n_vocab, a.n_prompt, a.n_gen)
             res[(tt, 0)].append(pp)
             res[(tt, 1)].append(tg)
             print(f"rep {r} torch threads {tt}: pp {pp:.2f} tg {tg:.2f}", file=sys.stderr)
-    print(f"\n{a.model}: numoe pool {n} threads; torch intra-op threads varied\n")
+    cpp = model.cpp_steps - steps0
+    print(
+        f"\n{a.model}: numoe pool {n} threads ({rt}); torch intra-op threads varied; "
+        f"{cpp} of {a.reps * len(settings) * a.n_gen} decode steps through the C++ blocks"
+    )
+    print(isa_line() + "\n")
     print(f"| torch threads | pp{a.n_prompt} t/s | tg{a.n_gen} t/s |")
     print("|---:|---:|---:|")
     for tt in settings:

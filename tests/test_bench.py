@@ -1,7 +1,8 @@
 """numoe bench / tune on a tiny synthetic model: the documented columns, consistent values
 (GB/s = bytes per token x t/s, % of the probe), json and csv that parse, bytes per token
-against a hand count, the probe cache, tune writing the config file the others read, and
-the load and reply feedback."""
+against a hand count and its split, the read-bandwidth probe beside each tg test (or one
+cached figure and its age), the '!' on a % over 100, the ISA, the probe cache, tune writing
+the config file the others read, and the load and reply feedback."""
 
 from __future__ import annotations
 
@@ -13,47 +14,64 @@ import statistics
 
 import pytest
 
-from numoe import bench, pool, roofline
+from numoe import _cpu, bench, roofline
 from numoe.cli import main
 from numoe.gguf import open_gguf
 from numoe.models import load
-from numoe.placement import Placement
 from numoe.progress import LoadProgress
+from numoe.runtime import bandwidth, pool
 from numoe.synth import preset_config, synth
 
-PROBE_GBPS = 8.0  # the read bandwidth the tests' probe cache holds
+PROBE_GBPS = 8.0  # the read bandwidth the tests' probe cache holds and their probe measures
 
 MD_HEADER = [
-    "model", "size", "params", "quant", "threads", "numa", "test", "t/s", "GB/s", "% bw",
-    "peak RSS", "per node",
+    "model", "size", "params", "quant", "threads", "numa", "test", "t/s", "GB/s", "exp GB/s",
+    "% bw", "peak RSS", "per node",
 ]  # fmt: skip
 LLAMA_BENCH = {
     "model_filename", "model_size", "model_n_params", "n_threads", "n_prompt", "n_gen",
     "n_depth", "avg_ts", "stddev_ts", "samples_ts",
 }  # fmt: skip
-NUMOE_OWN = {"bytes_per_token", "gbps", "bw_pct", "peak_rss_bytes", "numa", "bytes_per_node"}
+NUMOE_OWN = {
+    "bytes_per_token", "gbps", "bw_pct", "peak_rss_bytes", "numa", "bytes_per_node", "n_layer",
+    "bytes_per_token_routed", "bytes_per_token_other", "bytes_per_token_head", "routed_gbps",
+    "read_bw_how", "read_bw_samples", "read_bw_age_s", "bw_over_100", "isa",
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
-def probe_cache(tmp_path, monkeypatch):
-    """A cached probe of PROBE_GBPS for this machine; measuring is not allowed unless a test
-    replaces measure_read_bandwidth itself. The config file: tmp_path/config.toml."""
-    from numoe.numa import plan_threads
-    from numoe.topology import Topology
+def probes(tmp_path, monkeypatch):
+    """A cached probe of PROBE_GBPS for this machine, and a fake measurement (no 1 s probe in
+    the tests) returning PROBE_GBPS; the list it yields gets one entry per measurement. A test
+    may set probes.values to a list of figures to return in turn. The config file:
+    tmp_path/config.toml."""
+    from numoe.runtime.numa import plan_threads
+    from numoe.runtime.topology import Topology
 
     monkeypatch.setenv("NUMOE_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("NUMOE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    key = roofline.machine_key(plan_threads(Topology.read()).threads)
+    key = bandwidth.machine_key(plan_threads(Topology.read()).threads)
     entry = {"gbps": PROBE_GBPS, "bytes": 1 << 20, "measured": "then"}
-    (tmp_path / "cache" / roofline.PROBE_FILE).write_text(json.dumps({key: entry}))
+    (tmp_path / "cache" / bandwidth.PROBE_FILE).write_text(json.dumps({key: entry}))
 
-    def refuse(*a, **k):
-        raise AssertionError("the probe ran although a cached figure exists")
+    calls = Calls()
 
-    monkeypatch.setattr(roofline, "measure_read_bandwidth", refuse)
-    yield
+    def fake(nbytes=None):
+        calls.append(nbytes)
+        return calls.values.pop(0) if calls.values else PROBE_GBPS
+
+    monkeypatch.setattr(bandwidth, "measure_read_bandwidth", fake)
+    yield calls
     pool.set_threads(None)
+
+
+class Calls(list):
+    values: list[float]
+
+    def __init__(self):
+        super().__init__()
+        self.values = []
 
 
 def _json_rows(capsys, *flags) -> list[dict]:
@@ -81,7 +99,13 @@ def test_md_table_has_the_documented_columns(tiny_model, capsys):
     # printed with 2 and 1 decimals: allow for both roundings
     assert float(tg["% bw"]) == pytest.approx(100 * gbps / PROBE_GBPS, abs=0.05 + 0.5 / PROBE_GBPS)
     assert rows[0]["GB/s"] == "-" and rows[0]["% bw"] == "-"
-    assert f"read bandwidth: {PROBE_GBPS:.2f} GB/s" in out and "cached" in out
+    exp = float(tg["exp GB/s"])
+    assert 0 < exp < gbps
+    assert "read bandwidth: probed just before and just after each tg test" in out
+    assert "!" not in tg["% bw"] and "over 100 %" not in out
+    assert "tiny-v2-q4_k_m.gguf: deepseek2 " in out and ", 2 layers, " in out
+    assert "routed experts " in out and " + output head " in out
+    assert f"ISA {_cpu.isa()} " in out and "CPU flags: " in out
 
 
 def test_md_columns_line_up_with_a_long_file_name(tiny_model, capsys, tmp_path):
@@ -113,16 +137,29 @@ def test_json_rows_are_consistent(tiny_model, capsys):
         assert r["bytes_per_token"] == roofline.bytes_per_token(g, cfg.n_expert_used, cfg.n_expert)
         assert 0 < r["model_n_params_active"] < r["model_n_params"]
         assert r["peak_rss_bytes"] > r["model_size"]
-        assert r["numa"] == "off" and r["read_bw_gbps"] == PROBE_GBPS
+        assert r["numa"] == "off"
+        assert r["n_layer"] == cfg.n_layer and r["isa"] == _cpu.isa()
+        split = roofline.token_bytes(g, cfg.n_expert_used, cfg.n_expert)
+        assert (r["bytes_per_token_routed"], r["bytes_per_token_other"]) == (
+            split.routed, split.other
+        )  # fmt: skip
+        assert r["bytes_per_token_head"] == split.head > 0
+        assert split.routed + split.other + split.head == r["bytes_per_token"]
         per_node = r["bytes_per_node"]
         assert per_node and all(
             v > 0 and (k.isdigit() or k == "unknown node") for k, v in per_node.items()
         )
         if r["n_gen"]:
             assert r["gbps"] == pytest.approx(r["bytes_per_token"] * r["avg_ts"] / 1e9)
+            assert r["routed_gbps"] == pytest.approx(split.routed * r["avg_ts"] / 1e9)
+            assert r["read_bw_gbps"] == PROBE_GBPS and r["read_bw_how"] == "beside"
+            assert r["read_bw_samples"] == [PROBE_GBPS, PROBE_GBPS]
             assert r["bw_pct"] == pytest.approx(100 * r["gbps"] / PROBE_GBPS)
+            assert r["bw_over_100"] is False and r["read_bw_age_s"] == 0.0
         else:
-            assert r["gbps"] is None and r["bw_pct"] is None
+            assert r["gbps"] is None and r["bw_pct"] is None and r["routed_gbps"] is None
+            assert r["read_bw_gbps"] is None and r["read_bw_samples"] == []
+            assert r["bw_over_100"] is None and r["read_bw_how"] is None
 
 
 def test_depth(tiny_model, capsys, monkeypatch):
@@ -133,9 +170,9 @@ def test_depth(tiny_model, capsys, monkeypatch):
     calls = []  # (tokens, position) of every forward
     real = base.DecoderModel.forward
 
-    def spy(self, tokens, cache, pos, n_logits=None):
+    def spy(self, tokens, cache, pos, n_logits=None, **kw):
         calls.append((int(tokens.shape[0]), pos))
-        return real(self, tokens, cache, pos, n_logits)
+        return real(self, tokens, cache, pos, n_logits, **kw)
 
     monkeypatch.setattr(base.DecoderModel, "forward", spy)
     rows = _json_rows(capsys, "-m", tiny_model, "-p", "4", "-n", "3", "-d", "0,8", "-r", "1")
@@ -206,26 +243,86 @@ def test_bytes_per_token_hand_count_deepseek2_q8_0(tmp_path):
     assert active == total - routed_params * (E - k) // E
 
 
+def test_the_probe_runs_beside_each_tg_test(tiny_model, capsys, probes):
+    """Default: one probe just before and one just after each tg test (a probe with no test
+    since is reused as the next one's before), each tg row against the larger of its two."""
+    probes.values = [10.0, 20.0, 30.0, 5.0]
+    rows = _json_rows(capsys, "-m", tiny_model, "-p", "8", "-n", "4,6", "-r", "1", "-t", "1")
+    assert [r["test"] for r in rows] == ["pp8", "tg4", "tg6"]
+    assert len(probes) == 3  # before tg4, after tg4 = before tg6, after tg6
+    tg4, tg6 = rows[1], rows[2]
+    assert tg4["read_bw_samples"] == [10.0, 20.0] and tg4["read_bw_gbps"] == 20.0
+    assert tg6["read_bw_samples"] == [20.0, 30.0] and tg6["read_bw_gbps"] == 30.0
+    for r in (tg4, tg6):
+        assert r["bw_pct"] == pytest.approx(100 * r["gbps"] / r["read_bw_gbps"])
+    assert rows[0]["read_bw_samples"] == []
+
+
+def test_probe_once_uses_the_cached_figure_and_states_its_age(tiny_model, capsys, probes):
+    argv = ["bench", "-m", tiny_model, "-p", "0", "-n", "4", "-r", "1", "-t", "1"]
+    assert main([*argv, "--probe-once"]) == 0
+    out = capsys.readouterr().out
+    assert probes == []  # the cached figure, no measurement
+    assert f"read bandwidth: {PROBE_GBPS:.2f} GB/s" in out and "cached then" in out
+    assert main([*argv, "--probe-once", "-o", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["read_bw_how"] == "cached" and row["read_bw_samples"] == [PROBE_GBPS]
+    assert row["read_bw_age_s"] is None  # 'then' is no time
+    assert main([*argv, "--probe-once", "--probe", "-o", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert len(probes) == 1 and row["read_bw_how"] == "measured"
+    assert 0 <= row["read_bw_age_s"] < 600
+    assert main([*argv, "--probe-once"]) == 0  # the figure just measured is cached now
+    out = capsys.readouterr().out
+    assert len(probes) == 1 and " old at the last tg test" in out
+
+
+def test_a_figure_over_100_percent_is_flagged(tiny_model, capsys, probes):
+    probes.values = [1e-6, 1e-6]  # a probe far below what the decode reads
+    assert main(["bench", "-m", tiny_model, "-p", "0", "-n", "4", "-r", "1", "-t", "1"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("| tiny")]
+    pct = [c.strip() for c in line.strip("|").split("|")][MD_HEADER.index("% bw")]
+    assert pct.endswith("!") and float(pct[:-1]) > 100
+    notes = [ln for ln in out.splitlines() if ln.startswith("! ")]
+    assert len(notes) == 1 and "1 row(s) over 100 %" in notes[0]
+    assert "probe is stale" in notes[0] and "undercount" in notes[0]
+    probes.values = [1e-6, 1e-6]
+    (row,) = _json_rows(capsys, "-m", tiny_model, "-p", "0", "-n", "4", "-r", "1", "-t", "1")
+    assert row["bw_over_100"] is True and row["bw_pct"] > 100
+
+
+def test_cpu_simd_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx_vnni amx_tile\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert bench.cpu_simd_flags(str(info)) == [
+        "amx_tile", "avx", "avx2", "avx512bw", "avx512f", "avx_vnni", "fma"
+    ]  # fmt: skip
+    assert bench.cpu_simd_flags(str(tmp_path / "missing")) == []
+    assert bench.isa_line().startswith(f"ISA {_cpu.isa()} ")
+
+
 def test_probe_is_cached_per_machine_and_probe_flag_redoes_it(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda n=None: calls.append(n) or 5.0)
-    p = roofline.read_bandwidth()
+    monkeypatch.setattr(bandwidth, "measure_read_bandwidth", lambda n=None: calls.append(n) or 5.0)
+    p = bandwidth.read_bandwidth()
     assert p.cached and p.gbps == PROBE_GBPS and calls == []
-    p = roofline.read_bandwidth(refresh=True)
+    p = bandwidth.read_bandwidth(refresh=True)
     assert not p.cached and p.gbps == 5.0 and len(calls) == 1
-    again = roofline.read_bandwidth()
+    again = bandwidth.read_bandwidth()
     assert again.cached and again.gbps == 5.0 and len(calls) == 1
     assert again.key == p.key and f"{p.threads} threads" in p.key
-    table = json.loads((tmp_path / "cache" / roofline.PROBE_FILE).read_text())
+    table = json.loads((tmp_path / "cache" / bandwidth.PROBE_FILE).read_text())
     assert table[p.key]["gbps"] == 5.0
     monkeypatch.setenv("NUMOE_CACHE", str(tmp_path / "elsewhere"))  # a new machine: measure
-    assert not roofline.read_bandwidth().cached and len(calls) == 2
+    assert not bandwidth.read_bandwidth().cached and len(calls) == 2
 
 
 def test_the_probe_measures_something():
-    from numoe import roofline as r
-
-    gbps = r._best_rate(__import__("numpy").full(8 << 20, 1, "uint8"), 0.0, 2)
+    gbps = bandwidth._best_rate(__import__("numpy").full(8 << 20, 1, "uint8"), 0.0, 2)
     assert math.isfinite(gbps) and gbps > 0.05
 
 
@@ -296,7 +393,7 @@ def test_load_progress(tiny_model, tty):
     stream = io.StringIO()
     prog = LoadProgress(g, "m.gguf", stream=stream, tty=tty)
     g.on_tensor = prog
-    load(g, Placement.parse("cpu"))
+    load(g)
     prog.finish("numoe: loaded m.gguf")
     text = stream.getvalue()
     assert prog.seen and len(prog.seen) <= len(g.tensors)

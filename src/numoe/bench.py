@@ -15,13 +15,25 @@ What no other tool reports, per row:
 - ``bytes_per_token``: weight bytes one decoded token reads, at stored sizes
   (numoe.roofline.bytes_per_token);
 - ``gbps`` = bytes_per_token x avg_ts / 1e9: the decode bandwidth reached (tg rows; none for
-  pp rows, where one read of the weights serves a whole chunk);
+  pp rows, where one read of the weights serves a whole chunk); the table's "exp GB/s" is
+  ``routed_gbps``, the routed experts' share of it;
 - ``bw_pct`` = gbps / read_bw_gbps x 100, against the machine's read bandwidth
-  (numoe.roofline.read_bandwidth, a cached ~1 s probe);
+  (numoe.runtime.bandwidth: a ~1 s probe). The bandwidth of a shared machine drifts within
+  minutes, so by default the probe runs just before and just after each tg test and the row
+  is set against the larger of the two (``read_bw_how`` "beside", ``read_bw_samples``); with
+  --probe-once one figure serves the whole run (cached per machine, or measured at the start
+  with --probe) and ``read_bw_age_s`` says how old it was when the test ended. A ``bw_pct``
+  over 100 (``bw_over_100``; '!' in the table) is not a result: the probe is stale or ran
+  under other load, or bytes_per_token undercounts what a token reads;
+- ``n_layer`` and ``bytes_per_token_routed`` / ``_other`` / ``_head``: the layer count and
+  bytes_per_token split into the k routed experts of each MoE layer, the rest of the blocks
+  (and the embedding row), and the output head (numoe.roofline.token_bytes);
+  ``routed_gbps`` = the routed experts' bytes x avg_ts / 1e9 (tg rows);
+- ``isa``: the SIMD level numoe's kernels ran with (numoe._cpu.isa());
 - ``peak_rss_bytes``: the process's peak resident memory while the setting of the row ran (the
   peak is reset before each setting where the kernel allows it: /proc/self/clear_refs);
 - ``bytes_per_node``: where the weights are, NUMA node -> bytes (pages of the memory map per
-  node, numoe.numa_mem.placement, plus the node buffers of --numa shard/replicate).
+  node, numoe.runtime.memory.placement, plus the node buffers of --numa shard/replicate).
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import resource
 import statistics
@@ -40,10 +51,11 @@ from pathlib import Path
 import gguf
 import torch
 
-from . import __version__
+from . import __version__, _cpu
 from .engine import Session
 from .progress import size
-from .roofline import bytes_per_token, n_params, proc_bytes
+from .roofline import TokenBytes, n_params, token_bytes
+from .runtime.machine import cpu_model, proc_bytes
 
 # JSON/CSV fields in order: llama-bench's names where one exists, then numoe's own.
 FIELDS = (
@@ -53,6 +65,8 @@ FIELDS = (
     # numoe's own
     "test", "quant", "model_n_params_active", "numa", "bytes_per_token", "gbps",
     "read_bw_gbps", "bw_pct", "peak_rss_bytes", "bytes_per_node",
+    "n_layer", "bytes_per_token_routed", "bytes_per_token_other", "bytes_per_token_head",
+    "routed_gbps", "read_bw_how", "read_bw_samples", "read_bw_age_s", "bw_over_100", "isa",
 )  # fmt: skip
 
 
@@ -112,7 +126,15 @@ class ModelInfo:
     size: int  # bytes of tensor data (llama-bench's model_size)
     n_params: int
     n_params_active: int  # per token: k of the E routed experts, everything else
-    bytes_per_token: int
+    token_bytes: TokenBytes  # weight bytes per decoded token: routed / other / head
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.token_bytes.total
+
+    @property
+    def n_layer(self) -> int:
+        return self.token_bytes.n_layer
 
     @classmethod
     def of(cls, g, cfg) -> ModelInfo:
@@ -125,7 +147,7 @@ class ModelInfo:
             size=sum(t.nbytes for t in g.tensors.values()),
             n_params=total,
             n_params_active=active,
-            bytes_per_token=bytes_per_token(g, k, e),
+            token_bytes=token_bytes(g, k, e),
         )
 
     @property
@@ -175,12 +197,6 @@ def run_test(
 # --- memory --------------------------------------------------------------------------------
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now (file-backed pages of the weights included)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where refused."""
     try:
@@ -201,7 +217,7 @@ def bytes_per_node(g) -> dict[str, int]:
     """Where the weights are: {"0": bytes, ...} (JSON keys), memory-map pages resident per node
     plus the node buffers numoe allocated (--numa shard/replicate); "unknown node" when the
     kernel does not say. Pages not resident are left out."""
-    from .numa_mem import NOT_RESIDENT, node_allocated, placement
+    from .runtime.memory import NOT_RESIDENT, node_allocated, placement
 
     out: dict[str, int] = {}
     try:
@@ -214,20 +230,83 @@ def bytes_per_node(g) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(6))))
 
 
-# --- rows ----------------------------------------------------------------------------------
+# --- the machine ---------------------------------------------------------------------------
+
+SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512", "amx")  # prefixes
 
 
-def cpu_info() -> str:
+def cpu_simd_flags(path: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's SIMD flags that decide numoe's kernels (avx2, fma, avx512*, avx_vnni, amx*),
+    from the first 'flags' line of /proc/cpuinfo; [] when unknown."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        with open(path) as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
     except OSError:
-        pass
-    import platform
+        return []
+    flags = line.split(":", 1)[1].split() if ":" in line else []
+    return sorted(
+        {f for f in flags if f in SIMD_FLAGS or f.startswith(("avx512", "amx", "avx_vnni"))}
+    )
 
-    return platform.processor() or platform.machine()
+
+def isa_line() -> str:
+    """'ISA avx512 (numoe's kernels; available scalar, avx2, avx512); CPU flags: avx2 ...'."""
+    flags = cpu_simd_flags()
+    return (
+        f"ISA {_cpu.isa()} (numoe's kernels; available {', '.join(_cpu.isa_available())}); "
+        f"CPU flags: {' '.join(flags) if flags else 'unknown'}"
+    )
+
+
+# --- the read bandwidth a row is set against -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadBw:
+    """The read bandwidth one row is set against.
+
+    how: "beside" (probed just before and just after the test, `gbps` the larger),
+    "cached" (the per-machine cache file) or "measured" (once, at the start of the run);
+    samples: the probes' GB/s; at: when the newest of them was measured (time.time())."""
+
+    gbps: float
+    how: str
+    samples: tuple[float, ...]
+    at: float
+
+    @classmethod
+    def beside(cls, before: tuple[float, float], after: tuple[float, float]) -> ReadBw:
+        """From the (GB/s, time) probes before and after a test."""
+        return cls(max(before[0], after[0]), "beside", (before[0], after[0]), after[1])
+
+    @classmethod
+    def of_probe(cls, probe) -> ReadBw:
+        """From a numoe.runtime.bandwidth.Probe (its `measured` is local ISO time)."""
+        try:
+            at = time.mktime(time.strptime(probe.measured, "%Y-%m-%dT%H:%M:%S"))
+        except (TypeError, ValueError, OverflowError):
+            at = float("nan")
+        return cls(probe.gbps, "cached" if probe.cached else "measured", (probe.gbps,), at)
+
+    def age(self, now: float) -> float | None:
+        """Seconds from the newest probe to `now` (0 when it came after), None if unknown."""
+        return None if self.at != self.at else max(0.0, now - self.at)
+
+
+def format_age(seconds: float | None) -> str:
+    """12 -> '12 s', 4000 -> '67 min', 200000 -> '2.3 days'; None -> 'unknown'."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+# --- rows ----------------------------------------------------------------------------------
 
 
 def make_row(
@@ -238,19 +317,26 @@ def make_row(
     threads: int,
     numa: str,
     batch: int,
-    read_bw_gbps: float | None,
+    read_bw: ReadBw | None,
     peak_rss_bytes: int,
     per_node: dict[str, int],
+    isa: str | None = None,
+    end: float | None = None,
 ) -> dict:
-    """One result row, FIELDS in order."""
+    """One result row, FIELDS in order. read_bw: what the tg row is set against (None: no
+    bandwidth figure); end: when the test ended (time.time(), for the probe's age; default
+    now); isa: the kernels' SIMD level (default: the process's now)."""
     n = test.n_prompt or test.n_gen
     ts = [n / s for s in seconds]  # tokens/s per repetition
     ns = [int(s * 1e9) for s in seconds]
     avg = statistics.fmean(ts)
-    gbps = info.bytes_per_token * avg / 1e9 if test.n_gen else None
+    tb = info.token_bytes
+    gbps = tb.total * avg / 1e9 if test.n_gen else None
+    bw = read_bw.gbps if read_bw is not None else None
+    pct = 100 * gbps / bw if gbps is not None and bw else None
     row = {
         "numoe_version": __version__,
-        "cpu_info": cpu_info(),
+        "cpu_info": cpu_model(),
         "model_filename": str(info.path),
         "model_type": info.model_type,
         "model_size": info.size,
@@ -260,7 +346,7 @@ def make_row(
         "n_prompt": test.n_prompt,
         "n_gen": test.n_gen,
         "n_depth": test.n_depth,
-        "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end)),
         "avg_ns": int(statistics.fmean(ns)),
         "stddev_ns": int(statistics.stdev(ns)) if len(ns) > 1 else 0,
         "avg_ts": avg,
@@ -273,10 +359,20 @@ def make_row(
         "numa": numa,
         "bytes_per_token": info.bytes_per_token,
         "gbps": gbps,
-        "read_bw_gbps": read_bw_gbps,
-        "bw_pct": 100 * gbps / read_bw_gbps if gbps is not None and read_bw_gbps else None,
+        "read_bw_gbps": bw,
+        "bw_pct": pct,
         "peak_rss_bytes": peak_rss_bytes,
         "bytes_per_node": per_node,
+        "n_layer": tb.n_layer,
+        "bytes_per_token_routed": tb.routed,
+        "bytes_per_token_other": tb.other,
+        "bytes_per_token_head": tb.head,
+        "routed_gbps": tb.routed * avg / 1e9 if test.n_gen else None,
+        "read_bw_how": read_bw.how if read_bw is not None else None,
+        "read_bw_samples": list(read_bw.samples) if read_bw is not None else [],
+        "read_bw_age_s": read_bw.age(end if end is not None else time.time()) if read_bw else None,
+        "bw_over_100": pct > 100 if pct is not None else None,
+        "isa": isa or _cpu.isa(),
     }
     assert tuple(row) == FIELDS
     return row
@@ -288,7 +384,8 @@ def make_row(
 MD_COLUMNS = (
     ("model", 24, False), ("size", 10, True), ("params", 19, True), ("quant", 7, False),
     ("threads", 7, True), ("numa", 9, False), ("test", 7, True), ("t/s", 20, True),
-    ("GB/s", 7, True), ("% bw", 6, True), ("peak RSS", 10, True), ("per node", 18, False),
+    ("GB/s", 7, True), ("exp GB/s", 8, True), ("% bw", 6, True), ("peak RSS", 10, True),
+    ("per node", 18, False),
 )  # fmt: skip
 
 
@@ -310,7 +407,8 @@ def md_cells(row: dict) -> list[str]:
         row["test"],
         f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f}",
         "-" if gbps is None else f"{gbps:.2f}",
-        "-" if pct is None else f"{pct:.1f}",
+        "-" if row["routed_gbps"] is None else f"{row['routed_gbps']:.2f}",
+        "-" if pct is None else f"{pct:.1f}" + ("!" if pct > 100 else ""),
         size(row["peak_rss_bytes"]),
         _node_text(row["bytes_per_node"]),
     ]
@@ -364,21 +462,50 @@ def csv_text(rows: list[dict], header: bool = True) -> str:
     return buf.getvalue()
 
 
-def md_footer(rows: list[dict], probe) -> str:
-    """Lines under the table: the read bandwidth and each model's bytes per token."""
+def md_footer(rows: list[dict], probe=None) -> str:
+    """Lines under the table: what the read bandwidth was and when, a warning for any
+    '% bw' over 100, each model's bytes per token split, and the ISA."""
     lines = []
-    if probe is not None:
-        how = "cached" if probe.cached else "measured now"
+    tg = [r for r in rows if r["read_bw_gbps"] is not None and r["gbps"] is not None]
+    beside = [r for r in tg if r["read_bw_how"] == "beside"]
+    if beside:
+        probes = [x for r in beside for x in r["read_bw_samples"]]
+        lines.append(
+            f"read bandwidth: probed just before and just after each tg test, each row against "
+            f"the larger ({min(probes):.2f}-{max(probes):.2f} GB/s over {len(probes)} probes; "
+            f"--probe-once: one figure for the run). GB/s = bytes per token x t/s (tg rows)."
+        )
+    elif probe is not None:
+        ages = [r["read_bw_age_s"] for r in tg if r["read_bw_age_s"] is not None]
+        age = f", {format_age(max(ages))} old at the last tg test" if ages else ""
+        how = "cached" if probe.cached else "measured at the start"
         lines.append(
             f"read bandwidth: {probe.gbps:.2f} GB/s ({probe.threads} threads, {how} "
-            f"{probe.measured}; --probe measures again). GB/s = bytes per token x t/s (tg rows)."
+            f"{probe.measured}{age}; --probe measures it again, without --probe-once it is "
+            f"probed beside each tg test). GB/s = bytes per token x t/s (tg rows)."
+        )
+    over = [r for r in rows if r["bw_over_100"]]
+    if over:
+        worst = max(over, key=lambda r: r["bw_pct"])
+        age = worst["read_bw_age_s"]
+        lines.append(
+            f"! {len(over)} row(s) over 100 % of the read bandwidth (at most "
+            f"{worst['bw_pct']:.0f} %, {worst['test']}): no decode reads faster than memory, "
+            f"so the probe is stale or ran under other load (probe {format_age(age)} old, "
+            f"{worst['read_bw_how']}), or the bytes per token undercount what a token reads "
+            "(or the weights fit in the CPU caches). Measure again without --probe-once."
         )
     seen = set()
     for r in rows:
         if r["model_filename"] not in seen:
             seen.add(r["model_filename"])
-            lines.append(
-                f"{Path(r['model_filename']).name}: {r['model_type']}, "
-                f"{r['bytes_per_token'] / 1e6:.3f} MB of weights read per token"
+            routed, other, head = (
+                r[f"bytes_per_token_{k}"] / 1e6 for k in ("routed", "other", "head")
             )
+            lines.append(
+                f"{Path(r['model_filename']).name}: {r['model_type']}, {r['n_layer']} layers, "
+                f"{r['bytes_per_token'] / 1e6:.3f} MB of weights read per token = routed "
+                f"experts {routed:.3f} + other layers {other:.3f} + output head {head:.3f}"
+            )
+    lines.append(isa_line())
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .bench import Printer, add_run_flags, probe_line, sweep
+from .bench import Printer, add_run_flags, start_probe, sweep
 from .common import HELP_FMT, FlagError, add_model_args, add_thread_args, resolve_settings
 
 
@@ -45,10 +45,11 @@ def default_threads(cores: int) -> list[int]:
 
 
 def main(args) -> int:
-    from .. import bench, roofline
+    from .. import bench
     from ..config import SETTINGS, config_path, toml_value, write_config
-    from ..numa import format_ids, parse_numa_nodes, plan_threads
-    from ..topology import Topology
+    from ..runtime.machine import cpu_model
+    from ..runtime.numa import format_ids, parse_numa_nodes, plan_threads
+    from ..runtime.topology import Topology
 
     # tune sweeps threads and policy itself; numa-nodes and smt come from the settings
     settings = resolve_settings(args, ("numa_nodes", "smt"))
@@ -60,8 +61,7 @@ def main(args) -> int:
     full = plan_threads(topo, None, nodes, args.smt)
     threads = args.threads or default_threads(full.threads)
     pols = args.numa or (["shard", "off"] if len(full.nodes) > 1 else ["off"])
-    probe = roofline.read_bandwidth(refresh=args.probe)
-    print(probe_line(probe), file=sys.stderr)
+    probe = start_probe(args)  # None: probed beside each tg test
     printer = Printer(args.output)
     rows = sweep(args, [(t, p) for p in pols for t in threads], tests, printer, probe)
 
@@ -80,7 +80,8 @@ def main(args) -> int:
     )
     gb = (
         f", {best['gbps']:.2f} GB/s = {best['bw_pct']:.0f}% of read bandwidth"
-        if best["gbps"]
+        + ("! (over 100 %: see the notes under the table)" if best["bw_over_100"] else "")
+        if best["gbps"] and best["bw_pct"] is not None
         else ""
     )
     lines = [f"best: {flags}: {decisive} {best['avg_ts']:.2f} ± {best['stddev_ts']:.2f} t/s{gb}"]
@@ -91,7 +92,7 @@ def main(args) -> int:
         cpus = format_ids(topo.allowed_cpus)
         comment = (
             f"numoe tune, {time.strftime('%Y-%m-%d %H:%M')}: best of threads "
-            f"{','.join(map(str, threads))} x numa {','.join(pols)} on {bench.cpu_info()} "
+            f"{','.join(map(str, threads))} x numa {','.join(pols)} on {cpu_model()} "
             f"(CPUs {cpus})\n{best['model_filename']}: {decisive} {best['avg_ts']:.2f} t/s"
         )
         write_config(values, comment, path)
