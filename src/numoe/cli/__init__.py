@@ -2,6 +2,10 @@
 
 Flags follow llama.cpp's names (-m, -p, -n, -t, -c, --temp, --top-k ...); KTransformers'
 names are accepted as aliases (--gguf-path, --cpu-infer).
+
+Imports inside functions, here and in the command modules, are on purpose: a command imports
+the engine (torch, the models) only in the function that runs a model, so `numoe --help` and
+the commands that run none start without loading it (start-up time).
 """
 
 from __future__ import annotations
