@@ -70,6 +70,8 @@ void bind_quant(nb::module_ &m) {
       "CPU features the dispatcher looked at (avx2 = AVX2+FMA+F16C; avx512 = F+DQ+BW+VL).");
 
   // ---- GGUF block formats ----
+  m.def("weight_types", &quant::weight_types,
+        "GGML type ids of the weight formats numoe's CPU kernels read (the registry's order).");
   m.def(
       "quant_type_info",
       [](int type) {

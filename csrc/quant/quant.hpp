@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "isa.hpp"
 
@@ -142,6 +143,8 @@ struct TypeInfo {
 // Registry: throws std::invalid_argument naming the type for ids without kernels.
 const TypeInfo &type_info(int type);
 const char *type_name(int type);  // also for unknown ids ("type 7")
+// GGML ids of the weight formats numoe has kernels for, in the registry's order.
+std::vector<int> weight_types();
 // Kernels for the current ISA (current_isa()).
 vec_dot_fn get_vec_dot(int type);
 quantize_fn get_quantize(int act_type);

@@ -1,37 +1,23 @@
 // The table of block formats keyed by GGML type id, and kernel selection per ISA level.
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "quant.hpp"
 
 namespace numoe::quant {
 namespace {
 
+// Every block format numoe has kernels for: one line per format (its table is in its file).
+const TypeInfo &(*const kFormats[])() = {
+    info_f32,  info_f16,  info_bf16, info_q4_0, info_q8_0,
+    info_q4_K, info_q5_K, info_q6_K, info_q8_K, info_q8_K4,
+};
+
 const TypeInfo *find(int type) {
-  switch (type) {
-    case F32:
-      return &info_f32();
-    case F16:
-      return &info_f16();
-    case BF16:
-      return &info_bf16();
-    case Q4_0:
-      return &info_q4_0();
-    case Q8_0:
-      return &info_q8_0();
-    case Q4_K:
-      return &info_q4_K();
-    case Q5_K:
-      return &info_q5_K();
-    case Q6_K:
-      return &info_q6_K();
-    case Q8_K:
-      return &info_q8_K();
-    case Q8_K4:
-      return &info_q8_K4();
-    default:
-      return nullptr;
-  }
+  for (auto info : kFormats)
+    if (info().type == type) return &info();
+  return nullptr;
 }
 
 // GGML names of the ids numoe has no kernels for, so errors can name them.
@@ -73,9 +59,18 @@ const char *type_name(int type) {
 
 const TypeInfo &type_info(int type) {
   if (const TypeInfo *t = find(type)) return *t;
+  std::string names;
+  for (int w : weight_types()) names += std::string(names.empty() ? "" : ", ") + type_name(w);
   throw std::invalid_argument("GGML type " + std::to_string(type) + " (" + type_name(type) +
-                              ") is not supported by numoe's CPU kernels (supported: F32, F16, "
-                              "BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)");
+                              ") is not supported by numoe's CPU kernels (supported: " + names +
+                              ")");
+}
+
+std::vector<int> weight_types() {
+  std::vector<int> out;
+  for (auto info : kFormats)
+    if (info().act_type >= 0) out.push_back(info().type);
+  return out;
 }
 
 vec_dot_fn get_vec_dot(int type, Isa level) {

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES
 
+from .. import _cpu
+
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
 
-SUPPORTED_TYPES: frozenset[QT] = frozenset(
-    {QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q5_K, QT.Q6_K}
-)
+# The weight formats numoe's CPU kernels read (csrc/quant/registry.cpp is the one list).
+SUPPORTED_TYPES: frozenset[QT] = frozenset(QT(t) for t in _cpu.weight_types())
 
 MAX_DIMS = 4  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32
