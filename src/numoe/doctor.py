@@ -56,7 +56,8 @@ def gib(n: float) -> str:
 
 
 def model_bytes(path) -> dict:
-    """Routed-expert and dense (everything else) bytes of a GGUF file, at stored size."""
+    """Routed-expert and dense (everything else) bytes of a GGUF model (a file, or a split
+    model's shard or directory: all its files), at stored size."""
     # Here, not at the top: numoe.gguf imports torch, which `numoe doctor` without -m
     # never needs (start-up time).
     from .gguf import open_gguf
@@ -65,7 +66,13 @@ def model_bytes(path) -> dict:
     g = open_gguf(path)
     experts = sum(t.nbytes for n, t in g.tensors.items() if is_routed_expert(n))
     dense = sum(t.nbytes for n, t in g.tensors.items() if not is_routed_expert(n))
-    return {"path": str(path), "arch": g.arch, "expert_bytes": experts, "dense_bytes": dense}
+    return {
+        "path": str(path),
+        "files": [str(p) for p in g.paths],  # a split model: its shards
+        "arch": g.arch,
+        "expert_bytes": experts,
+        "dense_bytes": dense,
+    }
 
 
 def memory_by_policy(plan: ThreadPlan, expert_bytes: int, dense_bytes: int) -> dict:

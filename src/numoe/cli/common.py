@@ -243,9 +243,10 @@ def load_model(path: Path, runtime):
         raise
     finally:
         g.on_tensor = None
+    files = f"{len(g.paths)} files, " if len(g.paths) > 1 else ""
     prog.finish(
-        f"numoe: loaded {path.name} ({g.arch}, {cfg.n_layer} layers, {len(prog.seen)} tensors, "
-        f"{size(prog.bytes)}) with {runtime}, in {prog.elapsed:.2f} s"
+        f"numoe: loaded {path.name} ({g.arch}, {cfg.n_layer} layers, {files}"
+        f"{len(prog.seen)} tensors, {size(prog.bytes)}) with {runtime}, in {prog.elapsed:.2f} s"
     )
     return g, cfg, model
 

@@ -177,8 +177,9 @@ def format_report(r: dict) -> str:
     m = r["model"]
     if m:
         w("")
+        files = f", {len(m['files'])} files" if len(m.get("files", ())) > 1 else ""
         w(
-            f"model: {m['path']} ({m['arch']}): routed experts {_gib(m['expert_bytes'])}, "
+            f"model: {m['path']} ({m['arch']}{files}): routed experts {_gib(m['expert_bytes'])}, "
             f"dense {_gib(m['dense_bytes'])}"
         )
         for name, need in m["policies"].items():

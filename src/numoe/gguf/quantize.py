@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _cpu
 from .mix import FTYPES, Q, V, check_ftype, plan, quantize_array
-from .read import GGUFError, _Parser, open_gguf
+from .read import GGUFFile, _Parser, open_gguf
 from .write import Raw, write_gguf
 
 _CHUNK_ELEMENTS = 1 << 24  # rows per streamed chunk: ~64 MB of float32
@@ -68,7 +68,7 @@ def _chunks(t, qtype: Q, n_threads: int) -> Callable[[], Iterator[np.ndarray]]:
 
 
 def quantize_file(
-    src: str | Path,
+    src: str | Path | GGUFFile,
     dst: str | Path,
     ftype: str,
     n_threads: int = 0,
@@ -76,16 +76,18 @@ def quantize_file(
 ) -> dict[str, Q]:
     """Re-quantize GGUF `src` to `dst` at file type `ftype` (Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0).
 
-    All metadata (tokenizer included) is copied with its stored types; general.file_type and
-    general.quantization_version are set; split.* keys are dropped. Returns name -> the type
-    written. `progress(line)` is called once per tensor."""
+    `src`: what open_gguf takes (a file, a split model's shard or directory) or an open
+    GGUFFile; a split model is written as one file. All metadata (tokenizer included) is
+    copied with its stored types; general.file_type and general.quantization_version are set;
+    split.* keys are dropped. Returns name -> the type written. `progress(line)` is called
+    once per tensor."""
     ftype = check_ftype(ftype)
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise ValueError(f"output {dst} is the input file: choose another output path")
-    g = open_gguf(src)
+    g = src if isinstance(src, GGUFFile) else open_gguf(src)
+    dst = Path(dst)
+    if dst.exists() and any(dst.resolve() == p.resolve() for p in g.paths):
+        raise ValueError(f"output {dst} is an input file: choose another output path")
     g.check_supported()
-    types = _kv_types(src)
+    types = _kv_types(g.path)  # the first file's: it holds all the metadata
     meta: dict[str, Any] = {}
     for key, value in g.meta.items():
         if key.startswith("split.") or key in ("general.architecture", "general.file_type"):
@@ -94,8 +96,6 @@ def quantize_file(
         meta[key] = (value, sub if vt == V.ARRAY else vt)
     meta["general.file_type"] = (FTYPES[ftype][1], V.UINT32)
     meta["general.quantization_version"] = (gguf.GGML_QUANT_VERSION, V.UINT32)
-    if g.get("split.count", 1) not in (0, 1):
-        raise GGUFError(f"{src}: a split GGUF; merge it first with llama-gguf-split --merge")
 
     chosen = plan(g.arch, meta, {n: t.shape for n, t in g.tensors.items()}, ftype)
     tensors: dict[str, Raw] = {}
@@ -113,7 +113,8 @@ def quantize_file(
 
 
 def quantize_cli(src: str, dst: str, ftype: str, n_threads: int = 0) -> None:
-    """`numoe quantize`: quantize_file with progress and a summary on stderr."""
+    """`numoe quantize`: quantize_file with progress and a summary on stderr. `src` may be a
+    split model (any shard, or its directory): the output is one file."""
     src_p, dst_p = Path(src), Path(dst)
     ftype = check_ftype(ftype)
     if not src_p.exists():
@@ -122,16 +123,17 @@ def quantize_cli(src: str, dst: str, ftype: str, n_threads: int = 0) -> None:
         raise ValueError(f"output {dst} is the input file: choose another output path")
     if dst_p.parent and not dst_p.parent.exists():
         raise ValueError(f"{dst}: directory {dst_p.parent} does not exist")
+    g = open_gguf(src_p)
     t0 = time.perf_counter()
     written = quantize_file(
-        src_p, dst_p, ftype, n_threads, progress=lambda s: print(s, file=sys.stderr)
+        g, dst_p, ftype, n_threads, progress=lambda s: print(s, file=sys.stderr)
     )
     dt = time.perf_counter() - t0
     counts: dict[str, int] = {}
     for q in written.values():
         counts[q.name] = counts.get(q.name, 0) + 1
     mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    a, b = src_p.stat().st_size, dst_p.stat().st_size
+    a, b = g.file_size, dst_p.stat().st_size
     print(
         f"numoe: wrote {dst} ({ftype}): {len(written)} tensors ({mix}), "
         f"{a / 2**20:.1f} MiB -> {b / 2**20:.1f} MiB in {dt:.1f} s "

@@ -8,12 +8,21 @@ file gives a one-line `GGUFError` naming the file and the key or tensor at fault
 crash, a hang or a huge allocation. Tensor bytes are never read at open: `TensorInfo.data`
 is a view into one `np.memmap` of the file.
 
+Split models (llama.cpp's gguf-split: `PREFIX-00001-of-00009.gguf` ...; every shard a whole
+GGUF file with the keys split.no (u16, 0-based), split.count (u16) and split.tensors.count
+(i32, all shards' tensors); the first shard holds all the model's metadata, the others only
+the split.* keys and their tensors) open as one `GGUFFile`: each shard is mapped in place
+and its tensors are views into its own map. `open_gguf` takes the first shard, a later one
+(the set is opened from its first shard, found by the name), or a directory holding one
+model's files. A missing, extra or mismatched shard is a GGUFError naming the file.
+
 Only little-endian GGUF v2/v3 files are supported.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -79,7 +88,8 @@ class TensorInfo:
     # raw bytes, a view into the file's memmap (no copy): uint8 of shape
     # shape[:-1] + (bytes per row,), i.e. rows of whole quantization blocks
     data: np.ndarray
-    offset: int = 0  # absolute byte offset of the data in the file
+    offset: int = 0  # absolute byte offset of the data in its file
+    shard: int = 0  # which file of a split model holds it (index into GGUFFile.paths)
 
     @property
     def nbytes(self) -> int:
@@ -90,31 +100,45 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-class GGUFFile:
-    """Metadata (`meta`, plain Python values) and tensor views of one GGUF file."""
+@dataclass(frozen=True, eq=False)
+class GGUFShard:
+    """One file of a model: its own header and map (a later shard's meta: only split.*)."""
 
-    def __init__(
-        self,
-        path: Path,
-        version: int,
-        meta: dict[str, Any],
-        tensors: dict[str, TensorInfo],
-        mmap: np.memmap,
-        alignment: int,
-        data_offset: int,
-    ):
-        self.path = path
-        self.version = version
-        self.meta = meta
-        self.tensors = tensors
-        self.mmap = mmap
-        self.alignment = alignment
-        self.data_offset = data_offset
-        self.file_size = int(mmap.size)
-        self.arch: str = meta["general.architecture"]
+    path: Path
+    version: int
+    meta: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    map: np.memmap
+    alignment: int
+    data_offset: int
+
+    @property
+    def size(self) -> int:
+        return int(self.map.size)
+
+
+class GGUFFile:
+    """Metadata (`meta`, plain Python values) and tensor views of a GGUF model: one file, or
+    the shards of a split model (`shards`; `meta` is the first shard's, `tensors` all of
+    theirs, each a view into its own shard's map)."""
+
+    def __init__(self, shards: list[GGUFShard], tensors: dict[str, TensorInfo] | None = None):
+        first = shards[0]
+        self.shards = shards
+        self.path = first.path  # the file (a split model: its first shard)
+        self.paths = [s.path for s in shards]
+        self.maps = [s.map for s in shards]  # one read-only memmap per file
+        self.mmap = first.map  # the first (only) file's map; `maps` holds every shard's
+        self.version = first.version
+        self.meta = first.meta
+        self.tensors = first.tensors if tensors is None else tensors
+        self.alignment = first.alignment
+        self.data_offset = first.data_offset  # of the first file
+        self.file_size = sum(s.size for s in shards)  # bytes of all the files
+        self.arch: str = self.meta["general.architecture"]
         # tensors of a type numoe cannot compute with: `tensor()` raises for these
         self.unsupported: dict[str, QT] = {
-            n: t.qtype for n, t in tensors.items() if t.qtype not in SUPPORTED_TYPES
+            n: t.qtype for n, t in self.tensors.items() if t.qtype not in SUPPORTED_TYPES
         }
         # called with each TensorInfo that `tensor()` hands out (load progress)
         self.on_tensor: Callable[[TensorInfo], None] | None = None
@@ -139,14 +163,7 @@ class GGUFFile:
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> TensorInfo:
         t = self.tensors.get(name)
         if t is None:
-            n_split = self.meta.get("split.count", 1)
-            hint = (
-                f" (this is shard {self.meta.get('split.no', 0) + 1} of a {n_split}-file split "
-                "GGUF, which numoe does not read yet: merge it with llama-gguf-split --merge)"
-                if isinstance(n_split, int) and n_split > 1
-                else ""
-            )
-            raise GGUFError(f"{self.path}: missing tensor '{name}'{hint}")
+            raise GGUFError(f"{self.path}: missing tensor '{name}'")
         if t.qtype not in SUPPORTED_TYPES:
             raise GGUFError(_unsupported_msg(self.path, name, t.qtype))
         if shape is not None and tuple(int(s) for s in shape) != t.shape:
@@ -172,9 +189,11 @@ class GGUFFile:
         counts = Counter(t.qtype.name for t in self.tensors.values())
         types = ", ".join(f"{n} {k}" for k, n in counts.most_common())
         nbytes = sum(t.nbytes for t in self.tensors.values())
+        files = f" in {len(self.shards)} files" if len(self.shards) > 1 else ""
         return (
             f"{self.path.name}: {self.arch}, GGUF v{self.version}, {len(self.meta)} keys, "
             f"{len(self.tensors)} tensors ({types}), {nbytes / 2**30:.2f} GiB of tensor data"
+            f"{files}"
         )
 
 
@@ -282,11 +301,182 @@ class _Parser:
         return a.tolist()
 
 
+# gguf-split's file names (llama.cpp's llama_split_path: "%s-%05d-of-%05d.gguf", 1-based)
+_SHARD_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+
+
+def shard_name(prefix: str, no: int, count: int) -> str:
+    """The file name of shard `no` (0-based) of `count`, as gguf-split writes it."""
+    return f"{prefix}-{no + 1:05d}-of-{count:05d}.gguf"
+
+
+def _shard_prefix(name: str, no: int, count: int) -> str | None:
+    """llama.cpp's llama_split_prefix: the prefix when `name` ends in shard_name's suffix."""
+    suffix = shard_name("", no, count)
+    return name[: -len(suffix)] if len(name) > len(suffix) and name.endswith(suffix) else None
+
+
 def open_gguf(path: str | Path) -> GGUFFile:
-    """Open a GGUF file memory-mapped; validate its header, counts, offsets and bounds."""
+    """Open a GGUF model memory-mapped; validate its header, counts, offsets and bounds.
+
+    `path` is a GGUF file, any shard of a split model (the set is opened from its first
+    shard) or a directory holding one model (one .gguf file, or one split set)."""
     p = Path(path)
     if not p.exists():
         raise GGUFError(f"{p}: no such file")
+    folder = None
+    if p.is_dir():
+        folder, p = p, _model_in_dir(p)
+    first = _open_file(p, 0)
+    split = _split_keys(first)
+    if split is not None and split[0] != 0:
+        p = _first_shard_of(first, *split)
+        first = _open_file(p, 0)
+        split = _split_keys(first)
+        if split is None or split[0] != 0:
+            raise GGUFError(f"{p}: not the first shard of a split model (split.no, split.count)")
+    shards, tensors = [first], dict(first.tensors)
+    if split is not None:
+        _, count, n_total = split
+        prefix = _shard_prefix(p.name, 0, count)
+        if prefix is None:
+            raise GGUFError(
+                f"{p}: shard 1 of a {count}-file split model, but its name does not end in "
+                f"-00001-of-{count:05d}.gguf, so its other shards cannot be found (gguf-split "
+                f"names them PREFIX-00001-of-{count:05d}.gguf, PREFIX-00002-of-{count:05d}.gguf ...)"
+            )
+        where = {n: p for n in tensors}
+        for no in range(1, count):
+            q = p.with_name(shard_name(prefix, no, count))
+            if not q.is_file():
+                raise GGUFError(f"{q}: missing shard {no + 1} of {count} of the split model {p}")
+            sh = _open_file(q, no)
+            _check_shard(sh, no, count, n_total, first)
+            for name in sh.tensors:
+                if name in where:
+                    raise GGUFError(f"{q}: tensor '{name}' is also in {where[name]}")
+                where[name] = q
+            tensors |= sh.tensors
+            shards.append(sh)
+        if len(tensors) != n_total:
+            raise GGUFError(
+                f"{p}: split.tensors.count is {n_total}, but the {count} shards hold "
+                f"{len(tensors)} tensors"
+            )
+    g = GGUFFile(shards, tensors)
+    if folder is not None:
+        mine = {q.resolve() for q in g.paths}
+        extra = [q for q in _gguf_files(folder) if q.resolve() not in mine]
+        if extra:
+            raise GGUFError(
+                f"{extra[0]}: not a file of the model {p.name}, but in its directory: a "
+                "directory must hold one model's files only (or pass -m the model's file)"
+            )
+    return g
+
+
+def _gguf_files(folder: Path) -> list[Path]:
+    """The .gguf files in a directory (not hidden ones), sorted by name."""
+    return sorted(
+        q
+        for q in folder.iterdir()
+        if q.suffix == ".gguf" and not q.name.startswith(".") and q.is_file()
+    )
+
+
+def _model_in_dir(folder: Path) -> Path:
+    """The file to open for the model in `folder`: its one .gguf file, or the first shard of
+    its one split set."""
+    try:
+        files = _gguf_files(folder)
+    except OSError as e:
+        raise GGUFError(f"{folder}: cannot list the directory: {e}") from e
+    if not files:
+        raise GGUFError(f"{folder}: is a directory without a .gguf file")
+    if len(files) == 1:
+        return files[0]
+    firsts = [q for q in files if (m := _SHARD_NAME.fullmatch(q.name)) and int(m["no"]) == 1]
+    if len(firsts) == 1:
+        return firsts[0]
+    names = ", ".join(q.name for q in (firsts or files)[:4])
+    more = len(firsts or files) - 4
+    raise GGUFError(
+        f"{folder}: is a directory with "
+        + (f"{len(firsts)} first shards" if firsts else f"{len(files)} .gguf files")
+        + f" ({names}{f' and {more} more' if more > 0 else ''}), not one model: pass -m the "
+        "model's file (a split model: its -00001-of-N.gguf)"
+    )
+
+
+def _split_keys(sh: GGUFShard) -> tuple[int, int, int] | None:
+    """(split.no, split.count, split.tensors.count) of a shard of a split model; None for a
+    whole file (no split.count, or 0 or 1: gguf-split --merge writes 0)."""
+    count = sh.meta.get("split.count")
+    if count is None:
+        return None
+    if not _is_int(count) or not 0 <= count <= 0xFFFF:
+        raise GGUFError(f"{sh.path}: split.count {count!r} is not a u16 count")
+    if count <= 1:
+        return None
+    no = sh.meta.get("split.no")
+    if not _is_int(no) or not 0 <= no < count:
+        what = "no split.no" if no is None else f"split.no {no!r}"
+        raise GGUFError(f"{sh.path}: {what}, not a shard number of split.count {count}")
+    n = sh.meta.get("split.tensors.count")
+    if not _is_int(n) or n < 0:
+        what = "no split.tensors.count" if n is None else f"split.tensors.count {n!r}"
+        raise GGUFError(f"{sh.path}: shard {no + 1} of a {count}-file split model with {what}")
+    return no, count, n
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _first_shard_of(sh: GGUFShard, no: int, count: int, _n: int) -> Path:
+    """The first shard's path, from a later shard's name."""
+    prefix = _shard_prefix(sh.path.name, no, count)
+    if prefix is None:
+        raise GGUFError(
+            f"{sh.path}: shard {no + 1} of a {count}-file split model, and its name does not "
+            f"end in -{no + 1:05d}-of-{count:05d}.gguf: open its first shard"
+        )
+    q = sh.path.with_name(shard_name(prefix, 0, count))
+    if not q.is_file():
+        raise GGUFError(f"{q}: missing shard 1 of {count} of the split model {sh.path}")
+    return q
+
+
+def _check_shard(sh: GGUFShard, no: int, count: int, n_total: int, first: GGUFShard) -> None:
+    """Shard `no` of the set whose first shard is `first`: its split.* keys must agree."""
+    split = _split_keys(sh)
+    if split is None:
+        c = sh.meta.get("split.count")
+        what = "no split.count" if c is None else f"split.count {c}"
+        raise GGUFError(f"{sh.path}: {what}, but {first.path.name} says the model is {count} files")
+    got_no, got_count, got_n = split
+    if got_count != count:
+        raise GGUFError(f"{sh.path}: split.count {got_count}, but {first.path.name} says {count}")
+    if got_no != no:
+        raise GGUFError(
+            f"{sh.path}: split.no {got_no} (shard {got_no + 1}), but its name makes it shard "
+            f"{no + 1} of {count}"
+        )
+    if got_n != n_total:
+        raise GGUFError(
+            f"{sh.path}: split.tensors.count {got_n}, but {first.path.name} says {n_total}: "
+            "a shard of another model"
+        )
+    arch, want = sh.meta.get("general.architecture"), first.meta["general.architecture"]
+    if arch is not None and arch != want:
+        raise GGUFError(
+            f"{sh.path}: architecture '{arch}', but {first.path.name} is '{want}': a shard of "
+            "another model"
+        )
+
+
+def _open_file(p: Path, index: int) -> GGUFShard:
+    """Map and parse one GGUF file (shard `index` of its model)."""
     if p.is_dir():
         raise GGUFError(f"{p}: is a directory, not a GGUF file")
     try:
@@ -300,7 +490,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         raise GGUFError(f"{p}: cannot map file: {e}") from e
     buf = memoryview(mm)
     try:
-        return _parse(p, mm, buf, size)
+        return _parse(p, mm, buf, size, index)
     except GGUFError:
         raise
     except Exception as e:  # any escape from the parser is a bad file, not a crash
@@ -309,7 +499,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         buf.release()
 
 
-def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int) -> GGUFFile:
+def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -> GGUFShard:
     r = _Parser(p, buf, size)
     magic = bytes(buf[:4])
     if magic != b"GGUF":
@@ -349,9 +539,9 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int) -> GGUFFile:
         vtypes[key] = vtype
 
     arch = meta.get("general.architecture")
-    if arch is None:
+    if arch is None and not _later_shard(meta):  # gguf-split's later shards have none
         raise r.fail("missing metadata key 'general.architecture'")
-    if vtypes["general.architecture"] != VT.STRING:
+    if arch is not None and vtypes["general.architecture"] != VT.STRING:
         raise r.fail("general.architecture is not a string")
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if "general.alignment" in meta and vtypes["general.alignment"] not in _INT_TYPES:
@@ -408,12 +598,18 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int) -> GGUFFile:
         block, type_size = GGML_QUANT_SIZES[qtype]
         row_bytes = shape[-1] // block * type_size
         view = mm[start:end].reshape(shape[:-1] + (row_bytes,))
-        tensors[name] = TensorInfo(name, shape, qtype, view, start)
+        tensors[name] = TensorInfo(name, shape, qtype, view, start, index)
     spans.sort()
     for (s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
         if s1 < e0:
             raise r.fail(f"tensors '{n0}' [{s0}, {e0}) and '{n1}' (from {s1}) overlap")
-    return GGUFFile(p, version, meta, tensors, mm, alignment, data_offset)
+    return GGUFShard(p, version, meta, tensors, mm, alignment, data_offset)
+
+
+def _later_shard(meta: dict[str, Any]) -> bool:
+    """Whether the metadata is a later shard's (split.no > 0 of split.count > 1)."""
+    no, count = meta.get("split.no"), meta.get("split.count")
+    return _is_int(no) and _is_int(count) and 0 < no < count
 
 
 def dequantize(t: TensorInfo) -> torch.Tensor:

@@ -9,7 +9,8 @@ The C++ side (``csrc/numa_mem.*``, in ``numoe._cpu``):
 - ``pages_per_node(a, map_cached=False)``: where the pages of a uint8 array are (move_pages in
   query mode; mincore when that is refused), node -> bytes plus ``NOT_RESIDENT``.
 - ``release_file_pages(a)``: drop the pages of a read-only file mapping from RSS after a copy.
-- ``prefault(g)``: map a whole GGUF file now (llama.cpp's MAP_POPULATE) when it fits in memory.
+- ``prefault(g)``: map a whole GGUF model (every file of a split one) now (llama.cpp's
+  MAP_POPULATE) when it fits in memory.
 
 This module names the special keys and builds the placement report of a GGUF file.
 """
@@ -53,13 +54,15 @@ def pages_per_node(a, map_cached: bool = False) -> dict:
 
 
 def prefault(g) -> bool:
-    """Map every page of GGUF file `g` into this process now (MADV_POPULATE_READ, else one
-    read per page on the pool), reading from disk what is not cached, when the file fits in
-    the available memory; False when it does not (pages then come in on first use)."""
+    """Map every page of GGUF model `g` (every file of a split model: `g.maps`) into this
+    process now (MADV_POPULATE_READ, else one read per page on the pool), reading from disk
+    what is not cached, when the files fit in the available memory; False when they do not
+    (pages then come in on first use)."""
     avail = mem_available()
     if avail is not None and g.file_size > avail * 0.9:
         return False
-    _cpu.prefault_pages(_bytes_view(g.mmap))
+    for m in g.maps:
+        _cpu.prefault_pages(_bytes_view(m))
     return True
 
 
@@ -73,7 +76,8 @@ def placement(g, select=None, map_cached: bool = False) -> dict:
     """Placement report of a GGUF file's weights: {node: bytes, "not resident": bytes, ...} over
     every tensor (or those whose name `select(name)` accepts).
 
-    `g` is a path or an open ``GGUFFile``. For an open (loaded) file this is where this process
+    `g` is a path (what ``open_gguf`` takes) or an open ``GGUFFile``; a split model's
+    tensors are in all its files. For an open (loaded) file this is where this process
     has the weights (policy off: the memory map). For a path the file is mapped afresh, so pass
     map_cached=True to see where the page cache holds it (``numoe doctor -m``).
     """
