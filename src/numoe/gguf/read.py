@@ -335,6 +335,8 @@ def open_gguf(path: str | Path) -> GGUFFile:
         split = _split_keys(first)
         if split is None or split[0] != 0:
             raise GGUFError(f"{p}: not the first shard of a split model (split.no, split.count)")
+    if "general.architecture" not in first.meta:
+        raise GGUFError(f"{p}: missing metadata key 'general.architecture'")
     shards, tensors = [first], dict(first.tensors)
     if split is not None:
         _, count, n_total = split
@@ -349,7 +351,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         for no in range(1, count):
             q = p.with_name(shard_name(prefix, no, count))
             if not q.is_file():
-                raise GGUFError(f"{q}: missing shard {no + 1} of {count} of the split model {p}")
+                raise GGUFError(f"{q}: missing shard {no + 1} of {count} ({p.name} is shard 1)")
             sh = _open_file(q, no)
             _check_shard(sh, no, count, n_total, first)
             for name in sh.tensors:
@@ -419,9 +421,10 @@ def _split_keys(sh: GGUFShard) -> tuple[int, int, int] | None:
     if count <= 1:
         return None
     no = sh.meta.get("split.no")
+    if no is None:
+        raise GGUFError(f"{sh.path}: split.count {count} but no split.no (the shard's number)")
     if not _is_int(no) or not 0 <= no < count:
-        what = "no split.no" if no is None else f"split.no {no!r}"
-        raise GGUFError(f"{sh.path}: {what}, not a shard number of split.count {count}")
+        raise GGUFError(f"{sh.path}: split.no {no!r} is not a shard number of split.count {count}")
     n = sh.meta.get("split.tensors.count")
     if not _is_int(n) or n < 0:
         what = "no split.tensors.count" if n is None else f"split.tensors.count {n!r}"
@@ -443,7 +446,7 @@ def _first_shard_of(sh: GGUFShard, no: int, count: int, _n: int) -> Path:
         )
     q = sh.path.with_name(shard_name(prefix, 0, count))
     if not q.is_file():
-        raise GGUFError(f"{q}: missing shard 1 of {count} of the split model {sh.path}")
+        raise GGUFError(f"{q}: missing shard 1 of {count} ({sh.path.name} is shard {no + 1})")
     return q
 
 
@@ -539,7 +542,7 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
         vtypes[key] = vtype
 
     arch = meta.get("general.architecture")
-    if arch is None and not _later_shard(meta):  # gguf-split's later shards have none
+    if arch is None and not _split_file(meta):  # gguf-split's later shards have none
         raise r.fail("missing metadata key 'general.architecture'")
     if arch is not None and vtypes["general.architecture"] != VT.STRING:
         raise r.fail("general.architecture is not a string")
@@ -606,10 +609,10 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
     return GGUFShard(p, version, meta, tensors, mm, alignment, data_offset)
 
 
-def _later_shard(meta: dict[str, Any]) -> bool:
-    """Whether the metadata is a later shard's (split.no > 0 of split.count > 1)."""
-    no, count = meta.get("split.no"), meta.get("split.count")
-    return _is_int(no) and _is_int(count) and 0 < no < count
+def _split_file(meta: dict[str, Any]) -> bool:
+    """Whether the metadata is a shard's (split.count > 1; open_gguf checks the rest)."""
+    count = meta.get("split.count")
+    return _is_int(count) and count > 1
 
 
 def dequantize(t: TensorInfo) -> torch.Tensor:
