@@ -141,7 +141,8 @@ def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:
     g = p.add_argument_group("model and devices")
     g.add_argument(
         "-m", "--model", "--gguf-path", dest="model", default=None,
-        help="GGUF file (default: a built-in random-weight tiny model, made on first use)",
+        help="GGUF file; a split model: its first shard (-00001-of-N.gguf) or the directory "
+        "holding it (default: a built-in random-weight tiny model, made on first use)",
     )  # fmt: skip
     g.add_argument(
         "--device", default="cpu",

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "-m", "--model", "--gguf-path", dest="model", default=None,
-        help="GGUF file: show the memory per node it needs under each --numa policy "
+        help="GGUF file (a split model: its first shard or directory): show the memory per "
+        "node it needs under each --numa policy "
         "(default: no model)",
     )  # fmt: skip
     p.add_argument(

@@ -17,7 +17,10 @@ def add_parser(sub) -> None:
         "tokenizer are copied. Progress goes to stderr.",
         formatter_class=HELP_FMT,
     )
-    p.add_argument("input", metavar="IN.gguf", help="GGUF file to read")
+    p.add_argument(
+        "input", metavar="IN.gguf",
+        help="GGUF file to read; a split model: its first shard or directory (written as one file)",
+    )  # fmt: skip
     p.add_argument("output", metavar="OUT.gguf", help="GGUF file to write (not the input)")
     p.add_argument(
         "--type", dest="ftype", default="Q4_K_M", type=str.upper, choices=list(FTYPES),
