@@ -161,7 +161,7 @@ def model_facts(path: Path) -> dict:
     tb = token_bytes(g, k, e)
     n_moe = len({n.split(".")[1] for n in g.tensors if n.startswith("blk.") and "_exps" in n})
     return {"arch": g.arch, "n_layer": tb.n_layer, "n_moe": n_moe, "k": k, "E": e,
-            "file_bytes": path.stat().st_size, "tb": tb}  # fmt: skip
+            "file_bytes": g.file_size, "tb": tb}  # fmt: skip
 
 
 def _git(repo: Path, *args: str) -> str:

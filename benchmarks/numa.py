@@ -138,12 +138,13 @@ def main() -> None:
         print("RESULT " + json.dumps(r), flush=True)
         return
     from numoe.bench import isa_line
+    from numoe.gguf import open_gguf
 
     if a.sweep:
         print(isa_line(), flush=True)
         sweep(a)
         return
-    size = a.model.stat().st_size
+    size = open_gguf(a.model).file_size  # all the files of a split model
     print(f"{a.model.name}: {size / 2**30:.2f} GiB, --numa-nodes {a.numa_nodes}", flush=True)
     print(isa_line(), flush=True)
     print(

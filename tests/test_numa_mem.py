@@ -227,7 +227,7 @@ def test_prefault_maps_every_page(tmp_path):
 
     class Huge:  # what prefault reads of a GGUFFile, larger than the available memory
         file_size = 1 << 60
-        maps = [mm]
+        maps = (mm,)
 
     assert memory.prefault(Huge()) is False  # left alone: pages come in on first use
 
