@@ -1,0 +1,103 @@
+// IQ2_S: 2.5625 bits per value. Per group of 8 values a 10-bit index into the 1024-row grid
+// iq2s_grid (8 bits in qs, 2 in qh) and a plain sign byte; a 4-bit scale per 16 values (see
+// iq2.hpp).
+#include "iq2.hpp"
+
+namespace numoe::quant {
+namespace {
+
+constexpr auto dequantize_iq2_s = iq2_dequantize<block_iq2_s, iq2_s_group>;
+constexpr auto vec_dot_iq2_s_scalar = iq2_vec_dot_scalar<block_iq2_s, iq2_s_group>;
+
+// Grid index of group l (0..3) of sub-block c.
+inline uint32_t iq2_s_index(const block_iq2_s &x, int c, int l) {
+  return x.qs[4 * c + l] | ((x.qh[c] >> 2 * l) & 3) << 8;
+}
+
+#ifdef NUMOE_X86
+// Sub-block c: grid rows by index; the 4 sign bytes spread to one byte per value (each byte
+// to 8 lanes, tested against its lane's bit), as +1/-1; scale words as IQ2_XS.
+struct iq2_s_avx2 {
+  using block = block_iq2_s;
+  const block_iq2_s &x;
+  __m256i lo, hi;  // the scale words of sub-blocks 0..3 / 4..7 in both 128-bit lanes
+  NUMOE_TARGET_AVX2 explicit iq2_s_avx2(const block_iq2_s &b) : x(b) {
+    const __m256i w = simd::iq2_scale_words(b.scales);
+    lo = _mm256_permute2x128_si256(w, w, 0x00);
+    hi = _mm256_permute2x128_si256(w, w, 0x11);
+  }
+  NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
+    g = simd::rows4(iq2s_grid, iq2_s_index(x, c, 0), iq2_s_index(x, c, 1), iq2_s_index(x, c, 2),
+                    iq2_s_index(x, c, 3));
+    int32_t s;
+    std::memcpy(&s, x.qs + QK_K / 8 + 4 * c, 4);
+    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+    const __m256i b = _mm256_and_si256(
+        _mm256_shuffle_epi8(_mm256_set1_epi32(s),
+                            _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
+                                               0x0303030303030303LL)),
+        bit);
+    sg = _mm256_or_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(1));
+    const int k = 2 * (c % 4);
+    sc = _mm256_shuffle_epi8(c < 4 ? lo : hi,
+                             _mm256_setr_m128i(_mm_set1_epi16(simd::word_idx(k)),
+                                               _mm_set1_epi16(simd::word_idx(k + 1))));
+  }
+};
+
+// The sign bytes are the mask bits as stored: chunk p's are the uint64 at qs + 32 + 8p.
+struct iq2_s_avx512 {
+  using block = block_iq2_s;
+  const block_iq2_s &x;
+  __m256i scales;  // iq2_scale_words
+  NUMOE_TARGET_AVX512VNNI explicit iq2_s_avx512(const block_iq2_s &b)
+      : x(b), scales(simd::iq2_scale_words(b.scales)) {}
+  NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
+    uint32_t i[8];
+    for (int l = 0; l < 8; ++l) i[l] = iq2_s_index(x, 2 * p + l / 4, l % 4);
+    g = simd::rows8(iq2s_grid, i);
+    uint64_t s;
+    std::memcpy(&s, x.qs + QK_K / 8 + 8 * p, 8);
+    k = _cvtu64_mask64(s);
+    sc = simd::iq2_chunk_scales(scales, p);
+  }
+};
+
+constexpr vec_dot_fn vec_dot_iq2_s_avx2 = simd::iq2_vec_dot_avx2<iq2_s_avx2>;
+constexpr vec_dot_fn vec_dot_iq2_s_avx512 = simd::iq2_vec_dot_avx512<iq2_s_avx512>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_s_n_avx2 = simd::iq2_n_avx2<iq2_s_avx2, N>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_s_n_avx512 = simd::iq2_n_avx512<iq2_s_avx512, N>;
+
+NUMOE_VEC_DOT_N(iq2_s, avx2, NUMOE_ROW_BODIES)
+NUMOE_VEC_DOT_N(iq2_s, avx512, NUMOE_ROW_BODIES)
+#endif
+
+}  // namespace
+
+const TypeInfo &info_iq2_s() {
+  static const TypeInfo t = {
+      IQ2_S,
+      "IQ2_S",
+      QK_K,
+      sizeof(block_iq2_s),
+      Q8_K,
+      dequantize_iq2_s,
+#ifdef NUMOE_X86
+      {vec_dot_iq2_s_scalar, vec_dot_iq2_s_avx2, vec_dot_iq2_s_avx512},
+#else
+      {vec_dot_iq2_s_scalar, nullptr, nullptr},
+#endif
+      true,
+      {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_iq2_s_scalar>, vec_dot_n_iq2_s_avx2, vec_dot_n_iq2_s_avx512},
+#else
+      {vec_dot_n_loop<vec_dot_iq2_s_scalar>, nullptr, nullptr},
+#endif
+  };
+  return t;
+}
+
+}  // namespace numoe::quant

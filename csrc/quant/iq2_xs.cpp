@@ -1,0 +1,97 @@
+// IQ2_XS: 2.3125 bits per value. Per group of 8 values a uint16: a 9-bit index into the
+// 512-row grid iq2xs_grid and a 7-bit sign field (ksigns_iq2xs); a 4-bit scale per 16 values
+// (see iq2.hpp).
+#include "iq2.hpp"
+
+namespace numoe::quant {
+namespace {
+
+constexpr auto dequantize_iq2_xs = iq2_dequantize<block_iq2_xs, iq2_xs_group>;
+constexpr auto vec_dot_iq2_xs_scalar = iq2_vec_dot_scalar<block_iq2_xs, iq2_xs_group>;
+
+#ifdef NUMOE_X86
+// Sub-block c from its 4 uint16: grid rows by index (bits 0-8), signs as the +1/-1 rows of the
+// sign fields (bits 9-15, iq2_sign_rows); scale words picked from the block's 16.
+struct iq2_xs_avx2 {
+  using block = block_iq2_xs;
+  const block_iq2_xs &x;
+  __m256i lo, hi;  // the scale words of sub-blocks 0..3 / 4..7 in both 128-bit lanes
+  NUMOE_TARGET_AVX2 explicit iq2_xs_avx2(const block_iq2_xs &b) : x(b) {
+    const __m256i w = simd::iq2_scale_words(b.scales);
+    lo = _mm256_permute2x128_si256(w, w, 0x00);
+    hi = _mm256_permute2x128_si256(w, w, 0x11);
+  }
+  NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
+    const uint16_t *q = x.qs + 4 * c;
+    g = simd::rows4(iq2xs_grid, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511);
+    sg = simd::rows4(simd::iq2_sign_rows.v, q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+    const int k = 2 * (c % 4);
+    sc = _mm256_shuffle_epi8(c < 4 ? lo : hi,
+                             _mm256_setr_m128i(_mm_set1_epi16(simd::word_idx(k)),
+                                               _mm_set1_epi16(simd::word_idx(k + 1))));
+  }
+};
+
+// All 32 sign bytes at once: the sign fields (uint16 >> 9) with their parity as bit 7 (a
+// pshufb of the xor of their two nibbles), narrowed to bytes.
+struct iq2_xs_avx512 {
+  using block = block_iq2_xs;
+  const block_iq2_xs &x;
+  alignas(32) uint64_t signs[4];  // chunk p's sign bits
+  __m256i scales;                 // iq2_scale_words
+  NUMOE_TARGET_AVX512VNNI explicit iq2_xs_avx512(const block_iq2_xs &b) : x(b) {
+    const __m512i f = _mm512_srli_epi16(_mm512_loadu_si512(b.qs), 9);
+    const __m512i par =
+        _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm256_castsi256_si128(simd::parity_bits())),
+                            _mm512_xor_si512(f, _mm512_srli_epi16(f, 4)));
+    _mm256_store_si256(reinterpret_cast<__m256i *>(signs),
+                       _mm512_cvtepi16_epi8(_mm512_or_si512(f, par)));
+    scales = simd::iq2_scale_words(b.scales);
+  }
+  NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
+    uint32_t i[8];
+    for (int l = 0; l < 8; ++l) i[l] = x.qs[8 * p + l] & 511;
+    g = simd::rows8(iq2xs_grid, i);
+    k = _cvtu64_mask64(signs[p]);
+    sc = simd::iq2_chunk_scales(scales, p);
+  }
+};
+
+constexpr vec_dot_fn vec_dot_iq2_xs_avx2 = simd::iq2_vec_dot_avx2<iq2_xs_avx2>;
+constexpr vec_dot_fn vec_dot_iq2_xs_avx512 = simd::iq2_vec_dot_avx512<iq2_xs_avx512>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_xs_n_avx2 = simd::iq2_n_avx2<iq2_xs_avx2, N>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_xs_n_avx512 = simd::iq2_n_avx512<iq2_xs_avx512, N>;
+
+NUMOE_VEC_DOT_N(iq2_xs, avx2, NUMOE_ROW_BODIES)
+NUMOE_VEC_DOT_N(iq2_xs, avx512, NUMOE_ROW_BODIES)
+#endif
+
+}  // namespace
+
+const TypeInfo &info_iq2_xs() {
+  static const TypeInfo t = {
+      IQ2_XS,
+      "IQ2_XS",
+      QK_K,
+      sizeof(block_iq2_xs),
+      Q8_K,
+      dequantize_iq2_xs,
+#ifdef NUMOE_X86
+      {vec_dot_iq2_xs_scalar, vec_dot_iq2_xs_avx2, vec_dot_iq2_xs_avx512},
+#else
+      {vec_dot_iq2_xs_scalar, nullptr, nullptr},
+#endif
+      true,
+      {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_iq2_xs_scalar>, vec_dot_n_iq2_xs_avx2, vec_dot_n_iq2_xs_avx512},
+#else
+      {vec_dot_n_loop<vec_dot_iq2_xs_scalar>, nullptr, nullptr},
+#endif
+  };
+  return t;
+}
+
+}  // namespace numoe::quant

@@ -1,0 +1,106 @@
+// IQ2_XXS: 2.0625 bits per value. Per 32 values 8 bytes: 4 indices into the 256-row grid
+// iq2xxs_grid, 4 7-bit sign fields (ksigns_iq2xs) and one 4-bit scale (see iq2.hpp).
+#include "iq2.hpp"
+
+namespace numoe::quant {
+namespace {
+
+constexpr auto dequantize_iq2_xxs = iq2_dequantize<block_iq2_xxs, iq2_xxs_group>;
+constexpr auto vec_dot_iq2_xxs_scalar = iq2_vec_dot_scalar<block_iq2_xxs, iq2_xxs_group>;
+
+#ifdef NUMOE_X86
+// Sub-block c from its 8 bytes: grid rows by index byte, signs as the +1/-1 rows of the
+// sign fields (iq2_sign_rows), the scale 2 * (bits 28-31) + 1.
+struct iq2_xxs_avx2 {
+  using block = block_iq2_xxs;
+  const block_iq2_xxs &x;
+  NUMOE_TARGET_AVX2 explicit iq2_xxs_avx2(const block_iq2_xxs &b) : x(b) {}
+  NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
+    uint32_t a[2];
+    std::memcpy(a, x.qs + 4 * c, 8);
+    g = simd::rows4(iq2xxs_grid, a[0] & 0xFF, (a[0] >> 8) & 0xFF, (a[0] >> 16) & 0xFF, a[0] >> 24);
+    sg = simd::rows4(simd::iq2_sign_rows.v, a[1] & 127, (a[1] >> 7) & 127, (a[1] >> 14) & 127,
+                     (a[1] >> 21) & 127);
+    sc = _mm256_set1_epi16(static_cast<int16_t>(2 * (a[1] >> 28) + 1));
+  }
+};
+
+// The block's 64 bytes in one register give all 32 sign bytes and the 8 scales at once. In
+// each odd dword (sub-block c's uint32 u): the 7-bit fields moved to bytes 0..3, each byte's
+// parity added as bit 7 (a pshufb of its two nibbles' xor) = the 4 sign bytes of sub-block c;
+// the even dwords (grid indices) are dropped by a compress. Scale: (u >> 27) | 1 = 2s + 1.
+struct iq2_xxs_avx512 {
+  using block = block_iq2_xxs;
+  const block_iq2_xxs &x;
+  alignas(32) uint64_t signs[4];  // chunk p's sign bits
+  __m512i scales;                 // word 4c + 2: 2s + 1 of sub-block c
+  NUMOE_TARGET_AVX512VNNI explicit iq2_xxs_avx512(const block_iq2_xxs &b) : x(b) {
+    const __m512i v = _mm512_loadu_si512(b.qs);
+    const __m512i f = _mm512_or_si512(
+        _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x7F)),
+                        _mm512_and_si512(_mm512_slli_epi32(v, 1), _mm512_set1_epi32(0x7F00))),
+        _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi32(v, 2), _mm512_set1_epi32(0x7F0000)),
+                        _mm512_and_si512(_mm512_slli_epi32(v, 3), _mm512_set1_epi32(0x7F000000))));
+    const __m512i nib =
+        _mm512_and_si512(_mm512_xor_si512(f, _mm512_srli_epi32(f, 4)), _mm512_set1_epi8(0x0F));
+    const __m512i par = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm256_castsi256_si128(simd::parity_bits())), nib);
+    _mm256_store_si256(
+        reinterpret_cast<__m256i *>(signs),
+        _mm512_castsi512_si256(_mm512_maskz_compress_epi32(0xAAAA, _mm512_or_si512(f, par))));
+    scales = _mm512_or_si512(_mm512_srli_epi32(v, 27), _mm512_set1_epi32(1));
+  }
+  NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
+    uint32_t i[8];
+    for (int h = 0; h < 2; ++h) {
+      uint32_t a;
+      std::memcpy(&a, x.qs + 4 * (2 * p + h), 4);
+      for (int l = 0; l < 4; ++l) i[4 * h + l] = (a >> 8 * l) & 0xFF;
+    }
+    g = simd::rows8(iq2xxs_grid, i);
+    k = _cvtu64_mask64(signs[p]);
+    // lanes 0, 1: sub-block 2p's scale (word 8p + 2); lanes 2, 3: 2p + 1's (word 8p + 6)
+    const int16_t w0 = static_cast<int16_t>(8 * p + 2), w1 = static_cast<int16_t>(8 * p + 6);
+    sc = _mm512_permutexvar_epi16(simd::concat(_mm256_set1_epi16(w0), _mm256_set1_epi16(w1)),
+                                  scales);
+  }
+};
+
+constexpr vec_dot_fn vec_dot_iq2_xxs_avx2 = simd::iq2_vec_dot_avx2<iq2_xxs_avx2>;
+constexpr vec_dot_fn vec_dot_iq2_xxs_avx512 = simd::iq2_vec_dot_avx512<iq2_xxs_avx512>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_xxs_n_avx2 = simd::iq2_n_avx2<iq2_xxs_avx2, N>;
+template <int N>
+constexpr simd::q8_K_row_fn iq2_xxs_n_avx512 = simd::iq2_n_avx512<iq2_xxs_avx512, N>;
+
+NUMOE_VEC_DOT_N(iq2_xxs, avx2, NUMOE_ROW_BODIES)
+NUMOE_VEC_DOT_N(iq2_xxs, avx512, NUMOE_ROW_BODIES)
+#endif
+
+}  // namespace
+
+const TypeInfo &info_iq2_xxs() {
+  static const TypeInfo t = {
+      IQ2_XXS,
+      "IQ2_XXS",
+      QK_K,
+      sizeof(block_iq2_xxs),
+      Q8_K,
+      dequantize_iq2_xxs,
+#ifdef NUMOE_X86
+      {vec_dot_iq2_xxs_scalar, vec_dot_iq2_xxs_avx2, vec_dot_iq2_xxs_avx512},
+#else
+      {vec_dot_iq2_xxs_scalar, nullptr, nullptr},
+#endif
+      true,
+      {nullptr, nullptr, nullptr},
+#ifdef NUMOE_X86
+      {vec_dot_n_loop<vec_dot_iq2_xxs_scalar>, vec_dot_n_iq2_xxs_avx2, vec_dot_n_iq2_xxs_avx512},
+#else
+      {vec_dot_n_loop<vec_dot_iq2_xxs_scalar>, nullptr, nullptr},
+#endif
+  };
+  return t;
+}
+
+}  // namespace numoe::quant
