@@ -251,6 +251,81 @@ NUMOE_TARGET_AVX512 inline __m512i rows8(const uint64_t *t, const uint32_t i[8])
   return concat(rows4(t, i[0], i[1], i[2], i[3]), rows4(t, i[4], i[5], i[6], i[7]));
 }
 
+// Grid rows in registers (no per-row loads): a grid as 2-bit codes (0, 1, 2 for 8, 25, 43),
+// one uint16 per row, looked up 32 rows at a time with vpermt2w over pairs of 64-byte table
+// registers (6 index bits) and blends on the higher index bits; a chunk's 8 rows are then
+// spread to bytes. Code order in a row's word: element 2k in bits 2k..2k+1 and element 2k + 1
+// in bits 2k+8..2k+9 (k < 4), so that word k of the row repeated 4 times, shifted right by 2k,
+// holds element 2k in its low byte and 2k + 1 in its high byte (iq2_expand).
+template <size_t R>
+struct iq2_code_table {
+  uint16_t w[R];
+};
+template <size_t R>
+constexpr iq2_code_table<R> make_iq2_codes(const uint64_t (&grid)[R]) {
+  iq2_code_table<R> t{};
+  for (size_t r = 0; r < R; ++r)
+    for (int j = 0; j < 8; ++j) {
+      const uint64_t v = (grid[r] >> 8 * j) & 0xFF;
+      const int code = v == 0x08 ? 0 : v == 0x19 ? 1 : 2;
+      t.w[r] |= static_cast<uint16_t>(code << (j % 2 ? 2 * (j / 2) + 8 : 2 * (j / 2)));
+    }
+  return t;
+}
+alignas(64) inline constexpr auto iq2xxs_codes = make_iq2_codes(iq2xxs_grid);
+alignas(64) inline constexpr auto iq2xs_codes = make_iq2_codes(iq2xs_grid);
+alignas(64) inline constexpr auto iq2s_codes = make_iq2_codes(iq2s_grid);
+
+// The code words t[idx[n]] for the 32 word indices idx (each < R).
+template <size_t R>
+NUMOE_TARGET_AVX512 inline __m512i iq2_lookup(const iq2_code_table<R> &t, __m512i idx) {
+  constexpr int m = static_cast<int>(R / 64);
+  __m512i r[m];
+  for (int k = 0; k < m; ++k)
+    r[k] = _mm512_permutex2var_epi16(_mm512_load_si512(t.w + 64 * k), idx,
+                                     _mm512_load_si512(t.w + 64 * k + 32));
+  for (int bit = 6, c = m; c > 1; ++bit, c /= 2) {
+    const __mmask32 hi =
+        _mm512_test_epi16_mask(idx, _mm512_set1_epi16(static_cast<int16_t>(1 << bit)));
+    for (int k = 0; k < c / 2; ++k) r[k] = _mm512_mask_blend_epi16(hi, r[2 * k], r[2 * k + 1]);
+  }
+  return r[0];
+}
+
+// Grid values of rows 8p .. 8p + 7 of the 32 code words w (from iq2_lookup), as 64 bytes.
+NUMOE_TARGET_AVX512 inline __m512i iq2_expand(__m512i w, int p) {
+  // word n: row 8p + n / 4, shifted right by 2 * (n % 4)
+  const __m512i rep = _mm512_permutexvar_epi16(
+      _mm512_add_epi16(
+          _mm512_set1_epi16(static_cast<int16_t>(8 * p)),
+          _mm512_srli_epi16(
+              _mm512_setr_epi64(0x0003000200010000LL, 0x0007000600050004LL, 0x000B000A00090008LL,
+                                0x000F000E000D000CLL, 0x0013001200110010LL, 0x0017001600150014LL,
+                                0x001B001A00190018LL, 0x001F001E001D001CLL),
+              2)),
+      w);
+  const __m512i c = _mm512_and_si512(
+      _mm512_srlv_epi16(rep, _mm512_set1_epi64(0x0006000400020000LL)), _mm512_set1_epi16(0x0303));
+  return _mm512_shuffle_epi8(
+      _mm512_broadcast_i32x4(_mm_setr_epi8(8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), c);
+}
+
+// The sign mask of chunk p from the block's 32 sign bytes s (byte g: group g): each of the
+// chunk's 8 bytes spread over its 8 values and tested against the value's bit, all in vector
+// registers (a round trip through a general register costs more here).
+NUMOE_TARGET_AVX512 inline __mmask64 iq2_sign_mask(__m256i s, int p) {
+  const __m512i b =
+      _mm512_shuffle_i32x4(_mm512_castsi256_si512(s), _mm512_castsi256_si512(s), (p / 2) * 0x55);
+  const char o = static_cast<char>(8 * (p % 2));
+  const __m512i idx = _mm512_add_epi8(
+      _mm512_set1_epi8(o),
+      _mm512_setr_epi64(0, 0x0101010101010101LL, 0x0202020202020202LL, 0x0303030303030303LL,
+                        0x0404040404040404LL, 0x0505050505050505LL, 0x0606060606060606LL,
+                        0x0707070707070707LL));
+  return _mm512_test_epi8_mask(_mm512_shuffle_epi8(b, idx),
+                               _mm512_set1_epi64(static_cast<int64_t>(0x8040201008040201ULL)));
+}
+
 // The scale words of chunk p from 16 words w (word 4p + L for 128-bit lane L): IQ2_XS /
 // IQ2_S, whose 16-value halves each have a scale (iq2_scale_words).
 NUMOE_TARGET_AVX512 inline __m512i iq2_chunk_scales(__m256i w, int p) {

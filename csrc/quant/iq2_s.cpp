@@ -45,20 +45,35 @@ struct iq2_s_avx2 {
   }
 };
 
-// The sign bytes are the mask bits as stored: chunk p's are the uint64 at qs + 32 + 8p.
+// The 32 10-bit indices in one register (the low bytes widened, each group's 2 bits of qh
+// shifted in), the rows looked up in registers (simd::iq2_lookup over 16 table pairs); the
+// sign bytes are stored as they are used.
 struct iq2_s_avx512 {
   using block = block_iq2_s;
-  const block_iq2_s &x;
+  __m512i rows;    // the 32 rows' codes
+  __m256i signs;   // sign byte of group g in byte g
   __m256i scales;  // iq2_scale_words
-  NUMOE_TARGET_AVX512VNNI explicit iq2_s_avx512(const block_iq2_s &b)
-      : x(b), scales(simd::iq2_scale_words(b.scales)) {}
+  NUMOE_TARGET_AVX512VNNI explicit iq2_s_avx512(const block_iq2_s &b) {
+    const __m512i lo =
+        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(b.qs)));
+    // word g: qh[g / 4] >> 2 (g % 4), then its low 2 bits to bits 8-9
+    const __m512i h = _mm512_permutexvar_epi16(
+        _mm512_srli_epi16(
+            _mm512_setr_epi64(0x0003000200010000LL, 0x0007000600050004LL, 0x000B000A00090008LL,
+                              0x000F000E000D000CLL, 0x0013001200110010LL, 0x0017001600150014LL,
+                              0x001B001A00190018LL, 0x001F001E001D001CLL),
+            2),
+        _mm512_castsi128_si512(
+            _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(b.qh)))));
+    const __m512i hi = _mm512_and_si512(
+        _mm512_sllv_epi16(h, _mm512_set1_epi64(0x0002000400060008LL)), _mm512_set1_epi16(0x300));
+    rows = simd::iq2_lookup(simd::iq2s_codes, _mm512_or_si512(lo, hi));
+    signs = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b.qs + QK_K / 8));
+    scales = simd::iq2_scale_words(b.scales);
+  }
   NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
-    uint32_t i[8];
-    for (int l = 0; l < 8; ++l) i[l] = iq2_s_index(x, 2 * p + l / 4, l % 4);
-    g = simd::rows8(iq2s_grid, i);
-    uint64_t s;
-    std::memcpy(&s, x.qs + QK_K / 8 + 8 * p, 8);
-    k = _cvtu64_mask64(s);
+    g = simd::iq2_expand(rows, p);
+    k = simd::iq2_sign_mask(signs, p);
     sc = simd::iq2_chunk_scales(scales, p);
   }
 };

@@ -32,27 +32,27 @@ struct iq2_xs_avx2 {
   }
 };
 
-// All 32 sign bytes at once: the sign fields (uint16 >> 9) with their parity as bit 7 (a
-// pshufb of the xor of their two nibbles), narrowed to bytes.
+// The block's 64 bytes in one register: the 9-bit indices (the rows looked up in registers,
+// simd::iq2_lookup) and all 32 sign bytes, the sign fields (uint16 >> 9) with their parity
+// as bit 7 (a pshufb of the xor of their two nibbles), narrowed to bytes.
 struct iq2_xs_avx512 {
   using block = block_iq2_xs;
-  const block_iq2_xs &x;
-  alignas(32) uint64_t signs[4];  // chunk p's sign bits
-  __m256i scales;                 // iq2_scale_words
-  NUMOE_TARGET_AVX512VNNI explicit iq2_xs_avx512(const block_iq2_xs &b) : x(b) {
-    const __m512i f = _mm512_srli_epi16(_mm512_loadu_si512(b.qs), 9);
+  __m512i rows;    // the 32 rows' codes
+  __m256i signs;   // sign byte of group g in byte g
+  __m256i scales;  // iq2_scale_words
+  NUMOE_TARGET_AVX512VNNI explicit iq2_xs_avx512(const block_iq2_xs &b) {
+    const __m512i v = _mm512_loadu_si512(b.qs);
+    rows = simd::iq2_lookup(simd::iq2xs_codes, _mm512_and_si512(v, _mm512_set1_epi16(511)));
+    const __m512i f = _mm512_srli_epi16(v, 9);
     const __m512i par =
         _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm256_castsi256_si128(simd::parity_bits())),
                             _mm512_xor_si512(f, _mm512_srli_epi16(f, 4)));
-    _mm256_store_si256(reinterpret_cast<__m256i *>(signs),
-                       _mm512_cvtepi16_epi8(_mm512_or_si512(f, par)));
+    signs = _mm512_cvtepi16_epi8(_mm512_or_si512(f, par));
     scales = simd::iq2_scale_words(b.scales);
   }
   NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
-    uint32_t i[8];
-    for (int l = 0; l < 8; ++l) i[l] = x.qs[8 * p + l] & 511;
-    g = simd::rows8(iq2xs_grid, i);
-    k = _cvtu64_mask64(signs[p]);
+    g = simd::iq2_expand(rows, p);
+    k = simd::iq2_sign_mask(signs, p);
     sc = simd::iq2_chunk_scales(scales, p);
   }
 };

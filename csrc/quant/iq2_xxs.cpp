@@ -32,8 +32,9 @@ struct iq2_xxs_avx2 {
 struct iq2_xxs_avx512 {
   using block = block_iq2_xxs;
   const block_iq2_xxs &x;
-  alignas(32) uint64_t signs[4];  // chunk p's sign bits
-  __m512i scales;                 // word 4c + 2: 2s + 1 of sub-block c
+  __m256i signs;   // sign byte of group g in byte g
+  __m512i scales;  // word 4c + 2: 2s + 1 of sub-block c
+  __m512i rows;    // the 32 rows' codes (iq2_lookup)
   NUMOE_TARGET_AVX512VNNI explicit iq2_xxs_avx512(const block_iq2_xxs &b) : x(b) {
     const __m512i v = _mm512_loadu_si512(b.qs);
     const __m512i f = _mm512_or_si512(
@@ -45,20 +46,19 @@ struct iq2_xxs_avx512 {
         _mm512_and_si512(_mm512_xor_si512(f, _mm512_srli_epi32(f, 4)), _mm512_set1_epi8(0x0F));
     const __m512i par = _mm512_shuffle_epi8(
         _mm512_broadcast_i32x4(_mm256_castsi256_si128(simd::parity_bits())), nib);
-    _mm256_store_si256(
-        reinterpret_cast<__m256i *>(signs),
-        _mm512_castsi512_si256(_mm512_maskz_compress_epi32(0xAAAA, _mm512_or_si512(f, par))));
+    signs = (_mm512_castsi512_si256(_mm512_permutexvar_epi32(
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0),
+        _mm512_or_si512(f, par))));
     scales = _mm512_or_si512(_mm512_srli_epi32(v, 27), _mm512_set1_epi32(1));
+    // the index bytes (even dwords) in row order, as words
+    rows = simd::iq2_lookup(
+        simd::iq2xxs_codes,
+        _mm512_cvtepu8_epi16(_mm512_castsi512_si256(_mm512_permutexvar_epi32(
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0), v))));
   }
   NUMOE_TARGET_AVX512VNNI void chunk(int p, __m512i &g, __mmask64 &k, __m512i &sc) const {
-    uint32_t i[8];
-    for (int h = 0; h < 2; ++h) {
-      uint32_t a;
-      std::memcpy(&a, x.qs + 4 * (2 * p + h), 4);
-      for (int l = 0; l < 4; ++l) i[4 * h + l] = (a >> 8 * l) & 0xFF;
-    }
-    g = simd::rows8(iq2xxs_grid, i);
-    k = _cvtu64_mask64(signs[p]);
+    g = simd::iq2_expand(rows, p);
+    k = simd::iq2_sign_mask(signs, p);
     // lanes 0, 1: sub-block 2p's scale (word 8p + 2); lanes 2, 3: 2p + 1's (word 8p + 6)
     const int16_t w0 = static_cast<int16_t>(8 * p + 2), w1 = static_cast<int16_t>(8 * p + 6);
     sc = _mm512_permutexvar_epi16(simd::concat(_mm256_set1_epi16(w0), _mm256_set1_epi16(w1)),
