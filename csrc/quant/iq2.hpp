@@ -116,20 +116,6 @@ float iq2_vec_dot_scalar(int n, const void *w, const void *act) {
 #ifdef NUMOE_X86
 namespace simd {
 
-// iq2_sign_rows[i]: the 8 signs of ksigns_iq2xs[i] as bytes, +1 or -1 (value j in byte j):
-// _mm256_sign_epi8's operand, loaded as a grid row is.
-struct iq2_sign_table {
-  uint64_t v[128];
-};
-constexpr iq2_sign_table make_iq2_sign_rows() {
-  iq2_sign_table t{};
-  for (int i = 0; i < 128; ++i)
-    for (int j = 0; j < 8; ++j)
-      t.v[i] |= static_cast<uint64_t>((ksigns_iq2xs[i] >> j) & 1 ? 0xFF : 0x01) << 8 * j;
-  return t;
-}
-alignas(64) inline constexpr iq2_sign_table iq2_sign_rows = make_iq2_sign_rows();
-
 // The rows t[i0..i3] of a table of 8-byte rows as one register: four broadcast loads and
 // three blends (no shuffle-port inserts, no gather).
 NUMOE_TARGET_AVX2 inline __m256i rows4(const uint64_t *t, uint32_t i0, uint32_t i1, uint32_t i2,
@@ -139,6 +125,17 @@ NUMOE_TARGET_AVX2 inline __m256i rows4(const uint64_t *t, uint32_t i0, uint32_t 
   };
   return _mm256_blend_epi32(_mm256_blend_epi32(b(i0), b(i1), 0x0C),
                             _mm256_blend_epi32(b(i2), b(i3), 0xC0), 0xF0);
+}
+
+// The signs of a sub-block as +1 / -1 bytes (_mm256_sign_epi8's operand) from a register
+// whose every dword is its 4 sign bytes (bit j of byte l: value 8l + j negative).
+NUMOE_TARGET_AVX2 inline __m256i iq2_spread_signs(__m256i s4) {
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  const __m256i b = _mm256_and_si256(
+      _mm256_shuffle_epi8(s4, _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
+                                                 0x0303030303030303LL)),
+      bit);
+  return _mm256_or_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(1));
 }
 
 // 0x80 where the 4-bit index has odd parity: a sign field's eighth sign bit (pshufb table).
@@ -245,11 +242,6 @@ NUMOE_TARGET_AVX2 void iq2_n_avx2(int n, const void *w, const block_q8_K *const 
 // gives values 64p .. 64p + 63 (sub-blocks 2p, 2p + 1): g their grid values (unsigned
 // bytes), k their signs (bit j: value 64p + j negative; the 8 sign bytes of the groups read
 // as one uint64), sc the scale word of each 128-bit lane (16 values).
-
-// The rows t[i[0..7]] of a table of 8-byte rows.
-NUMOE_TARGET_AVX512 inline __m512i rows8(const uint64_t *t, const uint32_t i[8]) {
-  return concat(rows4(t, i[0], i[1], i[2], i[3]), rows4(t, i[4], i[5], i[6], i[7]));
-}
 
 // Grid rows in registers (no per-row loads): a grid as 2-bit codes (0, 1, 2 for 8, 25, 43),
 // one uint16 per row, looked up 32 rows at a time with vpermt2w over pairs of 64-byte table

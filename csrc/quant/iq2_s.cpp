@@ -15,29 +15,41 @@ inline uint32_t iq2_s_index(const block_iq2_s &x, int c, int l) {
 }
 
 #ifdef NUMOE_X86
-// Sub-block c: grid rows by index; the 4 sign bytes spread to one byte per value (each byte
-// to 8 lanes, tested against its lane's bit), as +1/-1; scale words as IQ2_XS.
+// Sub-block c: grid rows by index (the 32 indices formed in vector registers up front: the
+// low bytes widened, each group's 2 bits of qh moved to bits 8-9 by a multiply); the 4 sign
+// bytes spread to +1/-1; scale words as IQ2_XS.
 struct iq2_s_avx2 {
   using block = block_iq2_s;
   const block_iq2_s &x;
   __m256i lo, hi;  // the scale words of sub-blocks 0..3 / 4..7 in both 128-bit lanes
+  alignas(32) uint16_t idx[32];
   NUMOE_TARGET_AVX2 explicit iq2_s_avx2(const block_iq2_s &b) : x(b) {
     const __m256i w = simd::iq2_scale_words(b.scales);
     lo = _mm256_permute2x128_si256(w, w, 0x00);
     hi = _mm256_permute2x128_si256(w, w, 0x11);
+    for (int h = 0; h < 2; ++h) {  // groups 16h .. 16h + 15
+      int32_t q;
+      std::memcpy(&q, b.qh + 4 * h, 4);
+      // word n: qh byte n / 4 (of this half), times 2^(8 - 2 (n % 4))
+      const __m256i r = _mm256_shuffle_epi8(
+          _mm256_set1_epi32(q), _mm256_setr_epi64x(static_cast<int64_t>(0x8000800080008000ULL),
+                                                   static_cast<int64_t>(0x8001800180018001ULL),
+                                                   static_cast<int64_t>(0x8002800280028002ULL),
+                                                   static_cast<int64_t>(0x8003800380038003ULL)));
+      const __m256i hb =
+          _mm256_and_si256(_mm256_mullo_epi16(r, _mm256_set1_epi64x(0x0004001000400100LL)),
+                           _mm256_set1_epi16(0x300));
+      const __m256i lb =
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b.qs + 16 * h)));
+      _mm256_store_si256(reinterpret_cast<__m256i *>(idx + 16 * h), _mm256_or_si256(lb, hb));
+    }
   }
   NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
-    g = simd::rows4(iq2s_grid, iq2_s_index(x, c, 0), iq2_s_index(x, c, 1), iq2_s_index(x, c, 2),
-                    iq2_s_index(x, c, 3));
+    const uint16_t *i = idx + 4 * c;
+    g = simd::rows4(iq2s_grid, i[0], i[1], i[2], i[3]);
     int32_t s;
     std::memcpy(&s, x.qs + QK_K / 8 + 4 * c, 4);
-    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
-    const __m256i b = _mm256_and_si256(
-        _mm256_shuffle_epi8(_mm256_set1_epi32(s),
-                            _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
-                                               0x0303030303030303LL)),
-        bit);
-    sg = _mm256_or_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(1));
+    sg = simd::iq2_spread_signs(_mm256_set1_epi32(s));
     const int k = 2 * (c % 4);
     sc = _mm256_shuffle_epi8(c < 4 ? lo : hi,
                              _mm256_setr_m128i(_mm_set1_epi16(simd::word_idx(k)),

@@ -10,21 +10,34 @@ constexpr auto dequantize_iq2_xs = iq2_dequantize<block_iq2_xs, iq2_xs_group>;
 constexpr auto vec_dot_iq2_xs_scalar = iq2_vec_dot_scalar<block_iq2_xs, iq2_xs_group>;
 
 #ifdef NUMOE_X86
-// Sub-block c from its 4 uint16: grid rows by index (bits 0-8), signs as the +1/-1 rows of the
-// sign fields (bits 9-15, iq2_sign_rows); scale words picked from the block's 16.
+// Sub-block c: grid rows by index (bits 0-8 of its 4 uint16, masked up front); its 4 sign
+// bytes (the fields, bits 9-15, with their parity as bit 7, for the whole block at once)
+// spread to +1/-1; scale words picked from the block's 16.
 struct iq2_xs_avx2 {
   using block = block_iq2_xs;
-  const block_iq2_xs &x;
-  __m256i lo, hi;  // the scale words of sub-blocks 0..3 / 4..7 in both 128-bit lanes
-  NUMOE_TARGET_AVX2 explicit iq2_xs_avx2(const block_iq2_xs &b) : x(b) {
+  __m256i lo, hi;                // the scale words of sub-blocks 0..3 / 4..7 in both lanes
+  __m256i signs;                 // sign byte of group g in byte g
+  alignas(32) uint16_t idx[32];  // grid index of group g
+  NUMOE_TARGET_AVX2 explicit iq2_xs_avx2(const block_iq2_xs &b) {
     const __m256i w = simd::iq2_scale_words(b.scales);
     lo = _mm256_permute2x128_si256(w, w, 0x00);
     hi = _mm256_permute2x128_si256(w, w, 0x11);
+    __m256i f[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b.qs + 16 * h));
+      _mm256_store_si256(reinterpret_cast<__m256i *>(idx + 16 * h),
+                         _mm256_and_si256(v, _mm256_set1_epi16(511)));
+      f[h] = _mm256_srli_epi16(v, 9);
+      f[h] = _mm256_or_si256(
+          f[h], _mm256_shuffle_epi8(simd::parity_bits(),
+                                    _mm256_xor_si256(f[h], _mm256_srli_epi16(f[h], 4))));
+    }
+    signs = _mm256_permute4x64_epi64(_mm256_packus_epi16(f[0], f[1]), 0xD8);
   }
   NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
-    const uint16_t *q = x.qs + 4 * c;
-    g = simd::rows4(iq2xs_grid, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511);
-    sg = simd::rows4(simd::iq2_sign_rows.v, q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+    const uint16_t *i = idx + 4 * c;
+    g = simd::rows4(iq2xs_grid, i[0], i[1], i[2], i[3]);
+    sg = simd::iq2_spread_signs(_mm256_permutevar8x32_epi32(signs, _mm256_set1_epi32(c)));
     const int k = 2 * (c % 4);
     sc = _mm256_shuffle_epi8(c < 4 ? lo : hi,
                              _mm256_setr_m128i(_mm_set1_epi16(simd::word_idx(k)),

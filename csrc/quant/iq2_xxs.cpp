@@ -9,19 +9,42 @@ constexpr auto dequantize_iq2_xxs = iq2_dequantize<block_iq2_xxs, iq2_xxs_group>
 constexpr auto vec_dot_iq2_xxs_scalar = iq2_vec_dot_scalar<block_iq2_xxs, iq2_xxs_group>;
 
 #ifdef NUMOE_X86
-// Sub-block c from its 8 bytes: grid rows by index byte, signs as the +1/-1 rows of the
-// sign fields (iq2_sign_rows), the scale 2 * (bits 28-31) + 1.
+// The sign bytes of the sub-blocks whose uint32 u (sign fields | scale << 28) are the odd
+// dwords of v (a sub-block's 4 grid index bytes, the even dwords, come out as garbage): the
+// 7-bit fields moved to bytes 0..3 and each byte's parity added as bit 7 (a pshufb of the
+// xor of its two nibbles).
+NUMOE_TARGET_AVX2 inline __m256i iq2_xxs_sign_bytes(__m256i v) {
+  const __m256i f = _mm256_or_si256(
+      _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0x7F)),
+                      _mm256_and_si256(_mm256_slli_epi32(v, 1), _mm256_set1_epi32(0x7F00))),
+      _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi32(v, 2), _mm256_set1_epi32(0x7F0000)),
+                      _mm256_and_si256(_mm256_slli_epi32(v, 3), _mm256_set1_epi32(0x7F000000))));
+  const __m256i nib =
+      _mm256_and_si256(_mm256_xor_si256(f, _mm256_srli_epi32(f, 4)), _mm256_set1_epi8(0x0F));
+  return _mm256_or_si256(f, _mm256_shuffle_epi8(simd::parity_bits(), nib));
+}
+
+// Sub-block c: grid rows by index byte; its sign bytes (dword 2c + 1 of its half of the
+// block) spread to +1/-1; its scale (u >> 27) | 1 = 2s + 1 as both words of a dword.
 struct iq2_xxs_avx2 {
   using block = block_iq2_xxs;
-  const block_iq2_xxs &x;
-  NUMOE_TARGET_AVX2 explicit iq2_xxs_avx2(const block_iq2_xxs &b) : x(b) {}
+  const uint8_t *q;
+  __m256i signs[2], scales[2];  // sub-blocks 0..3, 4..7: in their odd dwords
+  NUMOE_TARGET_AVX2 explicit iq2_xxs_avx2(const block_iq2_xxs &b)
+      : q(reinterpret_cast<const uint8_t *>(b.qs)) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q + 32 * h));
+      signs[h] = iq2_xxs_sign_bytes(v);
+      const __m256i ls = _mm256_or_si256(_mm256_srli_epi32(v, 27), _mm256_set1_epi32(1));
+      scales[h] = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
+    }
+  }
   NUMOE_TARGET_AVX2 void sub(int c, __m256i &g, __m256i &sg, __m256i &sc) const {
-    uint32_t a[2];
-    std::memcpy(a, x.qs + 4 * c, 8);
-    g = simd::rows4(iq2xxs_grid, a[0] & 0xFF, (a[0] >> 8) & 0xFF, (a[0] >> 16) & 0xFF, a[0] >> 24);
-    sg = simd::rows4(simd::iq2_sign_rows.v, a[1] & 127, (a[1] >> 7) & 127, (a[1] >> 14) & 127,
-                     (a[1] >> 21) & 127);
-    sc = _mm256_set1_epi16(static_cast<int16_t>(2 * (a[1] >> 28) + 1));
+    const uint8_t *i = q + 8 * c;
+    g = simd::rows4(iq2xxs_grid, i[0], i[1], i[2], i[3]);
+    const __m256i d = _mm256_set1_epi32(2 * (c % 4) + 1);
+    sg = simd::iq2_spread_signs(_mm256_permutevar8x32_epi32(signs[c / 4], d));
+    sc = _mm256_permutevar8x32_epi32(scales[c / 4], d);
   }
 };
 
