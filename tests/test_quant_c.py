@@ -154,6 +154,27 @@ def test_vec_dot(qtype, isa):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_vec_dot_every_grid_row(qtype, isa):
+    """Every grid row and sign field through each level's vec_dot (the AVX-512 bodies keep
+    their own copy of the grids, as 2-bit codes in registers): bit for bit the scalar's."""
+    rng = np.random.default_rng([int(qtype), 4])
+    raw = grid_blocks(qtype, rng)
+    n = raw.shape[0] * 256
+    act = _cpu.quantize_activation(int(qtype), rng.standard_normal(n).astype(np.float32))
+    got = {}
+    for level in dict.fromkeys(["scalar", isa]):
+        _cpu.set_isa(level)
+        # one super-block per row: each block's sum is compared on its own
+        got[level] = [
+            _cpu.vec_dot(int(qtype), raw[i], act[i * Q8_K_BYTES : (i + 1) * Q8_K_BYTES], 256)
+            for i in range(raw.shape[0])
+        ]
+    assert got[isa] == got["scalar"]
+    check_close(sum(got[isa]), dequant64(qtype, raw), q8_K_values(act, n))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_vec_dot_extreme_values(isa):
     """Largest grid values, scales and activations, one sign pattern against the other: the
     int16 / int32 sums must not saturate."""

@@ -268,7 +268,8 @@ alignas(64) inline constexpr auto iq2xxs_codes = make_iq2_codes(iq2xxs_grid);
 alignas(64) inline constexpr auto iq2xs_codes = make_iq2_codes(iq2xs_grid);
 alignas(64) inline constexpr auto iq2s_codes = make_iq2_codes(iq2s_grid);
 
-// The code words t[idx[n]] for the 32 word indices idx (each < R).
+// The code words t[idx[n]] for the 32 word indices idx (each < R; bits above log2(R) are
+// ignored: a register lookup cannot leave its table).
 template <size_t R>
 NUMOE_TARGET_AVX512 inline __m512i iq2_lookup(const iq2_code_table<R> &t, __m512i idx) {
   constexpr int m = static_cast<int>(R / 64);
@@ -303,8 +304,8 @@ NUMOE_TARGET_AVX512 inline __m512i iq2_expand(__m512i w, int p) {
 }
 
 // The sign mask of chunk p from the block's 32 sign bytes s (byte g: group g): each of the
-// chunk's 8 bytes spread over its 8 values and tested against the value's bit, all in vector
-// registers (a round trip through a general register costs more here).
+// chunk's 8 bytes spread over its 8 values and tested against the value's bit, without a
+// round trip through a general register.
 NUMOE_TARGET_AVX512 inline __mmask64 iq2_sign_mask(__m256i s, int p) {
   const __m512i b =
       _mm512_shuffle_i32x4(_mm512_castsi256_si512(s), _mm512_castsi256_si512(s), (p / 2) * 0x55);

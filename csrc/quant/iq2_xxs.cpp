@@ -48,17 +48,15 @@ struct iq2_xxs_avx2 {
   }
 };
 
-// The block's 64 bytes in one register give all 32 sign bytes and the 8 scales at once. In
-// each odd dword (sub-block c's uint32 u): the 7-bit fields moved to bytes 0..3, each byte's
-// parity added as bit 7 (a pshufb of its two nibbles' xor) = the 4 sign bytes of sub-block c;
-// the even dwords (grid indices) are dropped by a compress. Scale: (u >> 27) | 1 = 2s + 1.
+// The block's 64 bytes in one register give all 32 sign bytes (as iq2_xxs_sign_bytes, the
+// odd dwords then gathered by a permute), the 8 scales ((u >> 27) | 1 = 2s + 1) and the 32
+// grid indices (the even dwords' bytes), whose rows are looked up in registers.
 struct iq2_xxs_avx512 {
   using block = block_iq2_xxs;
-  const block_iq2_xxs &x;
   __m256i signs;   // sign byte of group g in byte g
   __m512i scales;  // word 4c + 2: 2s + 1 of sub-block c
   __m512i rows;    // the 32 rows' codes (iq2_lookup)
-  NUMOE_TARGET_AVX512VNNI explicit iq2_xxs_avx512(const block_iq2_xxs &b) : x(b) {
+  NUMOE_TARGET_AVX512VNNI explicit iq2_xxs_avx512(const block_iq2_xxs &b) {
     const __m512i v = _mm512_loadu_si512(b.qs);
     const __m512i f = _mm512_or_si512(
         _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x7F)),
@@ -69,9 +67,9 @@ struct iq2_xxs_avx512 {
         _mm512_and_si512(_mm512_xor_si512(f, _mm512_srli_epi32(f, 4)), _mm512_set1_epi8(0x0F));
     const __m512i par = _mm512_shuffle_epi8(
         _mm512_broadcast_i32x4(_mm256_castsi256_si128(simd::parity_bits())), nib);
-    signs = (_mm512_castsi512_si256(_mm512_permutexvar_epi32(
+    signs = _mm512_castsi512_si256(_mm512_permutexvar_epi32(
         _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0),
-        _mm512_or_si512(f, par))));
+        _mm512_or_si512(f, par)));
     scales = _mm512_or_si512(_mm512_srli_epi32(v, 27), _mm512_set1_epi32(1));
     // the index bytes (even dwords) in row order, as words
     rows = simd::iq2_lookup(
