@@ -418,10 +418,11 @@ def test_bad_tensor_infos(tmp_path):
 
 
 def test_unsupported_real_type_names_tensor_and_type(tmp_path):
-    _, size = gguf.GGML_QUANT_SIZES[QT.IQ2_XXS]
-    infos = [tinfo("blk.0.ffn_down_exps.weight", [256, 2], QT.IQ2_XXS, 0),
-             tinfo("w", [32, 2], QT.F32, 160)]  # fmt: skip
-    p = write(tmp_path, build([ARCH], infos, b"\0" * 160 + DATA_W))
+    # Q8_K: a real GGML type that numoe only has as an activation, never as a weight
+    _, size = gguf.GGML_QUANT_SIZES[QT.Q8_K]
+    infos = [tinfo("blk.0.ffn_down_exps.weight", [256, 2], QT.Q8_K, 0),
+             tinfo("w", [32, 2], QT.F32, 608)]  # fmt: skip
+    p = write(tmp_path, build([ARCH], infos, b"\0" * 608 + DATA_W))
     g = open_gguf(p)  # metadata and other tensors stay usable
     assert g.tensor("w").shape == (2, 32)
     assert g.tensors["blk.0.ffn_down_exps.weight"].nbytes == 2 * size
@@ -432,4 +433,4 @@ def test_unsupported_real_type_names_tensor_and_type(tmp_path):
     ):
         with pytest.raises(GGUFError) as e:
             call()
-        assert "blk.0.ffn_down_exps.weight" in str(e.value) and "IQ2_XXS" in str(e.value)
+        assert "blk.0.ffn_down_exps.weight" in str(e.value) and "Q8_K" in str(e.value)

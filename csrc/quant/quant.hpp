@@ -176,6 +176,9 @@ const TypeInfo &info_q5_K();
 const TypeInfo &info_q6_K();
 const TypeInfo &info_q8_K();
 const TypeInfo &info_q8_K4();
+const TypeInfo &info_iq2_xxs();
+const TypeInfo &info_iq2_xs();
+const TypeInfo &info_iq2_s();
 
 // ---- scalar helpers shared by the formats ----
 
