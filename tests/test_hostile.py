@@ -2,6 +2,8 @@
 NaN / inf cases).
 
 - NaN or inf logits are a one-line error naming the position, never text sampled from them.
+- Metadata of the wrong type or range, token lists and ids that do not fit the vocabulary,
+  `blk.N` tensors past block_count: a one-line GGUFError naming the key.
 - Names from the file are escaped and cut short in every message.
 """
 
@@ -12,13 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from gguf_fuzz import BAD_NAME, STR, parse
+from gguf_fuzz import ARR, BAD_NAME, F32, I32, STR, U32, parse
 
 from numoe.cli import main
 from numoe.engine import NonFiniteLogits, Session, check_logits
 from numoe.gguf import GGUFError, open_gguf
+from numoe.gguf.checks import check_blocks
+from numoe.models import get as get_arch
 from numoe.quote import escape, one_line, quote
 from numoe.synth import synth
+from numoe.text import Tokenizer
 
 # ---------------------------------------------------------------- NaN / inf logits
 
@@ -114,3 +119,120 @@ def test_file_names_in_error_messages_are_escaped(tmp_path, tiny_files, capsys):
     assert main(["run", "-m", str(arch), "-n", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "\x1b" not in err and "unknown architecture '\\x1b[2J" in err and len(err) < 400
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def _config_error(path) -> str:
+    g = open_gguf(path)
+    with pytest.raises(GGUFError) as e:
+        get_arch(g.arch).config_from_gguf(g)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    return msg
+
+
+NAN, INF = math.nan, math.inf
+BAD_METADATA = [
+    # (file, {key: (value type, value)}, what the message must say)
+    ("q3", {"{a}.block_count": (STR, "2")}, "block_count is the string '2'"),
+    ("q3", {"{a}.block_count": (F32, 2.0)}, "block_count is 2.0"),
+    ("q3", {"{a}.block_count": (ARR, (U32, [2, 2]))}, "block_count is an array of 2"),
+    ("q3", {"{a}.block_count": (7, True)}, "block_count is the bool True"),
+    ("q3", {"{a}.block_count": (I32, -1)}, "block_count is -1"),
+    ("q3", {"{a}.block_count": (I32, 0)}, "block_count is 0"),
+    ("q3", {"{a}.block_count": (I32, 1)}, "block_count is 1 but the file has tensors of block 1"),
+    ("q3", {"{a}.expert_count": (STR, "8")}, "expert_count is the string"),
+    ("q3", {"{a}.expert_count": (F32, 8.0)}, "expert_count is 8.0"),
+    ("q3", {"{a}.expert_used_count": (ARR, (U32, [2]))}, "expert_used_count is an array"),
+    ("q3", {"{a}.expert_used_count": (I32, 9)}, "expert_used_count is 9; it must be an integer in 1..8"),
+    ("q3", {"{a}.embedding_length": (STR, "64")}, "embedding_length is the string '64'"),
+    ("q3", {"{a}.attention.head_count": (I32, 0)}, "head_count is 0"),
+    ("q3", {"{a}.attention.head_count": (I32, 3)}, "head_count 3 is not a multiple of"),
+    ("q3", {"{a}.attention.layer_norm_rms_epsilon": (ARR, (F32, [1e-6]))}, "rms_epsilon is an array"),
+    ("q3", {"{a}.attention.layer_norm_rms_epsilon": (F32, NAN)}, "rms_epsilon is nan; it must be a finite number > 0"),
+    ("q3", {"{a}.attention.layer_norm_rms_epsilon": (F32, -1.0)}, "rms_epsilon is -1.0"),
+    ("q3", {"{a}.rope.freq_base": (F32, -1.0)}, "freq_base is -1.0; it must be a finite number > 1"),
+    ("q3", {"{a}.rope.freq_base": (F32, 0.0)}, "freq_base is 0.0"),
+    ("q3", {"{a}.rope.freq_base": (F32, INF)}, "freq_base is inf"),
+    ("q3", {"{a}.attention.key_length": (I32, 15)}, "key_length 15 must be even"),
+    ("q3", {"{a}.vocab_size": (ARR, (U32, [512]))}, "vocab_size is an array"),
+    ("q3", {"{a}.vocab_size": (I32, 600)}, "holds 512 tokens but qwen3moe.vocab_size is 600"),
+    ("q3", {"tokenizer.ggml.tokens": (ARR, (STR, ["a"] * 500))}, "holds 500 tokens"),
+    ("q3", {"tokenizer.ggml.tokens": (ARR, (I32, list(range(512))))}, "tokens is an array of 512; it must be an array of strings"),
+    ("ds", {"{a}.rope.scaling.factor": (F32, NAN)}, "rope.scaling.factor is nan"),
+    ("ds", {"{a}.rope.scaling.factor": (F32, -4.0)}, "rope.scaling.factor is -4.0"),
+    ("ds", {"{a}.rope.scaling.yarn_log_multiplier": (F32, NAN)}, "yarn_log_multiplier is nan"),
+    ("ds", {"{a}.rope.scaling.yarn_beta_fast": (F32, -1.0)}, "yarn_beta_fast is -1.0"),
+    ("ds", {"{a}.rope.scaling.yarn_beta_slow": (F32, 0.0)}, "yarn_beta_slow is 0.0"),
+    ("ds", {"{a}.rope.scaling.original_context_length": (I32, 0)}, "original_context_length is 0"),
+    ("ds", {"{a}.rope.freq_base": (F32, 1.0)}, "freq_base is 1.0"),
+    ("ds", {"{a}.rope.dimension_count": (I32, 7)}, "dimension_count 7 must be even"),
+    ("ds", {"{a}.attention.kv_lora_rank": (I32, 0)}, "kv_lora_rank is 0"),
+    ("ds", {"{a}.leading_dense_block_count": (I32, 3)}, "leading_dense_block_count is 3; it must be an integer in 0..2"),
+    ("ds", {"{a}.expert_gating_func": (STR, "sigmoid")}, "expert_gating_func is the string"),
+    ("ds", {"{a}.expert_weights_scale": (F32, NAN)}, "expert_weights_scale is nan"),
+    ("ds", {"{a}.expert_weights_norm": (STR, "yes")}, "expert_weights_norm is the string 'yes'"),
+    ("ds", {"{a}.feed_forward_length": (ARR, (STR, ["x"]))}, "feed_forward_length is an array of 1"),
+    ("ds", {"{a}.rope.scaling.type": (STR, BAD_NAME)}, r"rope.scaling.type '\x1b[2J"),
+    ("mx", {"{a}.attention.head_count_kv": (I32, 3)}, "head_count 4 is not a multiple of llama.attention.head_count_kv 3"),
+    ("mx", {"{a}.rope.dimension_count": (ARR, (U32, [16]))}, "dimension_count is an array"),
+    ("mx", {"{a}.feed_forward_length": (F32, INF)}, "feed_forward_length is inf"),
+    ("mx", {"{a}.expert_used_count": (I32, 9)}, "expert_used_count is 9; it must be an integer in 0..8"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, changes, says", BAD_METADATA,
+                         ids=[f"{n}-{'+'.join(c)}-{i}" for i, (n, c, _) in enumerate(BAD_METADATA)])  # fmt: skip
+def test_bad_metadata_is_one_line_naming_the_key(tmp_path, tiny_files, name, changes, says):
+    msg = _config_error(_mutated(tmp_path, tiny_files[name], changes))
+    assert says in msg, msg
+    assert str(tmp_path) in msg
+
+
+def test_good_files_still_load(tmp_path, tiny_files):
+    for blob in tiny_files.values():
+        g = open_gguf(_mutated(tmp_path, blob, {}))
+        get_arch(g.arch).config_from_gguf(g)
+    # the keys llama.cpp reads as "unset" when 0 stay so
+    g = open_gguf(_mutated(tmp_path, tiny_files["ds"], {"{a}.expert_weights_scale": (F32, 0.0),
+                                                        "{a}.rope.scaling.factor": (F32, 0.0)}))  # fmt: skip
+    cfg = get_arch(g.arch).config_from_gguf(g)
+    assert cfg.expert_scale == 1.0 and cfg.rope_factor == 1.0
+
+
+def test_block_count_below_the_blocks_present(tmp_path, tiny_files):
+    g = open_gguf(_mutated(tmp_path, tiny_files["q3"], {}))
+    check_blocks(g, 2)
+    with pytest.raises(GGUFError, match=r"block_count is 1 but the file has tensors of block 1 "):
+        check_blocks(g, 1)
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"tokenizer.ggml.eos_token_id": (I32, 10**6)}, "eos_token_id' = 1000000 is outside"),
+        ({"tokenizer.ggml.bos_token_id": (F32, INF)}, "bos_token_id' must be an integer"),
+        ({"tokenizer.ggml.bos_token_id": (7, True)}, "bos_token_id' must be an integer"),
+        ({"tokenizer.ggml.add_bos_token": (STR, "yes")}, "add_bos_token' must be a bool"),
+        ({"tokenizer.ggml.add_bos_token": (F32, 0.0)}, "add_bos_token' must be a bool"),
+        ({"tokenizer.ggml.token_type": (ARR, (STR, ["1"] * 512))}, "token_type' must be an array of integers"),
+        ({"tokenizer.ggml.model": (STR, BAD_NAME)}, r"model' = '\x1b[2J\x1b[31mevil\x07AAA"),
+        ({"tokenizer.ggml.merges": (U32, 3)}, "merges' must be an array of strings"),
+        ({"tokenizer.ggml.tokens": (ARR, (I32, [1, 2]))}, "tokens' holds a int value where a string"),
+    ],
+)  # fmt: skip
+def test_bad_tokenizer_metadata_is_a_gguf_error(tmp_path, tiny_files, changes, says):
+    g = open_gguf(_mutated(tmp_path, tiny_files["q3"], changes))
+    with pytest.raises(GGUFError) as e:
+        Tokenizer.from_gguf(g)
+    msg = str(e.value)
+    assert says in msg and str(tmp_path) in msg and "\n" not in msg and len(msg) < 400, msg
+
+
+def test_unused_padding_id_outside_the_vocabulary_is_ignored(tmp_path, tiny_files):
+    g = open_gguf(_mutated(tmp_path, tiny_files["q3"], {"tokenizer.ggml.padding_token_id": (I32, 10**6),
+                                                         "tokenizer.ggml.eos_token_id": (I32, -1)}))  # fmt: skip
+    tok = Tokenizer.from_gguf(g)
+    assert tok.pad_id is None and tok.eos_id is None
