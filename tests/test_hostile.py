@@ -1,15 +1,19 @@
-"""Hostile files fail cleanly (the focused tests; tests/test_quant.py holds the quantizers'
-NaN / inf cases).
+"""Hostile files fail cleanly (the focused tests; tests/test_fuzz_gguf.py fuzzes the lot,
+tests/test_quant.py holds the quantizers' NaN / inf cases).
 
 - NaN or inf logits are a one-line error naming the position, never text sampled from them.
 - Metadata of the wrong type or range, token lists and ids that do not fit the vocabulary,
   `blk.N` tensors past block_count: a one-line GGUFError naming the key.
+- Chat templates from the file: every error is one line (ChatTemplateError), and a render
+  ends within a time and a size limit.
 - Names from the file are escaped and cut short in every message.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,8 @@ from numoe.models import get as get_arch
 from numoe.quote import escape, one_line, quote
 from numoe.synth import synth
 from numoe.text import Tokenizer
+from numoe.text import chat_template as ct
+from numoe.text.chat_template import ChatTemplateError
 
 # ---------------------------------------------------------------- NaN / inf logits
 
@@ -236,3 +242,110 @@ def test_unused_padding_id_outside_the_vocabulary_is_ignored(tmp_path, tiny_file
                                                          "tokenizer.ggml.eos_token_id": (I32, -1)}))  # fmt: skip
     tok = Tokenizer.from_gguf(g)
     assert tok.pad_id is None and tok.eos_id is None
+
+
+# ---------------------------------------------------------------- chat templates
+
+
+MSGS = [{"role": "user", "content": "hi"}]
+BAD_TEMPLATES = [
+    ("{{ messages.__class__.__mro__ }}", "SecurityError"),
+    ("{% for m in messages %}{{ m.content", "syntax error on line 1"),
+    ("{{ raise_exception('no \x1b[2J system role' * 40) }}", r"raise_exception('no \x1b[2J system"),
+    ("{{ undefined_thing.attr }}", "'undefined_thing' is undefined"),
+    ("{{ undefined_thing() }}", "UndefinedError"),
+    ("{% include 'x.j2' %}", "cannot load other templates"),
+    ("{% extends 'base.j2' %}", "cannot load other templates"),
+    ("{% import 'm.j2' as m %}", "cannot load other templates"),
+    ("{% for i in range(10**9) %}{% endfor %}", "an argument of 1000000000"),
+    ("{% for i in range(200000) %}{% endfor %}", "Range too big"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion too deep"),
+    ("{{ 'x' * 10**10 }}", "the limit is"),
+    ("{{ messages[0]['content'] * 100000000 }}", "the limit is"),
+    ("{{ 10 ** 100000000 }}", "bits"),
+    ("{{ '%999999999d' % 1 }}", "format width"),
+    ("{{ '{:>999999999}'.format(1) }}", "format width"),
+    ("{{ 'x'.ljust(10**9) }}", "an argument of 1000000000"),
+    ("{{ 'x' | center(10**9) }}", "an argument of 1000000000"),
+    ("{{ [0] * 10**9 }}", "the limit is"),
+    (("{% set s = namespace(v='ab') %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}"
+     "{% endfor %}{{ s.v }}"), "the limit is"),
+    ("{% set a = 'ab' * 4000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{{ c }}", "the limit is"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "the limit is"),
+    ("{% macro m() %}{{ 'y' * 9000000 }}{{ 'y' * 9000000 }}{% endmacro %}{{ m() }}",
+     "the limit is"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("template, says", BAD_TEMPLATES)
+def test_chat_template_errors_are_one_line(gpt2_tok, template, says):
+    t0 = time.perf_counter()
+    with pytest.raises(ChatTemplateError) as e:
+        gpt2_tok.apply_chat_template(MSGS, chat_template=template)
+    assert time.perf_counter() - t0 < 3.0
+    msg = str(e.value)
+    assert says in msg, msg
+    assert msg.startswith("chat template: ") and msg.isprintable() and len(msg) < 400, msg
+    assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        (
+            "{% for i in range(100000) %}{% for m in messages * 1000 %}{{ '' }}{% endfor %}"
+            "{% endfor %}"
+        ),
+    ],
+)
+def test_chat_template_time_limit(gpt2_tok, monkeypatch, template):
+    monkeypatch.setattr(ct, "TIME_LIMIT", 0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(ChatTemplateError, match=r"rendering took longer than 0.5 s"):
+        gpt2_tok.apply_chat_template(MSGS, chat_template=template)
+    assert time.perf_counter() - t0 < 2.0
+    # no stray exception left for this thread: Python code keeps running
+    x = 0
+    for i in range(2_000_000):
+        x += i
+    time.sleep(0.7)
+    assert x > 0
+    # nor for a render that ends just in time
+    monkeypatch.setattr(ct, "TIME_LIMIT", 0.05)
+    for _ in range(50):
+        assert gpt2_tok.apply_chat_template(MSGS, chat_template="{{ 'ok' }}") == "ok"
+    time.sleep(0.1)
+
+
+def test_chat_template_time_limit_in_another_thread(gpt2_tok, monkeypatch):
+    monkeypatch.setattr(ct, "TIME_LIMIT", 0.3)
+    out = []
+
+    def render():
+        try:
+            gpt2_tok.apply_chat_template(
+                MSGS, chat_template="{% for i in range(100000) %}{% for j in range(100000) %}"
+                "{% endfor %}{% endfor %}",
+            )  # fmt: skip
+        except ChatTemplateError as e:
+            out.append(str(e))
+
+    t = threading.Thread(target=render)
+    t.start()
+    t.join(5)
+    assert out and "longer than 0.3 s" in out[0]
+
+
+def test_chat_template_limits_leave_real_templates_alone(gpt2_tok):
+    big = "word " * 200_000  # a 1 MB message
+    text = gpt2_tok.apply_chat_template([{"role": "user", "content": big}] * 4)
+    assert text.count("word") == 800_000
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok():
+    from numoe.text import synth_vocab_metadata
+
+    return Tokenizer.from_metadata(synth_vocab_metadata(512, "gpt2"))
