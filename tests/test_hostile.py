@@ -127,6 +127,13 @@ def test_file_names_in_error_messages_are_escaped(tmp_path, tiny_files, capsys):
     assert "\x1b" not in err and "unknown architecture '\\x1b[2J" in err and len(err) < 400
 
 
+def test_doctor_prints_the_files_architecture_escaped(tmp_path, tiny_files, capsys):
+    arch = _mutated(tmp_path, tiny_files["q3"], {"general.architecture": (STR, BAD_NAME)})
+    main(["doctor", "-m", str(arch)])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "(\\x1b[2J\\x1b[31mevil\\x07AAA" in out
+
+
 # ---------------------------------------------------------------- metadata
 
 
