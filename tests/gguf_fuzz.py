@@ -365,7 +365,15 @@ def mutants(bases: dict[str, bytes], seed: int) -> list[Mutant]:
                 d.set(f"{d0.arch}.{key}", F32, v)
                 out.append(Mutant(f"{n}: {key} = {v}", d, expect="fail", must_say=(key,)))
 
-    # tensor infos
+    # tensor infos: F32 router and norms re-typed as F16 / BF16 (their bytes then read as
+    # other values, NaN and inf among them), then random changes
+    for n, d0 in docs.items():
+        for name in ("blk.1.ffn_gate_inp.weight", "blk.0.attn_norm.weight", "output_norm.weight"):
+            for tt in (T_F16, T_BF16):
+                d = d0.copy()
+                if d.tinfo(name).ttype == T_F32:
+                    d.tinfo(name).ttype = tt
+                    out.append(Mutant(f"{n}: {name} re-typed {tt}", d))
     for _ in range(40):
         n, d = pick()
         t = d.tinfos[int(rng.integers(len(d.tinfos)))]
