@@ -251,6 +251,15 @@ def test_unused_padding_id_outside_the_vocabulary_is_ignored(tmp_path, tiny_file
     assert tok.pad_id is None and tok.eos_id is None
 
 
+@pytest.mark.parametrize("value", [(STR, "2"), (ARR, (U32, [2])), (I32, -1), (F32, 2.0)])
+def test_quantize_refuses_a_bad_block_count(tmp_path, tiny_files, value):
+    from numoe.gguf.quantize import quantize_file
+
+    src = _mutated(tmp_path, tiny_files["q3"], {"{a}.block_count": value})
+    with pytest.raises(ValueError, match=r"^qwen3moe\.block_count is .*; it must be an integer"):
+        quantize_file(src, tmp_path / "out.gguf", "Q4_K_M")
+
+
 # ---------------------------------------------------------------- chat templates
 
 
