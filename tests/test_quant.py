@@ -7,6 +7,7 @@ operands (tight float tolerance), and the scalar path (every ISA path must match
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -222,6 +223,69 @@ def test_float_activation_is_f32_bytes():
     x = np.arange(10, dtype=np.float32)
     for t in FLOAT_TYPES:
         assert np.array_equal(_cpu.quantize_activation(int(t), x).view(np.float32), x)
+
+
+# ---- NaN and inf activations: the quantizers stay inside the block whatever the values (a
+# NaN once sent the Q8_K max scan past the buffer), and a block holding NaN or inf makes
+# its dot products NaN, never finite values made from the rest of the block ----
+
+# weight type -> (activation type, activation block size)
+ACT = {T.Q8_0: (T.Q8_0, 32), T.Q4_0: (T.Q8_0, 32), T.Q6_K: (T.Q8_K, 256),
+       T.Q4_K: (Q8_K4, 256), T.Q5_K: (Q8_K4, 256)}  # fmt: skip
+
+
+def test_nonfinite_activation_blocks_do_not_crash():
+    """In a child process (a crash must not take the test run with it): every quantizer,
+    every ISA, blocks of NaN, inf and -inf, whole and alone among finite values."""
+    code = (
+        "import numpy as np; from numoe import _cpu\n"
+        "for isa in _cpu.isa_available():\n"
+        "    _cpu.set_isa(isa)\n"
+        "    for t in (8, 2, 14, 12, 13):\n"
+        "        for v in (np.nan, np.inf, -np.inf):\n"
+        "            x = np.full(1024, v, np.float32); x[300:] = 1.0; x[700] = v\n"
+        "            _cpu.quantize_activation(t, x)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("wtype", list(ACT), ids=lambda t: t.name)
+def test_nonfinite_activation_blocks_are_nan(wtype, isa):
+    """A block with NaN or inf quantizes to d = NaN (every dot product with it is NaN); the
+    other blocks are the bytes they are without it."""
+    _cpu.set_isa(isa)
+    atype, bs = ACT[wtype]
+    n = 4 * 256
+    rng = np.random.default_rng(int(wtype))
+    x = rng.standard_normal(n).astype(np.float32)
+    bad = {0: (5, math.nan), 1: (bs + bs - 1, math.inf), 2: (2 * bs, -math.inf)}  # block: (i, v)
+    for i, v in bad.values():
+        x[i] = v
+    x[3 * bs : 4 * bs] = math.nan  # a whole block
+    bad_blocks = {0, 1, 2, 3}
+    act = _cpu.quantize_activation(int(wtype), x)
+    clean = x.copy()
+    for b in bad_blocks:
+        clean[b * bs : (b + 1) * bs] = 0.0
+    ref = _cpu.quantize_activation(int(wtype), clean)
+    deq, deq_ref = _cpu.dequantize(int(atype), act, n), _cpu.dequantize(int(atype), ref, n)
+    for b in range(n // bs):
+        blk = slice(b * bs, (b + 1) * bs)
+        if b in bad_blocks:
+            assert np.isnan(deq[blk]).all(), (b, deq[blk][:4])
+        else:
+            assert np.array_equal(deq[blk], deq_ref[blk]), b
+    # one weight row of each type dotted with it: NaN, in every body
+    raw = rng.integers(0, 64, n // (256 if bs == 256 else 32) * TYPE_SIZE[wtype], dtype=np.uint8)
+    assert math.isnan(_cpu.vec_dot(int(wtype), raw, act, n))
+    # and without the bad blocks, finite
+    x[: 4 * bs] = 0.25
+    assert math.isfinite(_cpu.vec_dot(int(wtype), raw, _cpu.quantize_activation(int(wtype), x), n))
 
 
 # ---- vec_dot ----

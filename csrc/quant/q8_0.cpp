@@ -1,6 +1,7 @@
 // Q8_0: blocks of 32 int8 with one fp16 scale. Used both as a weight format and as the
 // activation format for Q8_0 / Q4_0 weights (quantize_row_q8_0).
 #include <cmath>
+#include <limits>
 
 #include "quant.hpp"
 #include "simd.hpp"
@@ -16,12 +17,28 @@ void dequantize_q8_0(const void *src, float *dst, int64_t n) {
   }
 }
 
+// A block holding NaN or inf: d = NaN, every q 0, so that each dot product with it is NaN
+// (the model's output says so) rather than finite values made from the rest of the block.
+void nonfinite_q8_0(block_q8_0 &y) {
+  std::memset(&y, 0, sizeof(block_q8_0));
+  y.d = fp32_to_fp16(std::numeric_limits<float>::quiet_NaN());
+}
+
 // ggml's quantize_row_q8_0_ref: d = max|x| / 127, q = roundf(x / d) (ties away from zero).
+// (A block with NaN or inf: nonfinite_q8_0.)
 void quantize_q8_0_scalar(const float *x, void *dst, int64_t n) {
   block_q8_0 *y = static_cast<block_q8_0 *>(dst);
   for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
     float amax = 0.f;
-    for (int j = 0; j < QK8_0; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    bool finite = true;
+    for (int j = 0; j < QK8_0; ++j) {
+      finite = finite && std::fabs(x[j]) <= std::numeric_limits<float>::max();
+      amax = std::fmax(amax, std::fabs(x[j]));
+    }
+    if (!finite) {
+      nonfinite_q8_0(y[i]);
+      continue;
+    }
     const float d = amax / 127.f;
     const float id = d != 0.f ? 1.f / d : 0.f;
     y[i].d = fp32_to_fp16(d);
@@ -58,17 +75,27 @@ NUMOE_TARGET_AVX2 inline __m256i roundf_epi32(__m256 v) {
 
 NUMOE_TARGET_AVX2 void quantize_q8_0_avx2(const float *x, void *dst, int64_t n) {
   block_q8_0 *y = static_cast<block_q8_0 *>(dst);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
     __m256 v[4];
     for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
-    __m256 m =
-        _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
-                      _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float d = _mm_cvtss_f32(m4) / 127.f;
+    // the largest |x| as the largest of the bit patterns |x| (the same order for floats
+    // >= 0), where NaN and inf are the patterns from 0x7F800000 up: no NaN can slip past
+    // a max_ps
+    auto abs_bits = [&](int k) NUMOE_TARGET_AVX2 {
+      return _mm256_and_si256(_mm256_castps_si256(v[k]), abs_mask);
+    };
+    const __m256i m = _mm256_max_epi32(_mm256_max_epi32(abs_bits(0), abs_bits(1)),
+                                       _mm256_max_epi32(abs_bits(2), abs_bits(3)));
+    __m128i m4 = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(1, 0, 3, 2)));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(2, 3, 0, 1)));
+    const uint32_t amax_bits = static_cast<uint32_t>(_mm_cvtsi128_si32(m4));
+    if (amax_bits >= 0x7F800000u) {
+      nonfinite_q8_0(y[i]);
+      continue;
+    }
+    const float d = bits_to_f32(amax_bits) / 127.f;
     const float id = d != 0.f ? 1.f / d : 0.f;
     y[i].d = fp32_to_fp16(d);
     const __m256 vid = _mm256_set1_ps(id);

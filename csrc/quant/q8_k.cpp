@@ -2,6 +2,7 @@
 // and the sums of qs in groups of 16 (bsums, used for the K-quants' min/offset terms).
 // Q8_K4: the same values in Q4_K / Q5_K nibble order (see quant.hpp), for those weights.
 #include <cmath>
+#include <limits>
 
 #include "quant.hpp"
 #include "simd.hpp"
@@ -15,18 +16,32 @@ void dequantize_q8_K(const void *src, float *dst, int64_t n) {
     for (int j = 0; j < QK_K; ++j) dst[i * QK_K + j] = b[i].d * static_cast<float>(b[i].qs[j]);
 }
 
+// A block holding NaN or inf: d = NaN, every q 0, so that each dot product with it is NaN
+// (the model's output says so) rather than finite values made from the rest of the block.
+void nonfinite_q8_K(block_q8_K &y) {
+  std::memset(&y, 0, sizeof(block_q8_K));
+  y.d = std::numeric_limits<float>::quiet_NaN();
+}
+
 // ggml's quantize_row_q8_K_ref: scale by -127 / (the value of largest magnitude, first one
-// on ties), round to nearest even, clamp at 127; d = 1 / scale.
+// on ties), round to nearest even, clamp at 127; d = 1 / scale. (A block with NaN or inf:
+// nonfinite_q8_K.)
 void quantize_q8_K_scalar(const float *x, void *dst, int64_t n) {
   block_q8_K *y = static_cast<block_q8_K *>(dst);
   for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
     float max = 0.f, amax = 0.f;
+    bool finite = true;
     for (int j = 0; j < QK_K; ++j) {
       const float ax = std::fabs(x[j]);
+      finite = finite && ax <= std::numeric_limits<float>::max();  // false for NaN, inf
       if (ax > amax) {
         amax = ax;
         max = x[j];
       }
+    }
+    if (!finite) {
+      nonfinite_q8_K(y[i]);
+      continue;
     }
     if (amax == 0.f) {
       std::memset(&y[i], 0, sizeof(block_q8_K));
@@ -78,22 +93,32 @@ void quantize_q8_K4(const float *x, void *dst, int64_t n) {
 #ifdef NUMOE_X86
 NUMOE_TARGET_AVX2 void quantize_q8_K_avx2(const float *x, void *dst, int64_t n) {
   block_q8_K *y = static_cast<block_q8_K *>(dst);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
-    __m256 m = _mm256_setzero_ps();
+    // the largest |x| as the largest of the bit patterns |x| (the same order for floats
+    // >= 0), where NaN and inf are the patterns from 0x7F800000 up: no NaN can slip past
+    // a max_ps
+    __m256i m = _mm256_setzero_si256();
     for (int j = 0; j < QK_K; j += 8)
-      m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + j), abs_mask));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
+      m = _mm256_max_epi32(
+          m,
+          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + j)), abs_mask));
+    __m128i m4 = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(1, 0, 3, 2)));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(2, 3, 0, 1)));
+    const uint32_t amax_bits = static_cast<uint32_t>(_mm_cvtsi128_si32(m4));
+    if (amax_bits >= 0x7F800000u) {
+      nonfinite_q8_K(y[i]);
+      continue;
+    }
+    const float amax = bits_to_f32(amax_bits);
     if (amax == 0.f) {
       std::memset(&y[i], 0, sizeof(block_q8_K));
       continue;
     }
-    int j = 0;
-    while (std::fabs(x[j]) != amax) ++j;  // first element of largest magnitude
+    int j = 0;  // the first element of largest magnitude (there is one: amax is finite)
+    while (j < QK_K - 1 && std::fabs(x[j]) != amax) ++j;
     const float iscale = -127.f / x[j];
     const __m256 vs = _mm256_set1_ps(iscale);
     const __m256i lim = _mm256_set1_epi32(127);

@@ -16,6 +16,21 @@ from .cache import ContextFull
 from .sampling import Sampler
 
 
+class NonFiniteLogits(ValueError):
+    """The model's logits hold NaN or inf: bad weights or metadata in the file (or a model
+    that overflows), never text made from them. One line, naming the position."""
+
+
+def check_logits(logits: torch.Tensor, pos: int) -> torch.Tensor:
+    """`logits` [V] of the token at position `pos`, or NonFiniteLogits."""
+    if not bool(torch.isfinite(logits).all()):
+        kind = "NaN" if bool(torch.isnan(logits).any()) else "infinite"
+        raise NonFiniteLogits(
+            f"the model produced {kind} logits at position {pos} (the file's weights or metadata?)"
+        )
+    return logits
+
+
 @dataclass
 class Timings:
     n_prompt: int = 0  # tokens prefilled (new ones only)
@@ -76,14 +91,14 @@ class Session:
             self.tokens += part
         self.timings.n_prompt += len(tokens) - keep
         self.timings.t_prompt += time.perf_counter() - t0
-        return logits[-1]  # [V]
+        return check_logits(logits[-1], len(tokens) - 1)  # [V]
 
     def step(self, token: int) -> torch.Tensor:
         """Append one token; logits [V] for the next."""
         pos = len(self.tokens)
         logits = self.model.forward(torch.tensor([token], dtype=torch.long), self.cache, pos, 1)
         self.tokens.append(token)
-        return logits[-1]
+        return check_logits(logits[-1], pos)
 
     def generate(
         self,

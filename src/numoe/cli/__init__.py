@@ -35,17 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ..cache import ContextFull
     from ..placement import DeviceError
+    from ..quote import one_line
     from .common import FlagError
 
     try:
         return args.func(args) or 0
     except FlagError as e:
         # a flag this machine cannot honour: exit status 2, as argparse's flag errors
-        print(f"numoe: error: {e}", file=sys.stderr)
+        print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except (ValueError, DeviceError, ContextFull, OSError) as e:
         # GGUFError, bad flags and bad files: one line naming the problem, no traceback
-        print(f"numoe: error: {e}", file=sys.stderr)
+        # (escaped and cut: the names in it may come from the file)
+        print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ..quote import one_line
 from .common import HELP_FMT, FlagError, add_thread_args, resolve_settings
 
 
@@ -179,8 +180,9 @@ def format_report(r: dict) -> str:
     if m:
         w("")
         files = f", {len(m['files'])} files" if len(m.get("files", ())) > 1 else ""
+        arch = one_line(m["arch"], 60)  # from the file: escaped, cut short
         w(
-            f"model: {m['path']} ({m['arch']}{files}): routed experts {_gib(m['expert_bytes'])}, "
+            f"model: {m['path']} ({arch}{files}): routed experts {_gib(m['expert_bytes'])}, "
             f"dense {_gib(m['dense_bytes'])}"
         )
         for name, need in m["policies"].items():

@@ -44,6 +44,7 @@ import gguf
 import numpy as np
 
 from .. import _cpu
+from .checks import describe
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
@@ -106,10 +107,16 @@ def mix_info(arch: str, meta: Mapping[str, Any], names: list[str]) -> MixInfo:
     def plain(v: Any) -> Any:  # metadata values may be (value, type) pairs
         return v[0] if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], V) else v
 
-    n_layer = int(plain(meta.get(f"{arch}.block_count", 0)) or 0)
+    def count(key: str) -> int:  # from the file: an integer >= 0, or a one-line error
+        v = plain(meta.get(key, 0))
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{key} is {describe(v)}; it must be an integer >= 0")
+        return v
+
+    n_layer = count(f"{arch}.block_count")
     if not n_layer:
         n_layer = 1 + max((_layer(n) for n in names), default=-1)
-    n_expert = int(plain(meta.get(f"{arch}.expert_count", 0)) or 0)
+    n_expert = count(f"{arch}.expert_count")
     group = sorted((n for n in names if any(k in n for k in _ATTN_V)), key=lambda n: (_layer(n), n))
     return MixInfo(
         n_layer=max(n_layer, 1),

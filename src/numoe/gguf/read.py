@@ -36,6 +36,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES
 
 from .. import _cpu
+from ..quote import quote
 
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
@@ -177,7 +178,9 @@ class GGUFFile:
     def check_supported(self) -> None:
         """Raise GGUFError listing every tensor of a type numoe does not support."""
         if self.unsupported:
-            items = ", ".join(f"'{n}' ({q.name})" for n, q in list(self.unsupported.items())[:5])
+            items = ", ".join(
+                f"{quote(n)} ({q.name})" for n, q in list(self.unsupported.items())[:5]
+            )
             more = len(self.unsupported) - 5
             more_s = f" and {more} more" if more > 0 else ""
             raise GGUFError(
@@ -199,7 +202,7 @@ class GGUFFile:
 
 def _unsupported_msg(path: Path, name: str, qtype: QT) -> str:
     return (
-        f"{path}: tensor '{name}' has type {qtype.name}, which numoe does not support "
+        f"{path}: tensor {quote(name)} has type {qtype.name}, which numoe does not support "
         f"(supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})"
     )
 
@@ -356,7 +359,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
             _check_shard(sh, no, count, n_total, first)
             for name in sh.tensors:
                 if name in where:
-                    raise GGUFError(f"{q}: tensor '{name}' is also in {where[name]}")
+                    raise GGUFError(f"{q}: tensor {quote(name)} is also in {where[name]}")
                 where[name] = q
             tensors |= sh.tensors
             shards.append(sh)
@@ -473,8 +476,8 @@ def _check_shard(sh: GGUFShard, no: int, count: int, n_total: int, first: GGUFSh
     arch, want = sh.meta.get("general.architecture"), first.meta["general.architecture"]
     if arch is not None and arch != want:
         raise GGUFError(
-            f"{sh.path}: architecture '{arch}', but {first.path.name} is '{want}': a shard of "
-            "another model"
+            f"{sh.path}: architecture {quote(arch)}, but {first.path.name} is {quote(want)}: a "
+            "shard of another model"
         )
 
 
@@ -534,9 +537,9 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
     for i in range(n_kv):
         r.where = f"key #{i}"
         key = r.name_str("key")
-        r.where = f"key #{i} ('{key}')"
+        r.where = f"key #{i} ({quote(key)})"
         if key in meta:
-            raise r.fail(f"duplicate metadata key '{key}'")
+            raise r.fail(f"duplicate metadata key {quote(key)}")
         vtype = r.value_type("value type")
         meta[key] = r.value(vtype)
         vtypes[key] = vtype
@@ -557,35 +560,37 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
     for i in range(n_tensors):
         r.where = f"tensor info #{i}"
         name = r.name_str("tensor name")
-        r.where = f"tensor info #{i} ('{name}')"
+        r.where = f"tensor info #{i} ({quote(name)})"
         if name in names:
-            raise r.fail(f"duplicate tensor '{name}'")
+            raise r.fail(f"duplicate tensor {quote(name)}")
         names.add(name)
         n_dims = r.u32("n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise r.fail(f"tensor '{name}' has n_dims {n_dims} (must be 1..{MAX_DIMS})")
+            raise r.fail(f"tensor {quote(name)} has n_dims {n_dims} (must be 1..{MAX_DIMS})")
         ne = [r.u64(f"dim {d}") for d in range(n_dims)]
         n_el = 1
         for d in ne:
             if d == 0:
-                raise r.fail(f"tensor '{name}' has a zero dimension (ne {ne})")
+                raise r.fail(f"tensor {quote(name)} has a zero dimension (ne {ne})")
             n_el *= d
             if n_el >= 1 << 62:
-                raise r.fail(f"tensor '{name}' dimensions {ne} overflow")
+                raise r.fail(f"tensor {quote(name)} dimensions {ne} overflow")
         type_id = r.u32("tensor type")
         try:
             qtype = QT(type_id)
             block, type_size = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError):
-            raise r.fail(f"tensor '{name}' has unknown type id {type_id}") from None
+            raise r.fail(f"tensor {quote(name)} has unknown type id {type_id}") from None
         if ne[0] % block:
             raise r.fail(
-                f"tensor '{name}' row length {ne[0]} is not a multiple of the "
+                f"tensor {quote(name)} row length {ne[0]} is not a multiple of the "
                 f"{qtype.name} block size {block}"
             )
         rel = r.u64("data offset")
         if rel % alignment:
-            raise r.fail(f"tensor '{name}' data offset {rel} is not aligned to {alignment} bytes")
+            raise r.fail(
+                f"tensor {quote(name)} data offset {rel} is not aligned to {alignment} bytes"
+            )
         nbytes = n_el // block * type_size
         infos.append((name, tuple(reversed(ne)), qtype, rel, nbytes))
 
@@ -596,7 +601,9 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
         start = data_offset + rel
         end = start + nbytes
         if end > size:
-            raise r.fail(f"tensor '{name}' data [{start}, {end}) past end of file (size {size})")
+            raise r.fail(
+                f"tensor {quote(name)} data [{start}, {end}) past end of file (size {size})"
+            )
         spans.append((start, end, name))
         block, type_size = GGML_QUANT_SIZES[qtype]
         row_bytes = shape[-1] // block * type_size
@@ -605,7 +612,7 @@ def _parse(p: Path, mm: np.memmap, buf: memoryview, size: int, index: int = 0) -
     spans.sort()
     for (s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
         if s1 < e0:
-            raise r.fail(f"tensors '{n0}' [{s0}, {e0}) and '{n1}' (from {s1}) overlap")
+            raise r.fail(f"tensors {quote(n0)} [{s0}, {e0}) and {quote(n1)} (from {s1}) overlap")
     return GGUFShard(p, version, meta, tensors, mm, alignment, data_offset)
 
 
@@ -619,7 +626,7 @@ def dequantize(t: TensorInfo) -> torch.Tensor:
     """A float32 copy of tensor `t`, shape `t.shape` (GGUFError for unsupported types)."""
     q = t.qtype
     if q not in SUPPORTED_TYPES:
-        raise GGUFError(f"tensor '{t.name}' has type {q.name}, which numoe does not support")
+        raise GGUFError(f"tensor {quote(t.name)} has type {q.name}, which numoe does not support")
     flat = t.data.reshape(-1)
     if q == QT.F32:
         out = torch.from_numpy(np.array(flat.view("<f4")))

@@ -6,6 +6,7 @@ import importlib
 from types import ModuleType
 
 from ..gguf import GGUFError, GGUFFile
+from ..quote import quote
 from ..runtime.memory import prefault as prefault_file
 from ..runtime.settings import Runtime
 
@@ -22,7 +23,7 @@ def get(arch: str) -> ModuleType:
     """The module implementing a GGUF architecture name; GGUFError for unknown ones."""
     if arch not in ARCHITECTURES:
         raise GGUFError(
-            f"unknown architecture '{arch}': numoe runs {', '.join(sorted(ARCHITECTURES))}"
+            f"unknown architecture {quote(arch)}: numoe runs {', '.join(sorted(ARCHITECTURES))}"
         )
     return importlib.import_module(f".{ARCHITECTURES[arch]}", __name__)
 

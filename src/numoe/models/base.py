@@ -17,6 +17,7 @@ import torch
 
 from .. import _cpu
 from ..gguf import GGUFFile
+from ..gguf.checks import vocab_size
 from ..layers.linear import Embedding, Linear, cpu_f32, f32_numpy, load_weight
 from ..layers.norms import add_rms_norm
 from ..runtime.settings import Runtime
@@ -141,10 +142,6 @@ class DecoderModel:
 
 
 def n_vocab_of(g: GGUFFile) -> int:
-    """Vocabulary size: '{arch}.vocab_size', else the tokenizer's list, else token_embd."""
-    n = g.arch_get("vocab_size", None)
-    if n is None and "tokenizer.ggml.tokens" in g.meta:
-        n = len(g.meta["tokenizer.ggml.tokens"])
-    if n is None:
-        n = g.tensor("token_embd.weight").shape[0]
-    return int(n)
+    """Vocabulary size: '{arch}.vocab_size', else the tokenizer's list, else token_embd
+    (`gguf.checks.vocab_size`: a token list must be as long; GGUFError naming the key)."""
+    return vocab_size(g)

@@ -28,11 +28,13 @@ from dataclasses import dataclass, replace
 
 from ..cache import MLACache
 from ..gguf import GGUFError, GGUFFile
+from ..gguf.checks import MAX_COUNT, ArchKeys, check_blocks, describe
 from ..layers.ffn import FeedForward
 from ..layers.linear import Linear, load_weight
 from ..layers.mla import MLAttention
 from ..layers.moe import Experts, SparseMoE, check_experts
 from ..layers.rope import Rope, yarn_inv_freq, yarn_mscale
+from ..quote import quote
 from ..runtime.settings import Runtime
 from .base import Block, DecoderModel, n_vocab_of
 
@@ -108,12 +110,13 @@ PRESETS = {
 
 
 def config_from_gguf(g: GGUFFile) -> Config:
-    a = g.arch_get
+    k = ArchKeys(g)  # every key checked for type and range (GGUFError naming it)
     where = str(g.path)
-    n_embd, n_head = a("embedding_length"), a("attention.head_count")
-    R, dr = a("attention.kv_lora_rank"), a("rope.dimension_count")
-    k_mla = a("attention.key_length_mla", None)
-    v_mla = a("attention.value_length_mla", None)
+    n_embd, n_head = k.int("embedding_length"), k.int("attention.head_count")
+    R, dr = k.int("attention.kv_lora_rank"), k.int("rope.dimension_count")
+    k.even("rope.dimension_count", dr)
+    k_mla = k.int("attention.key_length_mla", None)
+    v_mla = k.int("attention.value_length_mla", None)
     pre = f"{g.arch}.attention."
     if (k_mla is None) != (v_mla is None):
         raise GGUFError(
@@ -121,8 +124,8 @@ def config_from_gguf(g: GGUFFile) -> Config:
         )
     if k_mla is not None:  # MQA form: the cache holds [latent, rope key]
         d_qk, d_v = k_mla, v_mla
-        k_len, v_len = a("attention.key_length"), a("attention.value_length")
-        n_kv = a("attention.head_count_kv", 1)
+        k_len, v_len = k.int("attention.key_length"), k.int("attention.value_length")
+        n_kv = k.int("attention.head_count_kv", 1)
         if k_len != R + dr or v_len != R or n_kv != 1:
             raise GGUFError(
                 f"{where}: inconsistent MLA metadata: {pre}key_length {k_len} (want "
@@ -130,8 +133,10 @@ def config_from_gguf(g: GGUFFile) -> Config:
                 f"{v_len} (want kv_lora_rank = {R}), {pre}head_count_kv {n_kv} (want 1)"
             )
     else:  # older MHA form
-        d_qk = a("attention.key_length", n_embd // n_head)
-        d_v = a("attention.value_length", n_embd // n_head)
+        if not (k.has("attention.key_length") and k.has("attention.value_length")):
+            k.divides("attention.head_count", n_head, "embedding_length", n_embd)
+        d_qk = k.int("attention.key_length", n_embd // n_head)
+        d_v = k.int("attention.value_length", n_embd // n_head)
         if d_qk == R + dr:
             raise GGUFError(
                 f"{where}: {pre}key_length {d_qk} = kv_lora_rank + rope.dimension_count "
@@ -142,49 +147,51 @@ def config_from_gguf(g: GGUFFile) -> Config:
             f"{where}: attention key length {d_qk} must exceed "
             f"{g.arch}.rope.dimension_count {dr} (value length {d_v})"
         )
-    n_dense = int(a("leading_dense_block_count", 0))
-    n_ff = a("feed_forward_length") if n_dense else a("feed_forward_length", 0)
-    if isinstance(n_ff, list):  # per-layer array: the dense layers come first
-        n_ff = n_ff[0]
-    gating_id = int(a("expert_gating_func", 1) or 1)  # 0 (unset) = softmax, llama.cpp
+    n_layer = k.int("block_count")
+    n_dense = k.int("leading_dense_block_count", 0, lo=0, hi=n_layer)
+    n_ff = _dense_width(k, n_dense)
+    gating_id = k.int("expert_gating_func", 1, lo=0) or 1  # 0 (unset) = softmax, llama.cpp
     if gating_id not in GATING:
         raise GGUFError(
             f"{where}: {g.arch}.expert_gating_func {gating_id} unknown (1 softmax, 2 sigmoid)"
         )
-    scaling = str(a("rope.scaling.type", "none"))
+    scaling = k.str("rope.scaling.type", "none")
     if scaling not in ("none", "yarn"):
-        raise GGUFError(f"{where}: {g.arch}.rope.scaling.type '{scaling}' unsupported")
+        raise GGUFError(f"{where}: {g.arch}.rope.scaling.type {quote(scaling)} unsupported")
+    n_ctx = k.int("context_length")
+    n_expert = k.int("expert_count")
     cfg = Config(
         n_vocab=n_vocab_of(g),
-        n_ctx_train=a("context_length"),
+        n_ctx_train=n_ctx,
         n_embd=n_embd,
-        n_layer=a("block_count"),
+        n_layer=n_layer,
         n_head=n_head,
-        q_lora_rank=int(a("attention.q_lora_rank", 0) or 0),
+        q_lora_rank=k.int("attention.q_lora_rank", 0, lo=0),
         kv_lora_rank=R,
         d_nope=d_qk - dr,
         d_rope=dr,
         d_v=d_v,
-        n_ff=int(n_ff),
+        n_ff=n_ff,
         n_layer_dense=n_dense,
-        n_expert=a("expert_count"),
-        n_expert_used=a("expert_used_count"),
-        n_ff_exp=a("expert_feed_forward_length"),
-        n_expert_shared=int(a("expert_shared_count", 0)),
+        n_expert=n_expert,
+        n_expert_used=k.int("expert_used_count", hi=n_expert),
+        n_ff_exp=k.int("expert_feed_forward_length"),
+        n_expert_shared=k.int("expert_shared_count", 0, lo=0),
         gating=GATING[gating_id],
         expert_bias=g.has(f"blk.{n_dense}.exp_probs_b.bias"),
-        norm_topk=bool(a("expert_weights_norm", False)),
-        expert_scale=float(a("expert_weights_scale", 1.0) or 1.0),
-        n_group=int(a("expert_group_count", 1) or 1),
-        n_group_used=int(a("expert_group_used_count", 1) or 1),
-        rope_base=float(a("rope.freq_base", 10000.0)),
+        norm_topk=k.bool("expert_weights_norm", False),
+        # 0 (unset) = 1, as llama.cpp
+        expert_scale=k.float("expert_weights_scale", 1.0, open_=False) or 1.0,
+        n_group=k.int("expert_group_count", 1, lo=0) or 1,
+        n_group_used=k.int("expert_group_used_count", 1, lo=0) or 1,
+        rope_base=k.float("rope.freq_base", 10000.0, lo=1.0),
         rope_scaling=scaling,
-        rope_factor=float(a("rope.scaling.factor", 1.0)),
-        rope_orig_ctx=int(a("rope.scaling.original_context_length", a("context_length"))),
-        yarn_log_mul=float(a("rope.scaling.yarn_log_multiplier", 0.0)),
-        yarn_beta_fast=float(a("rope.scaling.yarn_beta_fast", 32.0)),
-        yarn_beta_slow=float(a("rope.scaling.yarn_beta_slow", 1.0)),
-        rms_eps=float(a("attention.layer_norm_rms_epsilon")),
+        rope_factor=k.float("rope.scaling.factor", 1.0, open_=False) or 1.0,  # 0: unset
+        rope_orig_ctx=k.int("rope.scaling.original_context_length", n_ctx),
+        yarn_log_mul=k.float("rope.scaling.yarn_log_multiplier", 0.0, open_=False),
+        yarn_beta_fast=k.float("rope.scaling.yarn_beta_fast", 32.0),
+        yarn_beta_slow=k.float("rope.scaling.yarn_beta_slow", 1.0),
+        rms_eps=k.float("attention.layer_norm_rms_epsilon"),
         split_kv_b=g.has("blk.0.attn_k_b.weight") or not g.has("blk.0.attn_kv_b.weight"),
     )
     if scaling == "none":
@@ -195,7 +202,22 @@ def config_from_gguf(g: GGUFFile) -> Config:
             f"{where}: {g.arch}.expert_group_count {cfg.n_group} / "
             f"expert_group_used_count {cfg.n_group_used} do not fit {cfg.n_expert} experts"
         )
+    check_blocks(g, cfg.n_layer)
     return cfg
+
+
+def _dense_width(k: ArchKeys, n_dense: int) -> int:
+    """feed_forward_length: the leading dense layers' width (required when there are some),
+    one integer or a per-layer array whose first entry is theirs."""
+    key = "feed_forward_length"
+    if isinstance(k.g.meta.get(k.key(key)), list):
+        v = k.g.meta[k.key(key)]
+        if not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise k.fail(f"{k.key(key)} is {describe(v)}; it must hold integers")
+        if n_dense and not 1 <= v[0] <= MAX_COUNT:
+            raise k.fail(f"{k.key(key)}[0] is {v[0]}; it must be in 1..{MAX_COUNT}")
+        return v[0]
+    return k.int(key) if n_dense else k.int(key, 0, lo=0)
 
 
 def gguf_metadata(cfg: Config) -> dict:

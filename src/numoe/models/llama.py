@@ -16,11 +16,13 @@ import torch
 
 from ..cache import KVCache
 from ..gguf import GGUFError, GGUFFile, dequantize
+from ..gguf.checks import MAX_COUNT, ArchKeys, check_blocks
 from ..layers.attention import GQAAttention
 from ..layers.ffn import FeedForward
 from ..layers.linear import Linear
 from ..layers.moe import Experts, SparseMoE, check_experts
 from ..layers.rope import Rope, base_inv_freq
+from ..quote import quote
 from ..runtime.settings import Runtime
 from .base import Block, DecoderModel, n_vocab_of
 
@@ -64,38 +66,48 @@ PRESETS = {
 
 
 def config_from_gguf(g: GGUFFile) -> Config:
-    a = g.arch_get
+    k = ArchKeys(g)  # every key checked for type and range (GGUFError naming it)
+    n_embd, n_head = k.int("embedding_length"), k.int("attention.head_count")
+    n_expert = k.int("expert_count", 0, lo=0)
     cfg = Config(
         arch=g.arch,
         n_vocab=n_vocab_of(g),
-        n_ctx_train=a("context_length"),
-        n_embd=a("embedding_length"),
-        n_layer=a("block_count"),
-        n_head=a("attention.head_count"),
-        n_ff=a("feed_forward_length"),
-        n_expert=int(a("expert_count", 0) or 0),
-        n_expert_used=int(a("expert_used_count", 0) or 0),
-        rope_base=float(a("rope.freq_base", 10000.0)),
-        rms_eps=float(a("attention.layer_norm_rms_epsilon")),
+        n_ctx_train=k.int("context_length"),
+        n_embd=n_embd,
+        n_layer=k.int("block_count"),
+        n_head=n_head,
+        n_ff=k.int("feed_forward_length"),
+        n_expert=n_expert,
+        n_expert_used=k.int("expert_used_count", 0, lo=0, hi=n_expert or MAX_COUNT),
+        rope_base=k.float("rope.freq_base", 10000.0, lo=1.0),
+        rms_eps=k.float("attention.layer_norm_rms_epsilon"),
     )
-    cfg.n_head_kv = a("attention.head_count_kv", cfg.n_head)
-    n_rot = a("rope.dimension_count", cfg.n_embd // cfg.n_head)
-    cfg.head_dim = a("attention.key_length", n_rot)
-    if a("attention.value_length", cfg.head_dim) != cfg.head_dim or n_rot != cfg.head_dim:
+    cfg.n_head_kv = k.int("attention.head_count_kv", cfg.n_head)
+    k.divides("attention.head_count_kv", cfg.n_head_kv, "attention.head_count", cfg.n_head)
+    if not (k.has("rope.dimension_count") and k.has("attention.key_length")):
+        k.divides("attention.head_count", n_head, "embedding_length", n_embd)
+    n_rot = k.int("rope.dimension_count", cfg.n_embd // cfg.n_head)
+    cfg.head_dim = k.int("attention.key_length", n_rot)
+    v_len = k.int("attention.value_length", cfg.head_dim)
+    if v_len != cfg.head_dim or n_rot != cfg.head_dim:
         raise GGUFError(
             f"{g.path}: key_length {cfg.head_dim}, value_length "
-            f"{a('attention.value_length', cfg.head_dim)} and rope.dimension_count {n_rot} "
+            f"{v_len} and rope.dimension_count {n_rot} "
             "differ; numoe's llama needs them equal"
         )
-    scaling = a("rope.scaling.type", "none")
-    factor = float(a("rope.scaling.factor", 1.0) or 1.0)
+    k.even("rope.dimension_count", n_rot)
+    scaling = k.str("rope.scaling.type", "none")
+    factor = k.float("rope.scaling.factor", 1.0, open_=False) or 1.0  # 0: unset
     if scaling not in ("none", "") and factor != 1.0:
         raise GGUFError(
-            f"{g.path}: rope scaling '{scaling}' (factor {factor}) is not supported for "
+            f"{g.path}: rope scaling {quote(scaling)} (factor {factor}) is not supported for "
             "llama (only Llama 3 'rope_freqs' factors)"
         )
     if g.has("rope_freqs.weight"):
         f = dequantize(g.tensor("rope_freqs.weight", (cfg.head_dim // 2,)))
+        if not bool(torch.isfinite(f).all() and (f > 0).all()):
+            raise GGUFError(f"{g.path}: tensor 'rope_freqs.weight' holds values that are not "
+                            "finite and positive")  # fmt: skip
         cfg.rope_freq_factors = tuple(f.double().tolist())
     cfg.tie_embd = not g.has("output.weight")
     if cfg.n_expert:
@@ -103,6 +115,7 @@ def config_from_gguf(g: GGUFFile) -> Config:
         cfg.split_experts = not g.has("blk.0.ffn_gate_exps.weight") and g.has(
             "blk.0.ffn_gate.0.weight"
         )
+    check_blocks(g, cfg.n_layer)
     return cfg
 
 

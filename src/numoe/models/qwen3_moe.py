@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..cache import KVCache
 from ..gguf import GGUFFile
+from ..gguf.checks import ArchKeys, check_blocks
 from ..layers.attention import GQAAttention
 from ..layers.ffn import FeedForward
 from ..layers.linear import Linear, load_weight
@@ -71,26 +72,34 @@ PRESETS = {
 
 
 def config_from_gguf(g: GGUFFile) -> Config:
-    a = g.arch_get
+    k = ArchKeys(g)  # every key checked for type and range (GGUFError naming it)
+    n_embd, n_head = k.int("embedding_length"), k.int("attention.head_count")
+    n_head_kv = k.int("attention.head_count_kv")
+    k.divides("attention.head_count_kv", n_head_kv, "attention.head_count", n_head)
+    if not k.has("attention.key_length"):
+        k.divides("attention.head_count", n_head, "embedding_length", n_embd)
+    n_expert = k.int("expert_count")
     cfg = Config(
         arch=g.arch,
         n_vocab=n_vocab_of(g),
-        n_ctx_train=a("context_length"),
-        n_embd=a("embedding_length"),
-        n_layer=a("block_count"),
-        n_head=a("attention.head_count"),
-        n_head_kv=a("attention.head_count_kv"),
-        n_expert=a("expert_count"),
-        n_expert_used=a("expert_used_count"),
-        n_ff_exp=a("expert_feed_forward_length"),
-        rope_base=float(a("rope.freq_base", 10000.0)),
-        rms_eps=float(a("attention.layer_norm_rms_epsilon")),
+        n_ctx_train=k.int("context_length"),
+        n_embd=n_embd,
+        n_layer=k.int("block_count"),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_expert=n_expert,
+        n_expert_used=k.int("expert_used_count", hi=n_expert),
+        n_ff_exp=k.int("expert_feed_forward_length"),
+        rope_base=k.float("rope.freq_base", 10000.0, lo=1.0),
+        rms_eps=k.float("attention.layer_norm_rms_epsilon"),
     )
-    cfg.head_dim = a("attention.key_length", cfg.n_embd // cfg.n_head)
-    cfg.norm_topk = bool(a("expert_weights_norm", g.arch == "qwen3moe"))
+    cfg.head_dim = k.int("attention.key_length", cfg.n_embd // cfg.n_head)
+    k.even("attention.key_length", cfg.head_dim)
+    cfg.norm_topk = k.bool("expert_weights_norm", g.arch == "qwen3moe")
     if g.arch == "qwen2moe":
-        cfg.n_ff_shexp = a("expert_shared_feed_forward_length", 0)
+        cfg.n_ff_shexp = k.int("expert_shared_feed_forward_length", 0, lo=0)
     check_experts(cfg.n_expert, cfg.n_expert_used, str(g.path))
+    check_blocks(g, cfg.n_layer)
     return cfg
 
 

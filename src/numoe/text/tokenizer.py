@@ -32,6 +32,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from ..gguf.read import GGUFError
+from ..quote import quote
 from .chat_template import render_chat
 
 log = logging.getLogger(__name__)
@@ -160,30 +162,48 @@ def _bad(key: str, why: str) -> ValueError:
     return ValueError(f"tokenizer metadata: {key!r} {why}")
 
 
-def _as_str(x: Any) -> str:
+def _as_str(x: Any, key: str = K_TOKENS) -> str:
     if isinstance(x, bytes | bytearray):
         return bytes(x).decode("utf-8", errors="replace")
-    return str(x)
+    if not isinstance(x, str):
+        raise _bad(key, f"holds a {type(x).__name__} value where a string belongs")
+    return x
+
+
+def _ints(raw: Any, key: str) -> list[int]:
+    """An array of integers (token types)."""
+    if not isinstance(raw, list | tuple) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in raw
+    ):
+        raise _bad(key, "must be an array of integers")
+    return list(raw)
+
+
+def _flag(meta: dict[str, Any], key: str, default: bool) -> bool:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise _bad(key, f"must be a bool, not {quote(v, 40)}")
+
+
+# ids that may point outside the vocabulary: llama.cpp ignores them, and numoe never uses them
+_UNUSED_IDS = frozenset({"tokenizer.ggml.padding_token_id"})
 
 
 def _opt_id(meta: dict[str, Any], key: str, n: int) -> int | None:
     v = meta.get(key)
     if v is None:
         return None
-    try:
-        i = int(v)
-    except (TypeError, ValueError):
-        raise _bad(key, f"must be an integer token id, got {v!r}") from None
-    if i < 0 or i >= n:  # llama.cpp writes -1 / out-of-range for "none"
-        if i != -1 and i != 0xFFFFFFFF:
-            log.warning(
-                "tokenizer metadata: %s=%d is outside the vocab (%d); ignored",
-                key,
-                i,
-                n,
-            )
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(key, f"must be an integer token id, not {quote(v, 40)}")
+    if v == -1 or v == 0xFFFFFFFF:  # llama.cpp writes -1 for "none"
         return None
-    return i
+    if not 0 <= v < n:
+        if key in _UNUSED_IDS:
+            log.warning("tokenizer metadata: %s=%d is outside the vocab (%d); ignored", key, v, n)
+            return None
+        raise _bad(key, f"= {v} is outside the vocabulary of {n} tokens")
+    return v
 
 
 def _sp_merges(
@@ -231,17 +251,23 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, g: Any) -> Tokenizer:
-        """From a `numoe.gguf.GGUFFile` (anything with a ``.meta`` dict)."""
-        return cls.from_metadata(g.meta)
+        """From a `numoe.gguf.GGUFFile` (anything with ``.meta`` and ``.path``); bad
+        tokenizer metadata is a one-line GGUFError naming the file and the key."""
+        try:
+            return cls.from_metadata(g.meta)
+        except GGUFError:
+            raise
+        except ValueError as e:
+            raise GGUFError(f"{getattr(g, 'path', 'GGUF metadata')}: {e}") from None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """From GGUF metadata keys mapped to Python values."""
         if K_MODEL not in meta:
             raise _bad(K_MODEL, "is missing")
-        kind = _as_str(meta[K_MODEL])
+        kind = _as_str(meta[K_MODEL], K_MODEL)
         if kind not in ("gpt2", "llama"):
-            raise _bad(K_MODEL, f"= {kind!r} is not supported (supported: 'gpt2', 'llama')")
+            raise _bad(K_MODEL, f"= {quote(kind)} is not supported (supported: 'gpt2', 'llama')")
         raw_tokens = meta.get(K_TOKENS)
         if raw_tokens is None:
             raise _bad(K_TOKENS, "is missing")
@@ -258,7 +284,7 @@ class Tokenizer:
             if kind == "llama":
                 types = [TT_BYTE if _BYTE_TOKEN.match(t) else TT_NORMAL for t in tokens]
         else:
-            types = [int(t) for t in raw_types]
+            types = _ints(raw_types, K_TYPES)
             if len(types) != n:
                 raise _bad(K_TYPES, f"has {len(types)} entries but {K_TOKENS} has {n}")
 
@@ -305,10 +331,10 @@ class Tokenizer:
                 self.bos_id = vocab["<s>"]
             if self.eos_id is None and "</s>" in vocab:
                 self.eos_id = vocab["</s>"]
-        self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama"))
-        self.add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+        self.add_bos = _flag(meta, "tokenizer.ggml.add_bos_token", kind == "llama")
+        self.add_eos = _flag(meta, "tokenizer.ggml.add_eos_token", False)
         tmpl = meta.get(K_TEMPLATE)
-        self.chat_template = _as_str(tmpl) if tmpl else None
+        self.chat_template = _as_str(tmpl, K_TEMPLATE) if tmpl else None
 
         stops = {i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None}
         for t in _STOP_TEXTS:
@@ -324,25 +350,29 @@ class Tokenizer:
         if raw_merges is None:
             raise _bad(K_MERGES, "is missing (required for tokenizer model 'gpt2')")
         merges: list[tuple[str, str]] = []
+        if not isinstance(raw_merges, list | tuple):
+            raise _bad(K_MERGES, "must be an array of strings")
         for k, m in enumerate(raw_merges):
-            m = _as_str(m)
+            m = _as_str(m, K_MERGES)
             sep = m.find(" ", 1)
             if sep < 0:
-                raise _bad(K_MERGES, f"entry {k} {m!r} is not 'left right'")
+                raise _bad(K_MERGES, f"entry {k} {quote(m)} is not 'left right'")
             a, b = m[:sep], m[sep + 1 :]
             for part in (a, b, a + b):
                 if part not in vocab:
-                    raise _bad(K_MERGES, f"entry {k} {m!r} references unknown token {part!r}")
+                    raise _bad(
+                        K_MERGES, f"entry {k} {quote(m)} references unknown token {quote(part)}"
+                    )
             merges.append((a, b))
 
-        pre = _as_str(meta.get(K_PRE, "default"))
+        pre = _as_str(meta.get(K_PRE, "default"), K_PRE)
         self.pre = pre
         if pre not in _PRE:
             log.warning(
-                "tokenizer: unknown %s %r; using the GPT-2 pre-tokenizer regex "
+                "tokenizer: unknown %s %s; using the GPT-2 pre-tokenizer regex "
                 "(tokenization may differ from the model's)",
                 K_PRE,
-                pre,
+                quote(pre),
             )
         regexes, ignore_merges = _PRE.get(pre, (None, False))
         model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
@@ -362,6 +392,10 @@ class Tokenizer:
         if raw_scores is None:
             scores = [-float(i) for i in range(len(tokens))]
         else:
+            if not isinstance(raw_scores, list | tuple) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in raw_scores
+            ):
+                raise _bad(K_SCORES, "must be an array of numbers")
             scores = [float(s) for s in raw_scores]
             if len(scores) != len(tokens):
                 raise _bad(
@@ -386,7 +420,7 @@ class Tokenizer:
             vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True
         )
         hf = HFTokenizer(model)
-        add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        add_prefix = _flag(meta, "tokenizer.ggml.add_space_prefix", True)
         steps = [normalizers.Replace(" ", "▁")]
         if add_prefix:
             steps.insert(0, normalizers.Prepend("▁"))
