@@ -176,6 +176,9 @@ const TypeInfo &info_q5_K();
 const TypeInfo &info_q6_K();
 const TypeInfo &info_q8_K();
 const TypeInfo &info_q8_K4();
+const TypeInfo &info_q2_K();
+const TypeInfo &info_q3_K();
+const TypeInfo &info_iq4_xs();
 
 // ---- scalar helpers shared by the formats ----
 
