@@ -171,11 +171,11 @@ NUMOE_TARGET_AVX2 void q3_K_n_avx2(int n, const void *w, const block_q8_K *const
 }
 
 // AVX-512: as Q2_K's (q[r] = elements 64r .. 64r + 63, vpsrlvw on each half's qs bytes in
-// both 256-bit lanes), the third bit added where bit 2r (low lane) / 2r + 1 (high lane) of
-// the hmask bytes is set.
+// both 256-bit lanes), the third bit from bit 2r (low lane) / 2r + 1 (high lane) of the
+// hmask bytes, merged by one vpternlog (no mask registers).
 NUMOE_TARGET_AVX512VNNI inline void q3_K_unpack_avx512(const block_q3_K &x, __m256i sc16,
                                                        __m512i q[4], __m512i sw[4]) {
-  const __m512i m3 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+  const __m512i m3 = _mm512_set1_epi8(3), seven = _mm512_set1_epi8(7);
   const __m512i hm =
       _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.hmask)));
   for (int h = 0; h < 2; ++h) {
@@ -185,13 +185,37 @@ NUMOE_TARGET_AVX512VNNI inline void q3_K_unpack_avx512(const block_q3_K &x, __m2
       const int r = 2 * h + k2;
       const __m512i shift = simd::concat(_mm256_set1_epi16(static_cast<int16_t>(4 * k2)),
                                          _mm256_set1_epi16(static_cast<int16_t>(4 * k2 + 2)));
-      const __m512i bit = simd::concat(_mm256_set1_epi8(static_cast<char>(1 << (2 * r))),
-                                       _mm256_set1_epi8(static_cast<char>(1 << (2 * r + 1))));
-      const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(b, shift), m3);
-      q[r] = _mm512_mask_add_epi8(q2, _mm512_test_epi8_mask(hm, bit), q2, four);
+      // bit 2r (low lane) / 2r + 1 (high lane) of the hmask bytes to bit 2
+      const __m512i hb =
+          r == 0 ? _mm512_sllv_epi16(hm, simd::concat(_mm256_set1_epi16(2), _mm256_set1_epi16(1)))
+                 : _mm512_srlv_epi16(
+                       hm, simd::concat(_mm256_set1_epi16(static_cast<int16_t>(2 * r - 2)),
+                                        _mm256_set1_epi16(static_cast<int16_t>(2 * r - 1))));
+      // bits 0..1 from the shifted qs, 2..7 from hb (0xE4: (A & C) | (B & ~C)), then & 7
+      q[r] = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srlv_epi16(b, shift), hb, m3, 0xE4),
+                              seven);
     }
   }
   simd::group_scale_words(sc16, sw);
+}
+
+// The 16 scale words (sc - 32) of a block, AVX-512 (vpsrlvw): one pshufb puts byte j % 8
+// (its low nibble for j < 8, high for j >= 8) in the low byte of word j and byte 8 + j % 4
+// (field j / 4) in the high byte; two variable shifts line the nibble up at bits 0..3 and
+// the field at 4..5. Reads the 16 bytes that end with the scales (qs's last 4 first).
+NUMOE_TARGET_AVX512VNNI inline __m256i q3_K_scale_words_avx512(const block_q3_K &x) {
+  const __m256i b =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x.scales - 4)));
+  const __m256i w = _mm256_shuffle_epi8(
+      b, _mm256_setr_epi8(4, 12, 5, 13, 6, 14, 7, 15, 8, 12, 9, 13, 10, 14, 11, 15, 4, 12, 5, 13, 6,
+                          14, 7, 15, 8, 12, 9, 13, 10, 14, 11, 15));
+  const __m256i nib =
+      _mm256_srlv_epi16(w, _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4));
+  const __m256i fld =
+      _mm256_srlv_epi16(w, _mm256_setr_epi16(4, 4, 4, 4, 6, 6, 6, 6, 8, 8, 8, 8, 10, 10, 10, 10));
+  // bits 0..3 from nib, 4.. from fld (0xE4: (A & C) | (B & ~C)); the 6 bits, minus 32
+  const __m256i v = _mm256_ternarylogic_epi32(nib, fld, _mm256_set1_epi16(0x000F), 0xE4);
+  return _mm256_sub_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x3F)), _mm256_set1_epi16(32));
 }
 
 // isum of one super-block as 16 int32 lanes, exact: the values' sum plus the offset term
@@ -205,7 +229,7 @@ NUMOE_TARGET_AVX512VNNI inline __m512i q3_K_isum_avx512(const __m512i q[4], cons
 }
 
 NUMOE_TARGET_AVX512VNNI inline __m512i q3_K_block_avx512(const block_q3_K &x, const block_q8_K &y) {
-  const __m256i sc16 = _mm256_cvtepi8_epi16(q3_K_scales(x));
+  const __m256i sc16 = q3_K_scale_words_avx512(x);
   __m512i q[4], sw[4];
   q3_K_unpack_avx512(x, sc16, q, sw);
   return q3_K_isum_avx512(q, sw,
@@ -233,7 +257,7 @@ NUMOE_TARGET_AVX512VNNI void q3_K_n_avx512(int n, const void *w, const block_q8_
   const block_q3_K *x = static_cast<const block_q3_K *>(w);
   __m256 s = _mm256_setzero_ps();
   for (int i = 0; i < n / QK_K; ++i) {
-    const __m256i sc16 = _mm256_cvtepi8_epi16(q3_K_scales(x[i]));
+    const __m256i sc16 = q3_K_scale_words_avx512(x[i]);
     const __m256i neg4 = _mm256_slli_epi16(_mm256_sub_epi16(_mm256_setzero_si256(), sc16), 2);
     __m512i q[4], sw[4], is[8];
     q3_K_unpack_avx512(x[i], sc16, q, sw);
