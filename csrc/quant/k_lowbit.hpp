@@ -1,9 +1,10 @@
 // The low-bit K-quants Q2_K and Q3_K and the non-linear IQ4_XS: block layouts (as in
 // ggml-common.h), their GGML ids, the IQ4 value table and the scale unpacking shared by the
 // scalar and SIMD bodies (q2_k.cpp, q3_k.cpp, iq4_xs.cpp). All three pair with the Q8_K
-// activation (ggml's vec_dot_type): their 16- and 32-value groups sit in element order, so
-// a plain Q8_K load matches their unpacked values and the group sums (bsums) give the
-// min / offset terms.
+// activation (ggml's vec_dot_type): the SIMD bodies unpack their values in element order, so
+// a plain Q8_K load meets them, and Q8_K's 16-value sums (bsums) give the min / offset
+// terms. Each super-block's products are summed exactly in int32 and its float term added
+// to the row's sum in one order shared by every body: all ISAs give the same bits.
 #pragma once
 
 #include "quant.hpp"
