@@ -36,10 +36,21 @@ from numoe import _cpu
 from numoe.kernels import quant_type
 from numoe.runtime.machine import largest_cache
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_XS"]
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
-HALF_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.Q8_0: (0,), Q.Q4_0: (0,)}
-HALF_FIELDS.update({Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,)})
+HALF_FIELDS = {  # the fp16 scale fields of a block, set to finite values in random blocks
+    Q.Q4_K: (0, 2),
+    Q.Q5_K: (0, 2),
+    Q.Q6_K: (208,),
+    Q.Q8_0: (0,),
+    Q.Q4_0: (0,),
+    Q.Q2_K: (80, 82),
+    Q.Q3_K: (108,),
+    Q.IQ4_XS: (0,),
+    Q.IQ2_XXS: (0,),
+    Q.IQ2_XS: (0,),
+    Q.IQ2_S: (0,),
+}
 
 
 def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:

@@ -226,8 +226,9 @@ void bind_quant(nb::module_ &m) {
             out, {static_cast<size_t>(rows), static_cast<size_t>(rb)}, owner);
       },
       "type_id"_a, "x"_a, "n_threads"_a = 0,
-      "Quantize float32 rows x [rows, cols] to GGML type `type_id` (Q4_0, Q8_0, Q4_K, Q5_K, "
-      "Q6_K) with ggml's reference algorithms: uint8 [rows, row bytes]. ValueError when cols "
+      "Quantize float32 rows x [rows, cols] to GGML type `type_id` (Q4_0, Q8_0, Q2_K, Q3_K, "
+      "Q4_K, Q5_K, Q6_K) with ggml's reference algorithms: uint8 [rows, row bytes]. ValueError "
+      "when cols "
       "is not a multiple of the block size or the type has no quantizer. Rows are split over "
       "n_threads threads (0: all cores).");
 }

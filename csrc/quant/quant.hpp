@@ -179,6 +179,9 @@ const TypeInfo &info_q8_K4();
 const TypeInfo &info_iq2_xxs();
 const TypeInfo &info_iq2_xs();
 const TypeInfo &info_iq2_s();
+const TypeInfo &info_q2_K();
+const TypeInfo &info_q3_K();
+const TypeInfo &info_iq4_xs();
 
 // ---- scalar helpers shared by the formats ----
 

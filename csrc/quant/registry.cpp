@@ -10,8 +10,24 @@ namespace {
 
 // Every block format numoe has kernels for: one line per format (its table is in its file).
 const TypeInfo &(*const kFormats[])() = {
-    info_f32,  info_f16,  info_bf16,  info_q4_0,    info_q8_0,   info_q4_K,  info_q5_K,
-    info_q6_K, info_q8_K, info_q8_K4, info_iq2_xxs, info_iq2_xs, info_iq2_s,
+    // clang-format off: one line per format
+    info_f32,
+    info_f16,
+    info_bf16,
+    info_q4_0,
+    info_q8_0,
+    info_q4_K,
+    info_q5_K,
+    info_q6_K,
+    info_q8_K,
+    info_q8_K4,
+    info_iq2_xxs,
+    info_iq2_xs,
+    info_iq2_s,
+    info_q2_K,
+    info_q3_K,
+    info_iq4_xs,
+    // clang-format on
 };
 
 const TypeInfo *find(int type) {

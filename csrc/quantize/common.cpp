@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "quant/k_lowbit.hpp"
 #include "quant/quant.hpp"
 #include "quantize.hpp"
 
@@ -229,11 +230,15 @@ const Quantizer &quantizer(int type) {
       {quant::Q4_K, "Q4_K", quant::QK_K, sizeof(quant::block_q4_K), quantize_q4_K},
       {quant::Q5_K, "Q5_K", quant::QK_K, sizeof(quant::block_q5_K), quantize_q5_K},
       {quant::Q6_K, "Q6_K", quant::QK_K, sizeof(quant::block_q6_K), quantize_q6_K},
+      {quant::Q2_K, "Q2_K", quant::QK_K, sizeof(quant::block_q2_K), quantize_q2_K},
+      {quant::Q3_K, "Q3_K", quant::QK_K, sizeof(quant::block_q3_K), quantize_q3_K},
   };
   for (const Quantizer &q : table)
     if (q.type == type) return q;
+  std::string names;
+  for (const Quantizer &q : table) names += std::string(names.empty() ? "" : ", ") + q.name;
   throw std::invalid_argument("no quantizer for GGML type " + std::to_string(type) +
-                              " (numoe quantizes to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)");
+                              " (numoe quantizes to " + names + ")");
 }
 
 int64_t row_bytes(int type, int64_t cols) {

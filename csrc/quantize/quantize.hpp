@@ -9,6 +9,10 @@
 //   Q5_K  as Q4_K with 5-bit quants (16 candidate scales)
 //   Q6_K  16 sub-blocks of 16: signed scale by make_qx_quants (x^2-weighted search over 19
 //         candidates), scales quantized to int8 under one fp16 d
+//   Q2_K  16 sub-blocks of 16: scale and min by make_qkx2_quants (|x|-weighted absolute
+//         error, 16 candidates), quantized to 4 bits under fp16 d / dmin
+//   Q3_K  16 sub-blocks of 16: signed scale by make_q3_quants (x^2-weighted coordinate
+//         descent on the levels), scales quantized to 6 bits under one fp16 d
 //
 // Block layouts are quant/quant.hpp's (owned by the kernels).
 #pragma once
@@ -33,6 +37,8 @@ void quantize_q4_0(const float *x, void *dst, int64_t n);
 void quantize_q4_K(const float *x, void *dst, int64_t n);
 void quantize_q5_K(const float *x, void *dst, int64_t n);
 void quantize_q6_K(const float *x, void *dst, int64_t n);
+void quantize_q2_K(const float *x, void *dst, int64_t n);
+void quantize_q3_K(const float *x, void *dst, int64_t n);
 
 // The quantizer for a GGML type id; std::invalid_argument naming the type if there is none.
 const Quantizer &quantizer(int type);
