@@ -38,7 +38,17 @@ from numoe.runtime.machine import largest_cache
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
-HALF_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.Q8_0: (0,), Q.Q4_0: (0,)}
+HALF_FIELDS = {
+    Q.Q4_K: (0, 2),
+    Q.Q5_K: (0, 2),
+    Q.Q6_K: (208,),
+    Q.Q8_0: (0,),
+    Q.Q4_0: (0,),
+    Q.Q4_1: (0, 2),
+    Q.Q5_0: (0,),
+    Q.Q5_1: (0, 2),
+    Q.IQ4_NL: (0,),
+}
 
 
 def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:

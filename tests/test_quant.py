@@ -407,7 +407,7 @@ def test_type_info():
     assert kernels.quant_type(T.BF16).act_type == int(T.F32)
 
 
-@pytest.mark.parametrize("type_id, name", [(3, "Q4_1"), (10, "Q2_K"), (23, "IQ4_XS"), (99, "99")])
+@pytest.mark.parametrize("type_id, name", [(4, "Q4_2"), (10, "Q2_K"), (23, "IQ4_XS"), (99, "99")])
 def test_unsupported_type(type_id, name):
     raw = np.zeros(1024, np.uint8)
     with pytest.raises(ValueError, match=name):

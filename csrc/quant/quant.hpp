@@ -176,6 +176,10 @@ const TypeInfo &info_q5_K();
 const TypeInfo &info_q6_K();
 const TypeInfo &info_q8_K();
 const TypeInfo &info_q8_K4();
+const TypeInfo &info_q4_1();
+const TypeInfo &info_q5_0();
+const TypeInfo &info_q5_1();
+const TypeInfo &info_iq4_nl();
 
 // ---- scalar helpers shared by the formats ----
 
