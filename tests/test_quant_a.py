@@ -1,6 +1,7 @@
-"""The 32-element block formats Q4_1, Q5_0, Q5_1 and IQ4_NL (csrc/quant/q32*.hpp).
+"""The 32-element block formats Q4_1, Q5_0, Q5_1 and IQ4_NL (csrc/quant/q32*.hpp), and the
+weight quantizers of Q4_1, Q5_0 and Q5_1 (csrc/quantize/).
 
-Oracles: gguf.quants.dequantize, a float64 dot
+Oracles: gguf.quants (dequantize, and quantize: ggml's reference algorithms), a float64 dot
 product of the dequantized operands, and the scalar body (every ISA body, vec_dot and
 vec_dot_n, equals it bit for bit: the kernels share one float order, q32.hpp).
 """
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
 from isa_params import ISA_PARAMS
 from test_quant import random_halves
 
@@ -19,6 +21,7 @@ from numoe import _cpu, kernels
 TYPES = [T.Q4_1, T.Q5_0, T.Q5_1, T.IQ4_NL]
 TYPE_SIZE = {T.Q4_1: 20, T.Q5_0: 22, T.Q5_1: 24, T.IQ4_NL: 18}
 MIN_TYPES = {T.Q4_1, T.Q5_1}  # x = d * q + m: fp16 m at byte 2
+QUANTIZED = [T.Q4_1, T.Q5_0, T.Q5_1]  # numoe writes these (csrc/quantize/)
 
 
 def ids(t):
@@ -229,3 +232,43 @@ def test_type_info():
         assert (info.name, info.block_size, info.type_size) == (t.name, 32, TYPE_SIZE[t])
         assert info.act_type == int(T.Q8_0)
         assert int(t) in _cpu.weight_types()
+
+
+# ---- weight quantizers ----
+
+
+def quantizer_cases(rng):
+    """Rows of 40 blocks: Gaussian, and the corner cases of the min / max / amax searches."""
+    x = rng.standard_normal((8, 32 * 40)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, :32] = 1.5  # a constant block (max == min)
+    x[2] *= 2.0 ** rng.integers(-20, 10, (32 * 40,)).astype(np.float32)
+    x[3, 64:96] = [-5.0, 5.0] * 16  # equal magnitudes: the first one sets the sign
+    x[4, 96:128] = np.arange(32) - 16.0  # exact .5 steps
+    x[5] = np.round(x[5] * 8) / 8  # ties
+    x[6] = -np.abs(x[6]) - 3.0  # all-negative and all-positive blocks (min far from 0)
+    x[6, 640:] *= -1
+    x[7] *= 2.0 ** rng.integers(-30, 30, 32 * 40).astype(np.float32)  # wide range in a block
+    return x
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=ids)
+def test_quantize_matches_gguf(qtype):
+    """Bytes equal to gguf.quants (ggml's quantize_row_*_ref) for each row."""
+    rng = np.random.default_rng(int(qtype))
+    x = quantizer_cases(rng)
+    got = _cpu.quantize(int(qtype), x, 1)
+    with np.errstate(over="ignore"):  # row 7's scales overflow fp16, as in ggml
+        ref = np.ascontiguousarray(gguf_quantize(x, qtype)).view(np.uint8).reshape(len(x), -1)
+    assert got.shape == ref.shape and np.array_equal(got, ref)
+    # and the rows without fp16 subnormal / overflowing scales come back within half a step
+    # (Q5_0: one step, where -amax meets the clamp at q = 31), + the fp16 rounding of d and m
+    rows = [0, 1, 3, 4, 5, 6]
+    back = gguf_dequantize(got[rows], qtype).reshape(len(rows), -1)
+    blocks_ = x[rows].reshape(-1, 32)
+    if qtype == T.Q5_0:  # |d| = amax / 16
+        step = np.abs(blocks_).max(axis=1) / 16 * 2
+    else:  # d = (max - min) / 15 or 31
+        step = np.ptp(blocks_, axis=1) / (15 if qtype == T.Q4_1 else 31)
+    tol = step.repeat(32).reshape(back.shape) * 0.51 + 1e-3 * np.abs(x[rows])
+    assert np.all(np.abs(back - x[rows]) <= tol)

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "quant/q32.hpp"
 #include "quant/quant.hpp"
 #include "quantize.hpp"
 
@@ -229,11 +230,15 @@ const Quantizer &quantizer(int type) {
       {quant::Q4_K, "Q4_K", quant::QK_K, sizeof(quant::block_q4_K), quantize_q4_K},
       {quant::Q5_K, "Q5_K", quant::QK_K, sizeof(quant::block_q5_K), quantize_q5_K},
       {quant::Q6_K, "Q6_K", quant::QK_K, sizeof(quant::block_q6_K), quantize_q6_K},
+      {quant::Q4_1, "Q4_1", quant::QK32, sizeof(quant::block_q4_1), quantize_q4_1},
+      {quant::Q5_0, "Q5_0", quant::QK32, sizeof(quant::block_q5_0), quantize_q5_0},
+      {quant::Q5_1, "Q5_1", quant::QK32, sizeof(quant::block_q5_1), quantize_q5_1},
   };
   for (const Quantizer &q : table)
     if (q.type == type) return q;
-  throw std::invalid_argument("no quantizer for GGML type " + std::to_string(type) +
-                              " (numoe quantizes to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)");
+  throw std::invalid_argument(
+      "no quantizer for GGML type " + std::to_string(type) +
+      " (numoe quantizes to Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q4_1, Q5_0, Q5_1)");
 }
 
 int64_t row_bytes(int type, int64_t cols) {
