@@ -8,6 +8,10 @@ vec_dot_n, equals it bit for bit: the kernels share one float order, q32.hpp).
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -162,6 +166,41 @@ def test_vec_dot_extreme_values(qtype, isa):
     _cpu.set_isa(isa)
     got = _cpu.vec_dot(int(qtype), raw.ravel(), act, n)
     assert abs(got - ref) <= 1e-6 * error_scale(qtype, raw.ravel(), act), (got, ref)
+
+
+def guarded(nbytes: int):
+    """A uint8 array of nbytes that ends where a PROT_NONE page begins (a read past its end
+    faults), and the mapping that keeps it alive."""
+    page = mmap.PAGESIZE
+    size = (nbytes + page - 1) // page * page
+    m = mmap.mmap(-1, size + page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(ctypes.c_void_p(base + size), page, 0) == 0  # PROT_NONE
+    return np.frombuffer(m, np.uint8, nbytes, size - nbytes), m
+
+
+@pytest.mark.skipif(not hasattr(mmap, "PAGESIZE") or sys.platform != "linux", reason="Linux")
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_reads_stay_in_the_row(qtype, isa):
+    """Weights and activation flush against an unreadable page: no body reads past either
+    (vec_dot and vec_dot_n, every tail of the 4- and 8-block steps)."""
+    _cpu.set_isa(isa)
+    rng = np.random.default_rng(11)
+    maps = []
+    for nb in (1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17):
+        n = 32 * nb
+        raw = blocks(qtype, nb, rng).ravel()
+        act = _cpu.quantize_activation(int(qtype), rng.standard_normal(n).astype(np.float32))
+        gw, mw = guarded(raw.size)
+        ga, ma = guarded(act.size)
+        maps += [mw, ma]
+        gw[:], ga[:] = raw, act
+        assert _cpu.vec_dot(int(qtype), gw, ga, n) == _cpu.vec_dot(int(qtype), raw, act, n)
+        got = _cpu.vec_dot_n(int(qtype), gw, ga, n, [0, 0, 0])
+        assert np.all(got == _cpu.vec_dot(int(qtype), raw, act, n))
 
 
 # ---- vec_dot_n ----

@@ -192,43 +192,68 @@ NUMOE_TARGET_AVX2 void n_avx2(int n, const void *w, size_t w_stride, int n_rows,
 }
 
 // ---- AVX-512 (VNNI) ----
-// Four blocks a step, as Q4_0's AVX-512 body: every field sits at an even byte offset, so
-// word permutes gather the four blocks' qs (128-bit lane k: block k's 16 bytes), qh, scales
-// and activation halves from plain 64-byte loads (masked to the bytes that exist):
-//   lo, hi  the unsigned values u of elements 0..15 / 16..31 of block k in lane k, with
-//           v = u - kOff512 (IQ4_NL: kvalues + 128 by table, offset 128);
-//   alo, ahi the activation bytes that pair with them.
+// Four blocks a step, 128-bit lane k = block k:
+//   lo, hi    the unsigned values u of elements 0..15 / 16..31 of block k, v = u - kOff512
+//             (IQ4_NL: kvalues + 128 by table, offset 128);
+//   alo, ahi  the activation bytes that pair with them.
 // vpdpbusd gives 4 int32 lanes per block; q32_sums8 / q32_sums16 add them to one per block.
+//
+// Weights: each block's fields are loaded where they lie (a 16-byte broadcast of qs into
+// lane k, an 8-byte broadcast of the header d, m, qh or a 2-byte one of d), with a software
+// prefetch (prefetch_group512). Q4_0's body gathers the same bytes in fewer instructions from
+// overlapping 64-byte windows and word permutes; for these formats that ran at 25 GB/s from
+// L2 but 11-13 from L3 or DRAM, with or without a prefetch (one thread, 4096-wide rows,
+// Zen 5), where the per-block loads keep 23-27. Activation (in L1 for the whole row): Q8_0's
+// fields sit at even offsets, so word permutes of 64-byte loads gather its halves and
+// scales.
 
 template <typename F>
 constexpr int kOff512 = F::kTable ? 128 : F::kOff;
+template <typename F>
+constexpr bool kHeaderQ = F::kMin || F::kHigh;  // an 8-byte header (d, m, qh) per block
 
 NUMOE_TARGET_AVX512VNNI inline __mmask64 load_mask(int64_t bytes) {
   return bytes >= 64 ? ~0ULL : bytes <= 0 ? 0 : (1ULL << bytes) - 1;
 }
 
-// Word indices into [w0 w1] (64 words) for the permutes (vpermt2w).
+// Word indices for the activation's permutes (vpermt2w over two 64-byte loads, 64 words).
+// A step's 136 bytes are read as l0 = [0, 64), l1 = [64, 128), l2 = [16, 80), l3 = [72, 136):
+// all inside the step, so full steps need no masks.
 struct idx32 {
   alignas(64) uint16_t v[32];
 };
-// position 8k + m: word m of the 16-byte run at word `first` of block k (stride sw words)
-constexpr idx32 run_idx(int sw, int first) {
+// alo from [l0 l1]: position 8k + m <- word 17k + 1 + m (byte 34k + 2 + 2m: the low half of
+// block k's qs)
+constexpr idx32 act_lo_idx() {
   idx32 r{};
-  for (int p = 0; p < 32; ++p) r.v[p] = static_cast<uint16_t>(sw * (p / 8 % 4) + first + p % 8);
+  for (int p = 0; p < 32; ++p) r.v[p] = static_cast<uint16_t>(17 * (p / 8) + 1 + p % 8);
   return r;
 }
-// positions 4s + k (and 8 + 4s + k when second >= 0): word `first` (`second`) of block k
-constexpr idx32 scale_idx(int sw, int s, int first, int second) {
+// ahi from [l2 l3]: byte 34k + 18 + 2m of the step, in l2 (offset 16) for k < 2, else in l3
+// (offset 72)
+constexpr idx32 act_hi_idx() {
   idx32 r{};
-  for (int k = 0; k < 4; ++k) {
-    r.v[4 * s + k] = static_cast<uint16_t>(sw * k + first);
-    if (second >= 0) r.v[8 + 4 * s + k] = static_cast<uint16_t>(sw * k + second);
+  for (int p = 0; p < 32; ++p) {
+    const int k = p / 8, byte = 34 * k + 18 + 2 * (p % 8);
+    r.v[p] = static_cast<uint16_t>(k < 2 ? (byte - 16) / 2 : 32 + (byte - 72) / 2);
   }
   return r;
 }
-constexpr __mmask32 scale_mask(int s, bool two) {
-  return (0xFu << (4 * s)) | (two ? 0xFu << (8 + 4 * s) : 0u);
+// from [l0 l1]: positions 4s + k, and 8 + 4s + k when twice: word 17k (d of block k)
+constexpr idx32 act_d_idx(int s, bool twice) {
+  idx32 r{};
+  for (int k = 0; k < 4; ++k) {
+    r.v[4 * s + k] = static_cast<uint16_t>(17 * k);
+    if (twice) r.v[8 + 4 * s + k] = static_cast<uint16_t>(17 * k);
+  }
+  return r;
 }
+template <bool Twice>
+struct act_idx {
+  static constexpr idx32 lo = act_lo_idx(), hi = act_hi_idx();
+  static constexpr idx32 d[2] = {act_d_idx(0, Twice), act_d_idx(1, Twice)};
+  static constexpr __mmask32 mask[2] = {Twice ? 0x0F0Fu : 0x000Fu, Twice ? 0xF0F0u : 0x00F0u};
+};
 
 // IQ4_NL's values + 128, as unsigned bytes.
 struct tbl16 {
@@ -241,44 +266,40 @@ constexpr tbl16 table512() {
 }
 inline constexpr tbl16 kTable512 = table512();
 
-template <typename F>
-struct idx512 {
-  static constexpr int sw = sizeof(typename F::block) / 2;
-  static constexpr idx32 qs = run_idx(sw, F::kQs / 2);
-  static constexpr idx32 qh =
-      run_idx(sw, F::kHigh ? F::kQh / 2 : 0);  // words 0, 1 of lane k: qh of block k
-  static constexpr idx32 d[2] = {scale_idx(sw, 0, 0, F::kMin ? F::kM / 2 : -1),
-                                 scale_idx(sw, 1, 0, F::kMin ? F::kM / 2 : -1)};
-  static constexpr idx32 act = run_idx(kAct / 2, 1);
-  static constexpr idx32 dy[2] = {scale_idx(kAct / 2, 0, 0, F::kMin ? 0 : -1),
-                                  scale_idx(kAct / 2, 1, 0, F::kMin ? 0 : -1)};
-};
-
-NUMOE_TARGET_AVX512 inline __m512i load_idx(const idx32 &i) { return _mm512_load_si512(i.v); }
-
-// The weights of one step (kb <= 4 blocks at xw): lo, hi as above, and their scale words
-// (step s: d of block k at word 4s + k, m at 8 + 4s + k, zeros elsewhere).
+// The weights of step s (kb <= 4 blocks at xw): lo, hi, and hd, the blocks' headers: the
+// first 8 bytes of block k (d, m, qh as they lie) in the low qword of lane k (kHeaderQ), or
+// d at word 4s + k (IQ4_NL).
 template <typename F>
 NUMOE_TARGET_AVX512VNNI inline void weights512(const uint8_t *xw, int kb, int s, __m512i &lo,
                                                __m512i &hi, __m512i &hd) {
-  using T = idx512<F>;
-  const int64_t bytes = static_cast<int64_t>(kb) * sizeof(typename F::block);
-  const __m512i w0 = _mm512_maskz_loadu_epi8(load_mask(bytes), xw);
-  const __m512i w1 = _mm512_maskz_loadu_epi8(load_mask(bytes - 64), xw + 64);
-  const __m512i q = _mm512_permutex2var_epi16(w0, load_idx(T::qs), w1);
+  constexpr int xs = sizeof(typename F::block);
+  __m512i q = _mm512_setzero_si512();
+  hd = _mm512_setzero_si512();
+  for (int k = 0; k < 4 && k < kb; ++k) {
+    const uint8_t *b = xw + k * xs;
+    q = _mm512_mask_broadcast_i32x4(q, static_cast<__mmask16>(0xF << (4 * k)),
+                                    _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + F::kQs)));
+    if constexpr (kHeaderQ<F>)
+      hd = _mm512_mask_broadcastq_epi64(hd, static_cast<__mmask8>(1u << (2 * k)),
+                                        _mm_loadl_epi64(reinterpret_cast<const __m128i *>(b)));
+    else
+      hd = _mm512_mask_broadcastw_epi16(hd, 1u << (4 * s + k), _mm_loadu_si16(b));
+  }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   lo = _mm512_and_si512(q, m4);
   hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
   if constexpr (F::kHigh) {
-    // bit 4 of element j of block k: bit j of its qh, to byte j of lane k
-    const __m512i h = _mm512_permutex2var_epi16(w0, load_idx(T::qh), w1);
+    // bit 4 of element j of block k is bit j of its qh (header bytes kQh..kQh+3 of lane
+    // k): byte j / 8 of qh to byte j, test bit j % 8
+    constexpr int o = F::kQh * 0x01010101;
     const __m512i bit = _mm512_set1_epi64(static_cast<int64_t>(0x8040201008040201ULL));
-    const __m512i sel_lo = _mm512_set4_epi32(0x01010101, 0x01010101, 0, 0);
-    const __m512i sel_hi = _mm512_set4_epi32(0x03030303, 0x03030303, 0x02020202, 0x02020202);
+    const __m512i sel_lo = _mm512_set4_epi32(o + 0x01010101, o + 0x01010101, o, o);
+    const __m512i sel_hi =
+        _mm512_set4_epi32(o + 0x03030303, o + 0x03030303, o + 0x02020202, o + 0x02020202);
     const __m512i b16 = _mm512_set1_epi8(0x10);
-    lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(_mm512_shuffle_epi8(h, sel_lo), bit), lo,
+    lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(_mm512_shuffle_epi8(hd, sel_lo), bit), lo,
                               b16);
-    hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(_mm512_shuffle_epi8(h, sel_hi), bit), hi,
+    hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(_mm512_shuffle_epi8(hd, sel_hi), bit), hi,
                               b16);
   }
   if constexpr (F::kTable) {
@@ -287,24 +308,49 @@ NUMOE_TARGET_AVX512VNNI inline void weights512(const uint8_t *xw, int kb, int s,
     lo = _mm512_shuffle_epi8(t, lo);
     hi = _mm512_shuffle_epi8(t, hi);
   }
-  hd = _mm512_maskz_permutex2var_epi16(scale_mask(s, F::kMin), w0, load_idx(T::d[s]), w1);
 }
 
-// The activation of one step (kb <= 4 blocks at ya): alo, ahi and the scale words (step s:
-// dy of block k at word 4s + k, and at 8 + 4s + k for kMin formats).
+// The scale words of a group from its two steps' headers: d of blocks 0..7 in words 0..7,
+// and for kMin formats m of blocks 0..7 in words 8..15.
+template <typename F>
+NUMOE_TARGET_AVX512 inline __m256i scale_words512(__m512i hd0, __m512i hd1) {
+  if constexpr (!kHeaderQ<F>) {
+    return _mm512_castsi512_si256(_mm512_or_si512(hd0, hd1));
+  } else {
+    // block p: word 8 (p % 4) of step p / 4's header register ([hd0 hd1]: 64 words); m
+    // kM / 2 words after d
+    constexpr int m = F::kMin ? F::kM / 2 : 0;
+    const __m512i idx =
+        _mm512_setr_epi32(0x00080000, 0x00180010, 0x00280020, 0x00380030, (8 + m) << 16 | m,
+                          (24 + m) << 16 | (16 + m), (40 + m) << 16 | (32 + m),
+                          (56 + m) << 16 | (48 + m), 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutex2var_epi16(hd0, idx, hd1));
+  }
+}
+
+// The activation of step s (kb <= 4 blocks at ya): alo, ahi and the scale words (dy of block k
+// at word 4s + k, and at 8 + 4s + k for kMin formats; zeros elsewhere). Masked loads only for
+// a partial step (the row's tail).
 template <typename F>
 NUMOE_TARGET_AVX512VNNI inline void act512(const int8_t *ya, int kb, int s, __m512i &alo,
                                            __m512i &ahi, __m512i &hy) {
-  using T = idx512<F>;
-  const int64_t bytes = static_cast<int64_t>(kb) * kAct;
-  const __m512i l0 = _mm512_maskz_loadu_epi8(load_mask(bytes), ya);
-  const __m512i l1 = _mm512_maskz_loadu_epi8(load_mask(bytes - 64), ya + 64);
-  const __m512i l2 = _mm512_maskz_loadu_epi8(load_mask(bytes - 16), ya + 16);
-  const __m512i l3 = _mm512_maskz_loadu_epi8(load_mask(bytes - 80), ya + 80);
-  const __m512i ai = load_idx(T::act);
-  alo = _mm512_permutex2var_epi16(l0, ai, l1);
-  ahi = _mm512_permutex2var_epi16(l2, ai, l3);
-  hy = _mm512_maskz_permutex2var_epi16(scale_mask(s, F::kMin), l0, load_idx(T::dy[s]), l1);
+  using T = act_idx<F::kMin>;
+  __m512i l0, l1, l2, l3;
+  if (kb == 4) {
+    l0 = _mm512_loadu_si512(ya);
+    l1 = _mm512_loadu_si512(ya + 64);
+    l2 = _mm512_loadu_si512(ya + 16);
+    l3 = _mm512_loadu_si512(ya + 72);
+  } else {
+    const int64_t bytes = static_cast<int64_t>(kb) * kAct;
+    l0 = _mm512_maskz_loadu_epi8(load_mask(bytes), ya);
+    l1 = _mm512_maskz_loadu_epi8(load_mask(bytes - 64), ya + 64);
+    l2 = _mm512_maskz_loadu_epi8(load_mask(bytes - 16), ya + 16);
+    l3 = _mm512_maskz_loadu_epi8(load_mask(bytes - 72), ya + 72);
+  }
+  alo = _mm512_permutex2var_epi16(l0, _mm512_load_si512(T::lo.v), l1);
+  ahi = _mm512_permutex2var_epi16(l2, _mm512_load_si512(T::hi.v), l3);
+  hy = _mm512_maskz_permutex2var_epi16(T::mask[s], l0, _mm512_load_si512(T::d[s].v), l1);
 }
 
 // sum u * a over lo/hi, as 4 int32 lanes per block
@@ -332,6 +378,17 @@ NUMOE_TARGET_AVX512 inline __m512i q32_sums16(__m512i v0, __m512i v1, __m512i y0
   return transpose4(_mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1)));
 }
 
+// The weights' masked broadcast loads leave the hardware prefetchers idle: without this, 5 GB/s
+// from L3 or DRAM against 25 from L2 (Zen 5). Each group asks for the 192 bytes (at least a
+// group) kPrefetch ahead, gemm_rows' row-prefetch distance (512 and 1024 were a little
+// slower); past the row they are the next row's (a matrix's rows are consecutive), past the
+// matrix harmless.
+constexpr int kPrefetch = 2048;
+NUMOE_TARGET_AVX512 inline void prefetch_group512(const uint8_t *xw) {
+  for (int c = 0; c < 3; ++c)
+    _mm_prefetch(reinterpret_cast<const char *>(xw + kPrefetch + 64 * c), _MM_HINT_T0);
+}
+
 // acc + the terms of the k (8 when Full) blocks at xw against the activation blocks at ya.
 template <typename F, bool Full>
 NUMOE_TARGET_AVX512VNNI __attribute__((always_inline)) inline __m256 group512(__m256 acc,
@@ -354,7 +411,7 @@ NUMOE_TARGET_AVX512VNNI __attribute__((always_inline)) inline __m256 group512(__
     if constexpr (!F::kMin && kOff512<F> != 0) v[s] = _mm512_sub_epi32(v[s], ys[s]);
   }
   // [d of blocks 0..7 | m of blocks 0..7] and [dy | dy] (kMin); the low halves otherwise
-  const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_or_si512(hd[0], hd[1])));
+  const __m512 d = _mm512_cvtph_ps(scale_words512<F>(hd[0], hd[1]));
   const __m512 dy = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_or_si512(hy[0], hy[1])));
   if constexpr (F::kMin) {
     const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(q32_sums16(v[0], v[1], ys[0], ys[1])),
@@ -375,7 +432,10 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_avx512(int n, const void *w, const void *a
   const int nb = n / QK32;
   __m256 acc = _mm256_setzero_ps();
   int i = 0;
-  for (; i + 8 <= nb; i += 8) acc = group512<F, true>(acc, x + i * xs, y + i * kAct, 8);
+  for (; i + 8 <= nb; i += 8) {
+    prefetch_group512(x + i * xs);
+    acc = group512<F, true>(acc, x + i * xs, y + i * kAct, 8);
+  }
   if (i < nb) acc = group512<F, false>(acc, x + i * xs, y + i * kAct, nb - i);
   return hsum(acc);
 }
@@ -430,9 +490,10 @@ NUMOE_TARGET_AVX512VNNI void n_avx512(int n, const void *w, size_t w_stride, int
     for (int g = 0; g < ng; ++g) {
       const int k = std::min(8, nb - 8 * g), k0 = std::min(k, 4), k1 = std::max(k - 4, 0);
       __m512i lo[2], hi[2], hd[2];
+      prefetch_group512(x + 8 * g * xs);
       weights512<F>(x + 8 * g * xs, k0, 0, lo[0], hi[0], hd[0]);
       weights512<F>(x + (8 * g + 4) * xs, k1, 1, lo[1], hi[1], hd[1]);
-      const __m512 dm = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_or_si512(hd[0], hd[1])));
+      const __m512 dm = _mm512_cvtph_ps(scale_words512<F>(hd[0], hd[1]));
       const __m256 d = _mm512_castps512_ps256(dm);
       [[maybe_unused]] const __m256 m = _mm512_extractf32x8_ps(dm, 1);
       for (int j = 0; j < N; ++j) {
