@@ -60,8 +60,10 @@ static_assert(sizeof(block_q5_1) == 24, "block_q5_1 size");
 static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl size");
 
 // IQ4_NL's 16 values (ggml-common.h kvalues_iq4nl); a 4-bit index cannot leave the table.
-inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                             1,    13,   25,  38,  53,  69,  89,  113};
+// k_lowbit.hpp (IQ4_XS) holds the same inline table: keep one at a merge. Until then both are
+// 16-byte aligned, so whichever copy the linker keeps serves IQ4_XS's aligned loads.
+alignas(16) inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                         1,    13,   25,  38,  53,  69,  89,  113};
 
 // Format traits (one struct per format file):
 //   block            the block struct (d first, qs last)
