@@ -50,6 +50,10 @@ HALF_FIELDS = {  # the fp16 scale fields of a block, set to finite values in ran
     Q.IQ2_XXS: (0,),
     Q.IQ2_XS: (0,),
     Q.IQ2_S: (0,),
+    Q.Q4_1: (0, 2),
+    Q.Q5_0: (0,),
+    Q.Q5_1: (0, 2),
+    Q.IQ4_NL: (0,),
 }
 
 

@@ -1,9 +1,10 @@
 """A transformers oracle for quantized files that computes what numoe computes, to ~1e-6.
 
 numoe's quantized matrix products take the weights the file holds and an activation rounded
-to an 8-bit block format first (as llama.cpp): Q8_0 (blocks of 32, fp16 scale) for Q8_0 /
-Q4_0 weights, Q8_K (blocks of 256, float scale) for the K-quants; float weights take the
-float32 activation. `QuantReference` runs transformers with
+to an 8-bit block format first (as llama.cpp): Q8_0 (blocks of 32, fp16 scale) for the
+32-element weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), Q8_K (blocks of 256, float scale)
+for the K-quants; float weights take the float32 activation. `QuantReference` runs
+transformers with
 
 - the weights stored in the file, dequantized by the `gguf` package
   (hf_oracle.dequantized_copy), and
@@ -43,8 +44,19 @@ from numoe.convert import CONVERTERS
 Q = gguf.GGMLQuantizationType
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
 FLOAT_TYPES = {Q.F32, Q.F16, Q.BF16}
-# offsets of the fp16 scale fields (d, and dmin where there is one) in a block
-SCALE_FIELDS = {Q.Q8_0: (0,), Q.Q4_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+Q8_0_ACT_TYPES = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.IQ4_NL}  # 32-element blocks
+# offsets of the fp16 scale fields (d, and dmin / m where there is one) in a block
+SCALE_FIELDS = {
+    Q.Q8_0: (0,),
+    Q.Q4_0: (0,),
+    Q.Q4_1: (0, 2),
+    Q.Q5_0: (0,),
+    Q.Q5_1: (0, 2),
+    Q.IQ4_NL: (0,),
+    Q.Q4_K: (0, 2),
+    Q.Q5_K: (0, 2),
+    Q.Q6_K: (208,),
+}
 
 # A position whose float32 sums put no activation value on the other side of a rounding
 # step agrees to <= 1e-6 (rel_error); one that does (or whose router then breaks a near tie
@@ -80,7 +92,7 @@ def activation_rounding(qtype: Q):
         return None
     if qtype in K_TYPES:
         return q8_K
-    if qtype in (Q.Q8_0, Q.Q4_0):
+    if qtype in Q8_0_ACT_TYPES:
         return q8_0
     raise ValueError(f"no activation rounding known for {qtype.name}")
 

@@ -366,21 +366,31 @@ def test_mix_other_ftypes_and_special_cases():
     p8e = plan("x", _meta(n_expert=8), _shapes(n_expert=8), "Q4_K_M")
     assert p8e["blk.1.attn_v.weight"] == Q.Q8_0 and p8e["blk.1.attn_k.weight"] == Q.Q8_0
     assert p8e["blk.1.attn_output.weight"] == Q.Q5_K
-    # rows not a multiple of 256 -> Q8_0 (llama.cpp: Q5_0 / Q5_1 / Q8_0); of 32 neither -> keep
+    # rows not a multiple of 256: llama.cpp's fallback Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0
+    # (the head: Q8_0); rows not a multiple of 32 either -> keep as stored
     odd = {
         "output.weight": (100, 96),
         "blk.0.attn_q.weight": (64, 96),
+        "blk.0.ffn_down.weight": (64, 96),  # use_more_bits (1 layer): Q6_K -> Q8_0
         "blk.0.ffn_up.weight": (8, 40),
     }
     po = plan("x", _meta(1), odd, "Q4_K_M")
     assert po == {
         "output.weight": Q.Q8_0,
-        "blk.0.attn_q.weight": Q.Q8_0,
+        "blk.0.attn_q.weight": Q.Q5_0,
+        "blk.0.ffn_down.weight": Q.Q8_0,
         "blk.0.ffn_up.weight": None,
     }
-    # DeepSeek MLA split: attn_k_b (rows 128) falls back to Q8_0, attn_v_b (rows 512) base
+    po5 = plan("x", _meta(1), odd, "Q5_K_M")
+    assert po5["blk.0.attn_q.weight"] == Q.Q5_1 and po5["blk.0.ffn_down.weight"] == Q.Q8_0
+    assert plan("x", _meta(1), odd, "Q6_K")["blk.0.attn_q.weight"] == Q.Q8_0
+    # DeepSeek MLA split: attn_k_b (rows 128) falls back, attn_v_b (rows 512) takes the base
     pd = plan("x", _meta(), _shapes(kv_b=True), "Q4_K_M")
-    assert pd["blk.3.attn_k_b.weight"] == Q.Q8_0 and pd["blk.3.attn_v_b.weight"] == Q.Q4_K
+    assert pd["blk.3.attn_k_b.weight"] == Q.Q5_0 and pd["blk.3.attn_v_b.weight"] == Q.Q4_K
+    pd5 = plan("x", _meta(), _shapes(kv_b=True), "Q5_K_M")
+    assert pd5["blk.3.attn_k_b.weight"] == Q.Q5_1 and pd5["blk.3.attn_v_b.weight"] == Q.Q5_K
+    pd6 = plan("x", _meta(), _shapes(kv_b=True), "Q6_K")
+    assert pd6["blk.3.attn_k_b.weight"] == Q.Q8_0 and pd6["blk.3.attn_v_b.weight"] == Q.Q6_K
     info = mix_info("x", _meta(), list(_shapes()))
     assert mix_type("blk.2.attn_v.weight", (128, 512), "Q4_K_M", info) == Q.Q4_K
 
@@ -487,8 +497,17 @@ def test_synth_k_types_stream_through_the_mix(tmp_path, capsys):
     assert cli_main(["synth", "-o", str(out), "--type", "Q4_K_M"]) == 0
     r = gguf.GGUFReader(out)
     assert r.fields["general.file_type"].contents() == FTYPES["Q4_K_M"][1]
-    # tiny preset: 8 experts and rows of 64 -> the Q8_0 fallback everywhere quantized
-    assert {t.tensor_type for t in r.tensors} == {Q.Q8_0, Q.F32}
+    # tiny preset: 8 experts and rows of 64 -> every quantized tensor takes llama.cpp's
+    # fallback: Q4_K -> Q5_0, Q5_K (attn_output, 8 experts) -> Q5_1, Q6_K (ffn_down of the
+    # use_more_bits layer 1) -> Q8_0; attn_k / attn_v (8 experts) and the head Q8_0
+    types = {t.name: Q(t.tensor_type) for t in r.tensors}
+    assert set(types.values()) == {Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.F32}
+    assert types["token_embd.weight"] == Q.Q5_0 and types["output.weight"] == Q.Q8_0
+    assert types["blk.0.attn_q.weight"] == types["blk.0.ffn_up_exps.weight"] == Q.Q5_0
+    assert types["blk.0.attn_output.weight"] == Q.Q5_1 and types["blk.0.attn_v.weight"] == Q.Q8_0
+    assert types["blk.0.ffn_down_exps.weight"] == Q.Q5_0
+    assert types["blk.1.ffn_down_exps.weight"] == Q.Q8_0
+    assert torch.isfinite(_logits(out)).all()  # numoe runs it (Q5_0 embedding rows too)
     cfg = _qwen_cfg(2)
     from numoe.models import get as get_arch
     from numoe.text import synth_vocab_metadata

@@ -19,7 +19,8 @@ error <= 0.05 against the weights alone, which are off by 1.5-3 % from activatio
 let a x0.9 expert scale through on qwen3moe (median 0.037-0.039 for Q8_0, Q4_K_M, Q6_K).
 
 The shapes are multiples of 256 so the K mixes really use Q4_K / Q5_K / Q6_K (rows that are
-not fall back to Q8_0, as llama.cpp); with 8 experts, Q4_K_M stores attn_output as Q5_K.
+not take llama.cpp's fallbacks Q5_0 / Q5_1 / Q8_0: DeepSeek's attn_k_b and attn_output); with
+8 experts, Q4_K_M stores attn_output as Q5_K.
 """
 
 from __future__ import annotations
@@ -195,8 +196,9 @@ def test_k_quant_decode_steps_match_reference(built, family):
     against the torch path's steps (the Python block loop) and the reference."""
     b = built(family, "Q4_K_M")
     types = {t.name for t in tensor_types(b.path).values()}
-    # Q5_K: attn_output of an 8-expert model; DeepSeek's (rows of H * d_v = 128) is Q8_0
-    want = {"Q4_K", "Q6_K"} | ({"Q5_K"} if family != "deepseek-v3" else set())
+    # Q5_K: attn_output of an 8-expert model; DeepSeek's (rows of H * d_v = 128) falls back
+    # to Q5_1, its attn_k_b (rows of qk_nope_head_dim = 32) from Q4_K to Q5_0
+    want = {"Q4_K", "Q6_K"} | ({"Q5_K"} if family != "deepseek-v3" else {"Q5_0", "Q5_1"})
     assert want <= types, types
     model = numoe_model(b.path)
     steps = model.cpp_steps

@@ -7,6 +7,7 @@
 // to the row's sum in one order shared by every body: all ISAs give the same bits.
 #pragma once
 
+#include "iq4_values.hpp"
 #include "quant.hpp"
 
 namespace numoe::quant {
@@ -45,11 +46,6 @@ struct block_iq4_xs {
 static_assert(sizeof(block_q2_K) == 84, "block_q2_K size");
 static_assert(sizeof(block_q3_K) == 110, "block_q3_K size");
 static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs size");
-
-// The 16 values of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl). NOTE: the IQ4_NL format keeps its
-// own copy of this table in its group's header; one of the two is meant to go at a merge.
-alignas(16) inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                                         1,    13,   25,  38,  53,  69,  89,  113};
 
 // The 16 signed scales (sc - 32, in -32..31) of a Q3_K block.
 inline void unpack_scales_q3_K(const uint8_t *s, int8_t out[16]) {

@@ -182,6 +182,10 @@ const TypeInfo &info_iq2_s();
 const TypeInfo &info_q2_K();
 const TypeInfo &info_q3_K();
 const TypeInfo &info_iq4_xs();
+const TypeInfo &info_q4_1();
+const TypeInfo &info_q5_0();
+const TypeInfo &info_q5_1();
+const TypeInfo &info_iq4_nl();
 
 // ---- scalar helpers shared by the formats ----
 

@@ -27,6 +27,10 @@ const TypeInfo &(*const kFormats[])() = {
     info_q2_K,
     info_q3_K,
     info_iq4_xs,
+    info_q4_1,
+    info_q5_0,
+    info_q5_1,
+    info_iq4_nl,
     // clang-format on
 };
 

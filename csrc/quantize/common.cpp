@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "quant/k_lowbit.hpp"
+#include "quant/q32.hpp"
 #include "quant/quant.hpp"
 #include "quantize.hpp"
 
@@ -230,6 +231,9 @@ const Quantizer &quantizer(int type) {
       {quant::Q4_K, "Q4_K", quant::QK_K, sizeof(quant::block_q4_K), quantize_q4_K},
       {quant::Q5_K, "Q5_K", quant::QK_K, sizeof(quant::block_q5_K), quantize_q5_K},
       {quant::Q6_K, "Q6_K", quant::QK_K, sizeof(quant::block_q6_K), quantize_q6_K},
+      {quant::Q4_1, "Q4_1", quant::QK32, sizeof(quant::block_q4_1), quantize_q4_1},
+      {quant::Q5_0, "Q5_0", quant::QK32, sizeof(quant::block_q5_0), quantize_q5_0},
+      {quant::Q5_1, "Q5_1", quant::QK32, sizeof(quant::block_q5_1), quantize_q5_1},
       {quant::Q2_K, "Q2_K", quant::QK_K, sizeof(quant::block_q2_K), quantize_q2_K},
       {quant::Q3_K, "Q3_K", quant::QK_K, sizeof(quant::block_q3_K), quantize_q3_K},
   };

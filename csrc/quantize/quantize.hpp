@@ -4,6 +4,9 @@
 //
 //   Q8_0  round to nearest, d = max|x| / 127
 //   Q4_0  d = (the value of largest magnitude) / -8, q = trunc(x/d + 8.5) clamped to 15
+//   Q4_1  d = (max - min) / 15, m = min, q = trunc((x - min)/d + 0.5) clamped to 15
+//   Q5_0  d = (the value of largest magnitude) / -16, q = trunc(x/d + 16.5) clamped to 31
+//   Q5_1  d = (max - min) / 31, m = min, q = trunc((x - min)/d + 0.5)
 //   Q4_K  8 sub-blocks of 32: scale and min by make_qkx2_quants (weighted search over 21
 //         candidate scales), the 8 scales/mins quantized to 6 bits under fp16 d / dmin
 //   Q5_K  as Q4_K with 5-bit quants (16 candidate scales)
@@ -34,6 +37,9 @@ struct Quantizer {
 
 void quantize_q8_0(const float *x, void *dst, int64_t n);
 void quantize_q4_0(const float *x, void *dst, int64_t n);
+void quantize_q4_1(const float *x, void *dst, int64_t n);
+void quantize_q5_0(const float *x, void *dst, int64_t n);
+void quantize_q5_1(const float *x, void *dst, int64_t n);
 void quantize_q4_K(const float *x, void *dst, int64_t n);
 void quantize_q5_K(const float *x, void *dst, int64_t n);
 void quantize_q6_K(const float *x, void *dst, int64_t n);

@@ -22,13 +22,13 @@ File types (`ftype`) and the mix, as llama.cpp's `llama_tensor_get_type` (src/ll
   use_more_bits layers (layer from the name, n = block_count).
 - attn_output.weight: Q5_K for Q4_K_M when the model has 8 experts.
 - Everything else: the base type.
-- Fallback when the row length is not a multiple of the chosen type's block: llama.cpp uses
-  Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; numoe reads none of Q5_0/Q5_1, so it uses Q8_0
-  for all three (bigger, never less precise). Rows not a multiple of 32 either stay as
-  stored (llama.cpp: F16).
+- Fallback when the row length is not a multiple of the chosen type's block (256 for the
+  K types), as llama.cpp's tensor_type_fallback: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0
+  (32-element blocks). Rows not a multiple of 32 either stay as stored (llama.cpp: F16).
 - DeepSeek's MLA split tensors follow from these rules, as in llama.cpp: attn_k_b
-  (rows of qk_nope_head_dim = 128) falls back to Q8_0; attn_v_b (rows of kv_lora_rank = 512)
-  takes the base type; the older combined attn_kv_b is in the attn_v group.
+  (rows of qk_nope_head_dim = 128) falls back (Q5_0 for Q4_K_M, Q5_1 for Q5_K_M, Q8_0 for
+  Q6_K); attn_v_b (rows of kv_lora_rank = 512) takes the base type; the older combined
+  attn_kv_b is in the attn_v group.
 - A tensor whose chosen type equals its stored type is copied as is (no requantization).
 
 """
@@ -59,9 +59,9 @@ FTYPES: dict[str, tuple[Q, int]] = {
     "Q4_0": (Q.Q4_0, int(FT.MOSTLY_Q4_0)),
 }
 # tensor types the C++ quantizers write
-QUANTIZERS = frozenset({Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K})
-# llama.cpp's fallbacks are Q5_0 / Q5_1 / Q8_0; numoe reads Q8_0 only of those
-_FALLBACK = {Q.Q4_K: Q.Q8_0, Q.Q5_K: Q.Q8_0, Q.Q6_K: Q.Q8_0}
+QUANTIZERS = frozenset({Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q4_1, Q.Q5_0, Q.Q5_1})
+# llama.cpp's fallbacks for rows that are not a multiple of 256 (tensor_type_fallback)
+_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 
 
 def check_ftype(ftype: str) -> str:

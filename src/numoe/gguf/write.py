@@ -22,8 +22,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from .mix import QUANTIZERS, quantize_array  # C++, ggml's reference algorithms
 from .mix import plan as mix_plan
-from .mix import quantize_array  # C++, ggml's reference algorithms
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
@@ -89,7 +89,7 @@ def _encode(arr: np.ndarray, t: Q) -> np.ndarray:
         return arr
     if t == Q.F16:
         return arr.astype(np.float16)
-    if t in (Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+    if t in QUANTIZERS:
         return quantize_array(arr, t)  # uint8 bytes [.., row bytes]
     return gguf.quants.quantize(arr, t)
 

@@ -1,0 +1,335 @@
+"""numoe on files made by llama.cpp's own quantizer: does it load them, does it agree with
+llama.cpp on them, and how fast does it decode them beside llama.cpp.
+
+    python benchmarks/llama_quant_check.py --peer-python /tmp/peer/bin/python
+    python benchmarks/llama_quant_check.py --peer-python /tmp/peer/bin/python --full  # 12 layers
+    python benchmarks/llama_quant_check.py ... --arch qwen3moe --types Q4_K_M,IQ2_XXS --keep
+
+Per architecture (qwen3moe, deepseek2, llama: Mixtral-shaped) numoe synth's random weights
+are written once as F16 (default: small shapes, every row a multiple of 256 so that each
+type is what the ftype asks for; --full: 12 layers of Qwen3-30B-A3B and DeepSeek-V2-Lite,
+whose 1408- and 128-wide rows get llama.cpp's fallback types), then quantized by llama.cpp
+(llama_cpp.llama_model_quantize in --peer-python's venv) to Q4_K_M, Q5_K_M, Q3_K_M, Q2_K,
+Q4_0, and with a random importance matrix (uniform 0.1-2 per column, through the params'
+`imatrix` array) to IQ4_XS and IQ2_XXS.
+
+Per file, one table row: the tensor types in the file (counts); whether numoe loads it (if
+not: the types it lacks); top-1 agreement over one random token sequence (--seq positions,
+teacher-forced: the same tokens fed to both), each against llama.cpp's batched logits (one
+eval of the whole sequence, logits_all): numoe one token per call (its decode path), numoe
+the whole sequence in one forward, and llama.cpp one token per eval (its own batched-vs-one-
+token agreement: the baseline numoe's agreement is set against); |logit difference| / the
+logit std of llama.cpp's batched logits at that position, mean and max over positions and
+vocabulary, for numoe one-token and for llama.cpp one-token; decode (tgN) t/s of both
+engines, each in its own process (decode.py's Worker, SIGSTOPped between turns), taking
+turns round by round in a rotated order, median over the runs, and numoe / llama.cpp per
+round (median, range). Targets: numoe's top-1 >= llama.cpp's self-agreement; decode >= 1.2x
+llama.cpp on Q4_K_M and Q2_K. Models live under --dir (/tmp/llq), deleted at the end unless
+--keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import decode  # (Worker: one engine process, stopped between its turns)
+
+decode.WORKER = HERE / "llama_quant_worker.py"  # decode's Worker, this file's engines
+TYPES = ["Q4_K_M", "Q5_K_M", "Q3_K_M", "Q2_K", "Q4_0", "IQ4_XS", "IQ2_XXS"]
+IMATRIX = {"IQ4_XS", "IQ2_XXS"}  # need (or are made with) an importance matrix
+SPEED_TARGET = {"Q4_K_M": 1.2, "Q2_K": 1.2}
+SMALL = {  # arch: (numoe synth preset, layers, shape overrides): rows multiples of 256
+    "qwen3moe": ("qwen3-30b-a3b", 2, {"n_vocab": 2048, "n_embd": 256, "n_head": 4,
+                 "n_head_kv": 2, "head_dim": 64, "n_expert": 16, "n_expert_used": 4,
+                 "n_ff_exp": 256}),
+    "deepseek2": ("deepseek-v2-lite", 3, {"n_vocab": 2048, "n_embd": 256, "n_head": 2,
+                  "kv_lora_rank": 256, "d_nope": 256, "d_rope": 64, "d_v": 128, "n_ff": 512,
+                  "n_expert": 16, "n_expert_used": 4, "n_ff_exp": 256}),
+    "llama": ("mixtral-8x7b", 2, {"n_vocab": 2048, "n_embd": 256, "n_head": 4, "n_head_kv": 2,
+              "head_dim": 64, "n_ff": 512}),
+}  # fmt: skip
+FULL = {"qwen3moe": ("qwen3-30b-a3b", 12, {}), "deepseek2": ("deepseek-v2-lite", 12, {})}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def synth_f16(path: Path, preset: str, layers: int, over: dict, seed: int = 0) -> None:
+    """numoe synth's random weights at the preset's shapes with `over` replaced, F16."""
+    from numoe.convert import keep_f32
+    from numoe.gguf.write import Lazy, write_gguf
+    from numoe.models import get as get_arch
+    from numoe.synth import preset_config, random_tensor
+    from numoe.text import synth_vocab_metadata
+
+    cfg = dataclasses.replace(preset_config(preset, layers), **over)
+    arch = get_arch(cfg.arch)
+    specs = arch.tensor_specs(cfg)
+    seeds = np.random.SeedSequence(seed).spawn(len(specs))
+
+    def lazy(s, name, shape):
+        return Lazy(shape, lambda: random_tensor(np.random.default_rng(s), name, shape))
+
+    tensors = {n: lazy(s, n, sh) for (n, sh), s in zip(specs.items(), seeds, strict=True)}
+    meta = dict(arch.gguf_metadata(cfg))
+    meta["general.name"] = f"numoe-synth-{preset}-{'small' if over else 'full'}"
+    meta |= synth_vocab_metadata(cfg.n_vocab, getattr(arch, "TOKENIZER_KIND", "gpt2"))
+    tmp = path.with_suffix(".tmp")
+    write_gguf(tmp, cfg.arch, meta, tensors, "F16", keep_f32=keep_f32)
+    tmp.rename(path)
+
+
+def quantize(peer: str, src: Path, dst: Path, ftype: str, threads: int, work: Path) -> str:
+    """llama.cpp's quantizer, src -> dst; '' or what went wrong."""
+    from numoe.gguf import open_gguf
+
+    spec = {"src": str(src), "dst": str(dst), "ftype": ftype, "threads": threads, "seed": 0}
+    if ftype in IMATRIX:  # per tensor ne0 * ne2 values (a 3-D tensor: one row per expert)
+        tensors = open_gguf(src).tensors
+        spec["imatrix"] = [(n, t.shape[-1] * (t.shape[0] if len(t.shape) == 3 else 1))
+                           for n, t in tensors.items() if len(t.shape) >= 2]  # fmt: skip
+    sp = work / "quant.json"
+    sp.write_text(json.dumps(spec))
+    r = subprocess.run([peer, str(decode.WORKER), "quantize", str(sp)], capture_output=True,
+                       text=True, check=False)  # fmt: skip
+    res = next((ln.split("WORKER QUANT ", 1)[1] for ln in r.stdout.splitlines()
+                if "WORKER QUANT " in ln), None)  # fmt: skip
+    if res is not None and json.loads(res)["rc"] == 0 and dst.exists():
+        log(f"  {dst.name}: quantized in {json.loads(res)['seconds']:.1f} s")
+        return ""
+    tail = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()][-3:]
+    return f"exit {r.returncode}, rc {res}: " + " | ".join(tail)
+
+
+def file_types(path: Path) -> tuple[Counter, dict[str, int]]:
+    """(tensor type -> count, type numoe lacks -> count) of a GGUF file."""
+    from numoe.gguf import open_gguf
+
+    g = open_gguf(path)
+    counts = Counter(t.qtype.name for t in g.tensors.values())
+    lacks = Counter(q.name for q in g.unsupported.values())
+    return counts, dict(lacks)
+
+
+def top1(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def rel_diff(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """|a - ref| / std(ref) per position: mean and max over positions and vocabulary."""
+    d = np.abs(a.astype(np.float64) - ref) / ref.std(axis=1, keepdims=True)
+    return float(d.mean()), float(d.max())
+
+
+def start(label: str, kind: str, python: str, spec: dict, work: Path):
+    """(Worker or None, error): a file an engine cannot load is an error string."""
+    try:
+        w = decode.Worker(label, kind, python, spec, work)
+    except RuntimeError as e:
+        return None, str(e).strip().splitlines()[-1]
+    if "error" in w.info:
+        w.kill()
+        return None, w.info["error"]
+    return w, ""
+
+
+def check_file(path: Path, a, threads: int, work: Path) -> dict:
+    """One file: both engines' logits on one sequence, then alternating tg turns."""
+    spec = {"model": str(path), "threads": threads, "n_ctx": a.seq}
+    out: dict = {"errors": {}, "info": {}}
+    workers = {}
+    for label, kind, py in (("numoe", "numoe", sys.executable), ("llama.cpp", "llama", a.peer)):
+        log(f"  {path.name}: loading {label} ...")
+        w, err = start(label, kind, py, spec, work)
+        if w is None:
+            out["errors"][label] = err
+        else:
+            workers[label], out["info"][label] = w, w.info
+    try:
+        if "llama.cpp" not in workers:
+            return out
+        rng = random.Random(a.seed)
+        toks = [rng.randrange(a.n_vocab) for _ in range(a.seq)]
+        logits = {}
+        for label, w in workers.items():
+            w.run({"op": "logits", "tokens": toks, "out": str(work / label)})
+            logits[label] = {k: np.load(work / f"{label}-{k}.npy") for k in ("batch", "step")}
+        ref = logits["llama.cpp"]["batch"]
+        out["llama_self"] = top1(logits["llama.cpp"]["step"], ref)
+        out["llama_diff"] = rel_diff(logits["llama.cpp"]["step"], ref)
+        if "numoe" in logits:
+            out["numoe_step"] = top1(logits["numoe"]["step"], ref)
+            out["numoe_batch"] = top1(logits["numoe"]["batch"], ref)
+            out["numoe_diff"] = rel_diff(logits["numoe"]["step"], ref)
+        runs = {lb: [] for lb in workers}
+        per_round = {lb: [] for lb in workers}
+        for r in range(a.rounds):
+            order = list(workers)[r % len(workers) :] + list(workers)[: r % len(workers)]
+            for label in order:
+                res = workers[label].run({"op": "tg", "n_gen": a.n_gen, "reps": a.reps, "seed": r})
+                ts = [a.n_gen / s for s in res["seconds"]]
+                runs[label] += ts
+                per_round[label].append(statistics.median(ts))
+        out["tg"] = {lb: statistics.median(v) for lb, v in runs.items()}
+        if len(workers) == 2:
+            out["ratios"] = [x / y for x, y in zip(per_round["numoe"], per_round["llama.cpp"])]
+        for w in workers.values():
+            w.close()
+    finally:
+        for w in workers.values():
+            w.kill()
+    return out
+
+
+def row(arch: str, ftype: str, counts: Counter, lacks: dict, res: dict) -> str:
+    types = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if lacks:
+        load = "no: lacks " + ", ".join(f"{k} ({n})" for k, n in lacks.items())
+    elif "numoe" in res["errors"]:
+        load = "no: " + res["errors"]["numoe"][:120]
+    else:
+        load = "yes"
+    if "llama.cpp" in res["errors"]:
+        load += "; llama.cpp: " + res["errors"]["llama.cpp"][:120]
+
+    def pct(k: str) -> str:
+        return f"{100 * res[k]:.1f} %" if k in res else "-"
+
+    def dif(k: str) -> str:
+        return f"{res[k][0]:.4f} / {res[k][1]:.3f}" if k in res else "-"
+
+    tg = res.get("tg", {})
+    rs = res.get("ratios")
+    ratio = f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})" if rs else "-"
+    cells = [arch, ftype, types, load, pct("numoe_step"), pct("numoe_batch"), pct("llama_self"),
+             dif("numoe_diff"), dif("llama_diff"), f"{tg['numoe']:.1f}" if "numoe" in tg else "-",
+             f"{tg['llama.cpp']:.1f}" if "llama.cpp" in tg else "-", ratio]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--peer-python", dest="peer", default="/tmp/peer/bin/python",
+                    help="python of a venv with llama-cpp-python")  # fmt: skip
+    ap.add_argument("--full", action="store_true", help="12-layer Qwen3-30B-A3B, DeepSeek-V2-Lite")
+    ap.add_argument("--arch", default=None, help="comma list of qwen3moe, deepseek2, llama")
+    ap.add_argument("--types", default=",".join(TYPES), help="comma list of llama.cpp ftypes")
+    ap.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
+    ap.add_argument("--seq", type=int, default=256, help="positions of the token sequence")
+    ap.add_argument("-n", "--n-gen", type=int, default=64, help="tokens of the tg test")
+    ap.add_argument("-r", "--rounds", type=int, default=3, help="alternating tg rounds")
+    ap.add_argument("--reps", type=int, default=2, help="timed tg runs per turn")
+    ap.add_argument("--seed", type=int, default=0, help="of the token sequence")
+    ap.add_argument("--dir", default="/tmp/llq", help="where the models are written")
+    ap.add_argument("--keep", action="store_true", help="keep the models (reused next run)")
+    a = ap.parse_args()
+
+    from numoe import _cpu
+    from numoe.bench import isa_line
+    from numoe.runtime.numa import plan_threads
+    from numoe.runtime.topology import Topology
+
+    threads = plan_threads(Topology.read(), a.threads).threads
+    table = FULL if a.full else SMALL
+    archs = a.arch.split(",") if a.arch else list(table)
+    types = a.types.split(",")
+    for x in archs:
+        if x not in table:
+            ap.error(f"--arch {x}: one of {', '.join(table)}")
+    root = Path(a.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    work = Path(tempfile.mkdtemp(prefix="llq_", dir=root))
+    rows, notes, infos = [], [], {}
+    load0 = os.getloadavg()[0]
+    try:
+        for arch in archs:
+            preset, layers, over = table[arch]
+            tag = f"{arch}-{'small' if over else preset}-{layers}L"
+            f16 = root / f"{tag}-F16.gguf"
+            if not f16.exists():
+                log(f"writing {f16} ...")
+                synth_f16(f16, preset, layers, over)
+                made.append(f16)
+            from numoe.gguf import open_gguf
+
+            a.n_vocab = len(open_gguf(f16).meta["tokenizer.ggml.tokens"])
+            for ftype in types:
+                q = root / f"{tag}-{ftype}.gguf"
+                if not q.exists():
+                    err = quantize(a.peer, f16, q, ftype, threads, work)
+                    if err:
+                        rows.append(f"| {arch} | {ftype} | - | quantize failed | " + "- | " * 8)
+                        notes.append(f"{arch} {ftype}: llama.cpp's quantizer failed: {err}")
+                        continue
+                    made.append(q)
+                counts, lacks = file_types(q)
+                res = check_file(q, a, threads, work)
+                infos.update(res["info"])
+                rows.append(row(arch, ftype, counts, lacks, res))
+                for label, err in res["errors"].items():
+                    notes.append(f"{arch} {ftype}: {label} did not load it: {err}")
+                self_, step = res.get("llama_self"), res.get("numoe_step")
+                if self_ is not None and step is not None and step < self_:
+                    notes.append(f"{arch} {ftype}: top-1 target missed: numoe {round(step * a.seq)}"
+                                 f" of {a.seq} positions < llama.cpp's own {round(self_ * a.seq)}")  # fmt: skip
+                if ftype in SPEED_TARGET and res.get("ratios"):
+                    m = statistics.median(res["ratios"])
+                    if m < SPEED_TARGET[ftype]:
+                        notes.append(f"{arch} {ftype}: decode target missed: {m:.2f}x "
+                                     f"< {SPEED_TARGET[ftype]}x llama.cpp")  # fmt: skip
+                log(rows[-1])
+                if not a.keep and q in made:
+                    q.unlink()
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+        if not a.keep:
+            for p in made:
+                p.unlink(missing_ok=True)
+            if not any(root.iterdir()):
+                root.rmdir()
+
+    lc = infos.get("llama.cpp", {})
+    print(f"llama_quant_check.py: {'full (12 layers)' if a.full else 'small'} shapes; "
+          f"{threads} threads; sequence of {a.seq} random tokens (seed {a.seed}); tg{a.n_gen}, "
+          f"{a.rounds} rounds x {a.reps} timed runs per engine, alternating (rotated order)")  # fmt: skip
+    print(f"numoe {infos.get('numoe', {}).get('version', '?')}: {isa_line()}")
+    print(f"llama.cpp: llama-cpp-python {lc.get('version', '?')}; system info: "
+          f"{lc.get('system_info', '?')}")  # fmt: skip
+    for arch in archs:
+        preset, layers, over = table[arch]
+        print(f"- {arch}: preset {preset}, {layers} layers" + (f", {over}" if over else ""))
+    print("\ntop-1: argmax agreement with llama.cpp's batched logits (one eval, logits_all); "
+          "|Δ|/σ: |logits - llama.cpp batched| / std of llama.cpp batched at the position, "
+          "mean / max")  # fmt: skip
+    print("| arch | ftype | tensor types | numoe loads | top-1 numoe 1-tok | top-1 numoe batch "
+          "| top-1 llama.cpp 1-tok | \\|Δ\\|/σ numoe 1-tok | \\|Δ\\|/σ llama.cpp 1-tok "
+          "| tg numoe t/s | tg llama.cpp t/s | numoe / llama.cpp per round |")  # fmt: skip
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(r)
+    print()
+    for n in notes or ["all targets met"]:
+        print(f"- {n}")
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; ISA {_cpu.isa()}")
+
+
+if __name__ == "__main__":
+    main()
