@@ -176,6 +176,10 @@ const TypeInfo &info_q5_K();
 const TypeInfo &info_q6_K();
 const TypeInfo &info_q8_K();
 const TypeInfo &info_q8_K4();
+const TypeInfo &info_iq3_xxs();
+const TypeInfo &info_iq3_s();
+const TypeInfo &info_iq1_s();
+const TypeInfo &info_iq1_m();
 
 // ---- scalar helpers shared by the formats ----
 
