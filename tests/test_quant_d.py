@@ -18,11 +18,11 @@ from test_quant import random_halves
 
 from numoe import _cpu
 
-TYPE_SIZE = {T.IQ1_S: 50}
+TYPE_SIZE = {T.IQ1_S: 50, T.IQ3_XXS: 98}
 TYPES = list(TYPE_SIZE)
 IDS = [t.name for t in TYPES]
 # Values per grid row and rows in each format's grid.
-GRID = {T.IQ1_S: (8, 2048)}
+GRID = {T.IQ1_S: (8, 2048), T.IQ3_XXS: (4, 256)}
 # |error| <= REL * sum|w_i a_i|: float32 rounding of the per-super-block combine and the sum.
 REL = 2e-6
 
@@ -66,6 +66,8 @@ def grid_blocks(qtype, rng):
         for j in range(4):
             qh |= ((ib[:, j::4] >> 8) << (3 * j)).astype(np.uint16)
         raw[:, 34:50] = qh.view(np.uint8)
+    elif qtype == T.IQ3_XXS:
+        raw[:, 2:66] = ib
     return set_d(qtype, raw, np.ones(len(raw)))
 
 
@@ -160,8 +162,9 @@ def test_vec_dot(qtype, isa):
 
 
 def extreme_blocks(qtype, n_blocks):
-    """Blocks of the largest magnitudes: every value at the grid's largest level, the largest
-    scale, one sign throughout, d = 1: the worst case for the integer sums."""
+    """Blocks of the largest magnitudes: the grid row of the largest values (IQ1: all +1 and
+    a positive shift) throughout, the largest scale, all signs set, d = 1: the worst case for
+    the integer sums."""
     raw = np.zeros((n_blocks, TYPE_SIZE[qtype]), np.uint8)
     if qtype == T.IQ1_S:
         ones = 2047  # grid row of eight +1s
