@@ -18,11 +18,11 @@ from test_quant import random_halves
 
 from numoe import _cpu
 
-TYPE_SIZE = {T.IQ1_S: 50, T.IQ3_XXS: 98}
+TYPE_SIZE = {T.IQ1_S: 50, T.IQ3_XXS: 98, T.IQ1_M: 56}
 TYPES = list(TYPE_SIZE)
 IDS = [t.name for t in TYPES]
 # Values per grid row and rows in each format's grid.
-GRID = {T.IQ1_S: (8, 2048), T.IQ3_XXS: (4, 256)}
+GRID = {T.IQ1_S: (8, 2048), T.IQ3_XXS: (4, 256), T.IQ1_M: (8, 2048)}
 # |error| <= REL * sum|w_i a_i|: float32 rounding of the per-super-block combine and the sum.
 REL = 2e-6
 
@@ -68,6 +68,10 @@ def grid_blocks(qtype, rng):
         raw[:, 34:50] = qh.view(np.uint8)
     elif qtype == T.IQ3_XXS:
         raw[:, 2:66] = ib
+    elif qtype == T.IQ1_M:
+        raw[:, 0:32] = ib & 0xFF
+        nib = (ib >> 8) | (rng.integers(0, 2, ib.shape) << 3)  # high index bits, delta sign
+        raw[:, 32:48] = nib[:, 0::2] | (nib[:, 1::2] << 4)
     return set_d(qtype, raw, np.ones(len(raw)))
 
 
