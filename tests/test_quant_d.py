@@ -18,11 +18,11 @@ from test_quant import random_halves
 
 from numoe import _cpu
 
-TYPE_SIZE = {T.IQ1_S: 50, T.IQ3_XXS: 98, T.IQ1_M: 56}
+TYPE_SIZE = {T.IQ1_S: 50, T.IQ3_XXS: 98, T.IQ1_M: 56, T.IQ3_S: 110}
 TYPES = list(TYPE_SIZE)
 IDS = [t.name for t in TYPES]
 # Values per grid row and rows in each format's grid.
-GRID = {T.IQ1_S: (8, 2048), T.IQ3_XXS: (4, 256), T.IQ1_M: (8, 2048)}
+GRID = {T.IQ1_S: (8, 2048), T.IQ3_XXS: (4, 256), T.IQ1_M: (8, 2048), T.IQ3_S: (4, 512)}
 # |error| <= REL * sum|w_i a_i|: float32 rounding of the per-super-block combine and the sum.
 REL = 2e-6
 
@@ -72,7 +72,25 @@ def grid_blocks(qtype, rng):
         raw[:, 0:32] = ib & 0xFF
         nib = (ib >> 8) | (rng.integers(0, 2, ib.shape) << 3)  # high index bits, delta sign
         raw[:, 32:48] = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    elif qtype == T.IQ3_S:
+        raw[:, 2:66] = ib & 0xFF
+        raw[:, 66:74] = np.packbits((ib >> 8).astype(np.uint8), axis=1, bitorder="little")
     return set_d(qtype, raw, np.ones(len(raw)))
+
+
+def grid_rows(qtype, raw):
+    """The grid row indices of raw blocks [B, size], as the format defines them."""
+    raw = raw.astype(np.int64)
+    if qtype == T.IQ1_S:
+        qh = raw[:, 34:50:2] | (raw[:, 35:50:2] << 8)
+        return raw[:, 2:34] | (((qh.repeat(4, 1) >> (3 * np.arange(32) % 12)) & 7) << 8)
+    if qtype == T.IQ3_XXS:
+        return raw[:, 2:66]
+    if qtype == T.IQ1_M:
+        nib = (raw[:, 32:48].repeat(2, 1) >> (4 * (np.arange(32) % 2))) & 7
+        return raw[:, 0:32] | (nib << 8)
+    bits = (raw[:, 66:74].repeat(8, 1) >> (np.arange(64) % 8)) & 1  # IQ3_S
+    return raw[:, 2:66] | (bits << 8)
 
 
 def q8_K_values(act):
@@ -109,6 +127,7 @@ def test_dequantize_every_grid_row(qtype):
     """The C++ grid tables equal gguf's: every row, under random scale / sign / shift fields."""
     raw = grid_blocks(qtype, np.random.default_rng(int(qtype)))
     n = raw.size // TYPE_SIZE[qtype] * 256
+    assert len(np.unique(grid_rows(qtype, raw))) == GRID[qtype][1]  # the blocks do use every row
     assert np.array_equal(_cpu.dequantize(int(qtype), raw.ravel(), n), dequant(qtype, raw))
 
 
@@ -176,6 +195,17 @@ def extreme_blocks(qtype, n_blocks):
         raw[:, 34:50] = np.array([0x7000 | (7 << 9) | (7 << 6) | (7 << 3) | 7] * 8, "<u2").view(
             np.uint8
         )
+    elif qtype == T.IQ3_XXS:
+        raw[:, 2:66] = 135  # 36 62 44 20
+        aux = 0xF0000000 | sum(127 << (7 * k) for k in range(4))  # scale 15, all negative
+        raw[:, 66:98] = np.array([aux] * 8, "<u4").view(np.uint8)
+    elif qtype == T.IQ1_M:
+        raw[:, 0:32] = 0xFF  # row 2047, positive shifts, scales 7
+        raw[:, 32:48] = 0x77
+        raw[:, 48:56] = np.array([0x0FFF] * 4, "<u2").view(np.uint8)
+    elif qtype == T.IQ3_S:
+        raw[:, 2:66] = 338 & 0xFF  # row 338: 13 11 11 7; all negative, scales 15
+        raw[:, 66:110] = 0xFF
     return set_d(qtype, raw, np.ones(n_blocks))
 
 

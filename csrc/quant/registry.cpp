@@ -12,7 +12,7 @@ namespace {
 const TypeInfo &(*const kFormats[])() = {
     info_f32,  info_f16,  info_bf16, info_q4_0, info_q8_0,
     info_q4_K, info_q5_K, info_q6_K, info_q8_K, info_q8_K4,
-    info_iq1_s,  info_iq3_xxs, info_iq1_m,
+    info_iq1_s,  info_iq3_xxs, info_iq1_m, info_iq3_s,
 };
 
 const TypeInfo *find(int type) {
