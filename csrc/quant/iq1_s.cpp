@@ -4,9 +4,9 @@
 //
 // Integer form (every body): 8 * x / d = (2s + 1) * (8 * grid + delta8) with delta8 = +-1, so
 // isum = sum_g (2s_g + 1) * sum_l (8 * grid_l + delta8_g) * q8_l and the dot is
-// d * dy * isum / 8. The SIMD bodies multiply the unsigned bytes u = 8 * grid + delta8 + 9
-// (0..18: an iq1s_grid_u8 row OR-ed with delta8 + 1) by the activation and subtract
-// 9 * (2s + 1) times the activation's sums of 16 (Q8_K bsums, one madd): the same integer.
+// d * dy * isum / 8. The SIMD bodies multiply the unsigned bytes u = 8 * grid + 8 (0, 8, 16:
+// an iq1s_grid_u8 row) by the activation and add (2s + 1) * (delta8 - 8) times the
+// activation's sums of 16 (Q8_K bsums, one madd): the same integer.
 #include "iq3_iq1_bodies.hpp"
 #include "iq3_iq1_tables.hpp"
 
@@ -59,23 +59,25 @@ struct fmt_iq1_s {
   }
 
 #ifdef NUMOE_X86
-  // Per super-block: ls = 2s + 1 per group (8 words), e = delta8 + 1 (0 or 2) per group as
-  // the low byte of 8 words, and the bsums coefficients -9 * ls per 16 values.
+  // Per super-block: ls = 2s + 1 per group (8 words) and the bsums coefficients of each 16
+  // values, ls * (delta8 - 8): the -8 * ls undoes the grid's + 1 (u = 8 * grid + 8) and the
+  // shift's term is whole per group, so it joins them (no per-value shift bytes).
   struct parts {
-    __m128i ls, e;
+    __m128i ls;
     __m256i corr;
     NUMOE_TARGET_AVX2 explicit parts(const block_iq1_s &x) {
       const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.qh));
       ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), 1),
                         _mm_set1_epi16(1));
-      e = _mm_andnot_si128(_mm_srai_epi16(qh, 15), _mm_set1_epi16(2));
-      corr = _mm256_mullo_epi16(
-          _mm256_setr_m128i(_mm_unpacklo_epi16(ls, ls), _mm_unpackhi_epi16(ls, ls)),
-          _mm256_set1_epi16(-9));
+      // delta8 - 8 = -7 (bit 15 clear) or -9 (set): -7 + 2 * (qh >> 15 arithmetic)
+      const __m128i c = _mm_mullo_epi16(
+          ls, _mm_add_epi16(_mm_set1_epi16(-7), _mm_slli_epi16(_mm_srai_epi16(qh, 15), 1)));
+      corr = _mm256_setr_m128i(_mm_unpacklo_epi16(c, c), _mm_unpackhi_epi16(c, c));
     }
   };
 
-  // The 32 grid bytes (iq1s_grid_u8) of group g.
+  // The grid bytes (iq1s_grid_u8) of group g (AVX2: the indices formed one by one, measured
+  // no slower here than a vector of them read back).
   NUMOE_TARGET_AVX2 static __m256i rows(const block_iq1_s &x, int g) {
     const uint64_t *t = iq1s_grid_u8.data();
     const uint8_t *q = x.qs + 4 * g;
@@ -90,14 +92,12 @@ struct fmt_iq1_s {
   struct avx2 {
     __m256i u[8], sc[8], corr;
     NUMOE_TARGET_AVX2 explicit avx2(const block_iq1_s &x) {
+      for (int g = 0; g < 8; ++g) u[g] = rows(x, g);
       const parts p(x);
       corr = p.corr;
-      const __m256i ls = _mm256_broadcastsi128_si256(p.ls), e = _mm256_broadcastsi128_si256(p.e);
-      for (int g = 0; g < 8; ++g) {
-        u[g] = _mm256_or_si256(rows(x, g),
-                               _mm256_shuffle_epi8(e, _mm256_set1_epi8(static_cast<char>(2 * g))));
+      const __m256i ls = _mm256_broadcastsi128_si256(p.ls);
+      for (int g = 0; g < 8; ++g)
         sc[g] = _mm256_shuffle_epi8(ls, _mm256_set1_epi16(simd::word_idx(g)));
-      }
     }
     NUMOE_TARGET_AVX2 __m256i dot(const block_q8_K &y) const {
       __m256i acc0 = _mm256_madd_epi16(
@@ -118,17 +118,36 @@ struct fmt_iq1_s {
     __m512i u[4], sc[4];
     __m256i corr;
     NUMOE_TARGET_AVX512VNNI explicit avx512(const block_iq1_s &x) {
+      alignas(64) static constexpr int16_t kGroup[32] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                                         2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5,
+                                                         5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
+      alignas(64) static constexpr int16_t kShift[32] = {0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6,
+                                                         9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3,
+                                                         6, 9, 0, 3, 6, 9, 0, 3, 6, 9};
+      alignas(64) static constexpr int16_t kScale[4][32] = {
+          {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+           1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+          {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+           3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+          {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+           5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
+          {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+           7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
+      const __m512i qh =
+          _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x.qh)));
+      const __m512i hi = _mm512_and_si512(
+          _mm512_srlv_epi16(_mm512_permutexvar_epi16(_mm512_load_si512(kGroup), qh),
+                            _mm512_load_si512(kShift)),
+          _mm512_set1_epi16(7));
+      const __m512i ix = _mm512_or_si512(
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.qs))),
+          _mm512_slli_epi16(hi, 8));
+      iq::iq1_rows_avx512(ix, u);
       const parts p(x);
       corr = p.corr;
-      const __m512i ls = _mm512_broadcast_i32x4(p.ls), e = _mm512_broadcast_i32x4(p.e);
-      for (int r = 0; r < 4; ++r) {
-        const __m512i eb =
-            _mm512_shuffle_epi8(e, simd::concat(_mm256_set1_epi8(static_cast<char>(4 * r)),
-                                                _mm256_set1_epi8(static_cast<char>(4 * r + 2))));
-        u[r] = _mm512_or_si512(simd::concat(rows(x, 2 * r), rows(x, 2 * r + 1)), eb);
-        sc[r] = _mm512_shuffle_epi8(ls, simd::concat(_mm256_set1_epi16(simd::word_idx(2 * r)),
-                                                     _mm256_set1_epi16(simd::word_idx(2 * r + 1))));
-      }
+      const __m512i ls = _mm512_castsi128_si512(p.ls);
+      for (int r = 0; r < 4; ++r)
+        sc[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kScale[r]), ls);
     }
     NUMOE_TARGET_AVX512VNNI __m512i dot(const block_q8_K &y) const {
       __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),

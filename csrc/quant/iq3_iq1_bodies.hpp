@@ -13,6 +13,7 @@
 //   Q8_K block y, so several activations share one unpacking (vec_dot_n).
 #pragma once
 
+#include "iq3_iq1_tables.hpp"
 #include "quant.hpp"
 #include "simd.hpp"
 
@@ -95,6 +96,28 @@ NUMOE_IQ_VEC_DOT(avx512, NUMOE_TARGET_AVX512VNNI, _mm512_reduce_add_epi32)
 NUMOE_IQ_ROW_N(avx2, NUMOE_TARGET_AVX2)
 NUMOE_IQ_ROW_N(avx512, NUMOE_TARGET_AVX512VNNI)
 #undef NUMOE_IQ_ROW_N
+
+// ---- IQ1_S / IQ1_M grid look-ups ----
+// AVX-512: the 32 row indices of a super-block (< 2048 by construction, masked again here)
+// are formed in one register and read back from memory four to a 64-bit word: far fewer
+// scalar operations than forming each index from the qs and qh bytes, and the look-ups are
+// most of these formats' work.
+
+// ix: the 32 indices as words; u[r]: the iq1s_grid_u8 bytes of rows 8r .. 8r + 7.
+NUMOE_TARGET_AVX512VNNI inline void iq1_rows_avx512(__m512i ix, __m512i u[4]) {
+  alignas(64) uint64_t w[8];
+  _mm512_store_si512(w, ix);
+  const uint64_t *t = iq1s_grid_u8.data();
+  auto pair = [t](uint64_t a) NUMOE_TARGET_AVX512VNNI {
+    return _mm_insert_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(t + (a & 0x7FF))),
+                            static_cast<int64_t>(t[(a >> 16) & 0x7FF]), 1);
+  };
+  for (int r = 0; r < 4; ++r) {
+    const uint64_t a = w[2 * r], b = w[2 * r + 1];
+    u[r] = simd::concat(_mm256_setr_m128i(pair(a), pair(a >> 32)),
+                        _mm256_setr_m128i(pair(b), pair(b >> 32)));
+  }
+}
 #endif
 
 }  // namespace numoe::quant::iq
