@@ -10,9 +10,8 @@ namespace {
 
 // Every block format numoe has kernels for: one line per format (its table is in its file).
 const TypeInfo &(*const kFormats[])() = {
-    info_f32,  info_f16,  info_bf16, info_q4_0, info_q8_0,
-    info_q4_K, info_q5_K, info_q6_K, info_q8_K, info_q8_K4,
-    info_iq1_s,  info_iq3_xxs, info_iq1_m, info_iq3_s,
+    info_f32,  info_f16,  info_bf16,  info_q4_0,  info_q8_0,    info_q4_K,  info_q5_K,
+    info_q6_K, info_q8_K, info_q8_K4, info_iq1_s, info_iq3_xxs, info_iq1_m, info_iq3_s,
 };
 
 const TypeInfo *find(int type) {
