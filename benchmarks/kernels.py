@@ -54,6 +54,9 @@ HALF_FIELDS = {  # the fp16 scale fields of a block, set to finite values in ran
     Q.Q5_0: (0,),
     Q.Q5_1: (0, 2),
     Q.IQ4_NL: (0,),
+    Q.IQ3_XXS: (0,),
+    Q.IQ3_S: (0,),
+    Q.IQ1_S: (0,),
 }
 
 
@@ -69,7 +72,9 @@ def random_bytes(qtype: Q, n_elems: int, rng) -> np.ndarray:
             return x.astype(np.float16).view(np.uint8)
         return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     raw = rng.integers(0, 256, (nb, info["type_size"]), dtype=np.uint8)
-    for off in HALF_FIELDS[qtype]:
+    if qtype == Q.IQ1_M:  # d = 2^-7 in the top nibbles of its 4 scale words (0x2000)
+        raw[:, 49:56:2] = (raw[:, 49:56:2] & 0x0F) | np.array([0, 0, 0, 0x20], np.uint8)
+    for off in HALF_FIELDS.get(qtype, ()):
         raw[:, off : off + 2] = np.full(nb, 0.01, np.float16).view(np.uint8).reshape(-1, 2)
     return raw.reshape(-1)
 

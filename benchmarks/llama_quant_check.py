@@ -69,29 +69,59 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def synth_f16(path: Path, preset: str, layers: int, over: dict, seed: int = 0) -> None:
-    """numoe synth's random weights at the preset's shapes with `over` replaced, F16."""
-    from numoe.convert import keep_f32
-    from numoe.gguf.write import Lazy, write_gguf
+def model_meta(preset: str, layers: int, over: dict) -> tuple:
+    """(config, metadata) of numoe synth's model at the preset's shapes, `over` replaced."""
     from numoe.models import get as get_arch
-    from numoe.synth import preset_config, random_tensor
+    from numoe.synth import preset_config
     from numoe.text import synth_vocab_metadata
 
     cfg = dataclasses.replace(preset_config(preset, layers), **over)
     arch = get_arch(cfg.arch)
-    specs = arch.tensor_specs(cfg)
+    meta = dict(arch.gguf_metadata(cfg))
+    meta["general.name"] = f"numoe-synth-{preset}-{'small' if over else 'full'}"
+    meta |= synth_vocab_metadata(cfg.n_vocab, getattr(arch, "TOKENIZER_KIND", "gpt2"))
+    return cfg, meta
+
+
+def write(path: Path, cfg, meta: dict, tensors: dict, qtype: str) -> None:
+    from numoe.convert import keep_f32
+    from numoe.gguf.write import write_gguf
+
+    tmp = path.with_suffix(".tmp")
+    write_gguf(tmp, cfg.arch, meta, tensors, qtype, keep_f32=keep_f32)
+    tmp.rename(path)
+
+
+def synth_f16(path: Path, cfg, meta: dict, seed: int = 0) -> None:
+    """numoe synth's random weights (same draws as `numoe synth`), F16."""
+    from numoe.gguf.write import Lazy
+    from numoe.models import get as get_arch
+    from numoe.synth import random_tensor
+
+    specs = get_arch(cfg.arch).tensor_specs(cfg)
     seeds = np.random.SeedSequence(seed).spawn(len(specs))
 
     def lazy(s, name, shape):
         return Lazy(shape, lambda: random_tensor(np.random.default_rng(s), name, shape))
 
-    tensors = {n: lazy(s, n, sh) for (n, sh), s in zip(specs.items(), seeds, strict=True)}
-    meta = dict(arch.gguf_metadata(cfg))
-    meta["general.name"] = f"numoe-synth-{preset}-{'small' if over else 'full'}"
-    meta |= synth_vocab_metadata(cfg.n_vocab, getattr(arch, "TOKENIZER_KIND", "gpt2"))
-    tmp = path.with_suffix(".tmp")
-    write_gguf(tmp, cfg.arch, meta, tensors, "F16", keep_f32=keep_f32)
-    tmp.rename(path)
+    write(path, cfg, meta, {n: lazy(s, n, sh) for (n, sh), s in zip(specs.items(), seeds)}, "F16")
+
+
+def dequantized(src: Path, dst: Path, cfg, meta: dict) -> str:
+    """src's weights dequantized (numoe's reader) into an F32 file; '' or why not."""
+    from numoe.gguf import open_gguf
+    from numoe.gguf.read import dequantize
+    from numoe.gguf.write import Lazy
+
+    g = open_gguf(src)
+    if g.unsupported:
+        return "numoe cannot dequantize " + ", ".join({q.name for q in g.unsupported.values()})
+
+    def lazy(t):
+        return Lazy(t.shape, lambda: dequantize(t).float().numpy())
+
+    write(dst, cfg, meta, {n: lazy(t) for n, t in g.tensors.items()}, "F32")
+    return ""
 
 
 def quantize(peer: str, src: Path, dst: Path, ftype: str, threads: int, work: Path) -> str:
@@ -148,12 +178,23 @@ def start(label: str, kind: str, python: str, spec: dict, work: Path):
     return w, ""
 
 
-def check_file(path: Path, a, threads: int, work: Path) -> dict:
-    """One file: both engines' logits on one sequence, then alternating tg turns."""
+def engines(a) -> tuple:
+    return ("numoe", "numoe", sys.executable), ("llama.cpp", "llama", a.peer)
+
+
+def get_logits(w, toks: list[int], work: Path) -> dict[str, np.ndarray]:
+    """An engine's logits [positions, vocab] on `toks`: 'batch' (one call), 'step' (a token a call)."""
+    w.run({"op": "logits", "tokens": toks, "out": str(work / w.label)})
+    return {k: np.load(work / f"{w.label}-{k}.npy") for k in ("batch", "step")}
+
+
+def check_file(path: Path, a, threads: int, work: Path, exact: Path | None) -> dict:
+    """One file: both engines' logits on one sequence (and on `exact`, its weights dequantized
+    to F32), then alternating tg turns."""
     spec = {"model": str(path), "threads": threads, "n_ctx": a.seq}
     out: dict = {"errors": {}, "info": {}}
     workers = {}
-    for label, kind, py in (("numoe", "numoe", sys.executable), ("llama.cpp", "llama", a.peer)):
+    for label, kind, py in engines(a):
         log(f"  {path.name}: loading {label} ...")
         w, err = start(label, kind, py, spec, work)
         if w is None:
@@ -165,10 +206,7 @@ def check_file(path: Path, a, threads: int, work: Path) -> dict:
             return out
         rng = random.Random(a.seed)
         toks = [rng.randrange(a.n_vocab) for _ in range(a.seq)]
-        logits = {}
-        for label, w in workers.items():
-            w.run({"op": "logits", "tokens": toks, "out": str(work / label)})
-            logits[label] = {k: np.load(work / f"{label}-{k}.npy") for k in ("batch", "step")}
+        logits = {lb: get_logits(w, toks, work) for lb, w in workers.items()}
         ref = logits["llama.cpp"]["batch"]
         out["llama_self"] = top1(logits["llama.cpp"]["step"], ref)
         out["llama_diff"] = rel_diff(logits["llama.cpp"]["step"], ref)
@@ -176,6 +214,24 @@ def check_file(path: Path, a, threads: int, work: Path) -> dict:
             out["numoe_step"] = top1(logits["numoe"]["step"], ref)
             out["numoe_batch"] = top1(logits["numoe"]["batch"], ref)
             out["numoe_diff"] = rel_diff(logits["numoe"]["step"], ref)
+        if exact is not None:  # the dequantized weights in F32: llama.cpp batched is "exact"
+            ex = {}
+            for label, kind, py in engines(a):
+                w, err = start(label, kind, py, {**spec, "model": str(exact)}, work)
+                if w is not None:
+                    ex[label] = get_logits(w, toks, work)
+                    w.close()
+                    w.kill()
+            if "llama.cpp" in ex:
+                truth = ex["llama.cpp"]["batch"]
+                out["exact"] = {lb: (top1(v[k], truth), rel_diff(v[k], truth)[0])
+                                for lb, k in (("numoe", "step"), ("llama.cpp", "batch"))
+                                if (v := logits.get(lb)) is not None}  # fmt: skip
+                if "numoe" in ex:  # the F32 file: where the two engines' arithmetic meets
+                    out["f32"] = (
+                        top1(ex["numoe"]["step"], truth),
+                        rel_diff(ex["numoe"]["step"], truth)[1],
+                    )
         runs = {lb: [] for lb in workers}
         per_round = {lb: [] for lb in workers}
         for r in range(a.rounds):
@@ -216,8 +272,14 @@ def row(arch: str, ftype: str, counts: Counter, lacks: dict, res: dict) -> str:
     tg = res.get("tg", {})
     rs = res.get("ratios")
     ratio = f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})" if rs else "-"
+    ex = res.get("exact", {})
+    ex1 = " / ".join(
+        f"{100 * ex[lb][0]:.1f} %" if lb in ex else "-" for lb in ("numoe", "llama.cpp")
+    )
+    ex2 = " / ".join(f"{ex[lb][1]:.4f}" if lb in ex else "-" for lb in ("numoe", "llama.cpp"))
     cells = [arch, ftype, types, load, pct("numoe_step"), pct("numoe_batch"), pct("llama_self"),
-             dif("numoe_diff"), dif("llama_diff"), f"{tg['numoe']:.1f}" if "numoe" in tg else "-",
+             dif("numoe_diff"), dif("llama_diff"), ex1 if ex else "-", ex2 if ex else "-",
+             f"{tg['numoe']:.1f}" if "numoe" in tg else "-",
              f"{tg['llama.cpp']:.1f}" if "llama.cpp" in tg else "-", ratio]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
@@ -237,6 +299,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="of the token sequence")
     ap.add_argument("--dir", default="/tmp/llq", help="where the models are written")
     ap.add_argument("--keep", action="store_true", help="keep the models (reused next run)")
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count")
+    ap.add_argument("--exact", choices=("yes", "no"), default=None,
+                    help="also run each file's weights dequantized to F32 (default: yes, "
+                    "no with --full: F32 files of 4x the size)")  # fmt: skip
     a = ap.parse_args()
 
     from numoe import _cpu
@@ -246,6 +312,7 @@ def main() -> None:
 
     threads = plan_threads(Topology.read(), a.threads).threads
     table = FULL if a.full else SMALL
+    exact = (a.exact or ("no" if a.full else "yes")) == "yes"
     archs = a.arch.split(",") if a.arch else list(table)
     types = a.types.split(",")
     for x in archs:
@@ -255,31 +322,38 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     work = Path(tempfile.mkdtemp(prefix="llq_", dir=root))
-    rows, notes, infos = [], [], {}
+    rows, notes, infos, f32 = [], [], {}, []
     load0 = os.getloadavg()[0]
     try:
         for arch in archs:
             preset, layers, over = table[arch]
+            layers = a.layers or layers
             tag = f"{arch}-{'small' if over else preset}-{layers}L"
             f16 = root / f"{tag}-F16.gguf"
+            cfg, meta = model_meta(preset, layers, over)
+            a.n_vocab = cfg.n_vocab
             if not f16.exists():
                 log(f"writing {f16} ...")
-                synth_f16(f16, preset, layers, over)
                 made.append(f16)
-            from numoe.gguf import open_gguf
-
-            a.n_vocab = len(open_gguf(f16).meta["tokenizer.ggml.tokens"])
+                synth_f16(f16, cfg, meta)
             for ftype in types:
                 q = root / f"{tag}-{ftype}.gguf"
                 if not q.exists():
                     err = quantize(a.peer, f16, q, ftype, threads, work)
                     if err:
-                        rows.append(f"| {arch} | {ftype} | - | quantize failed | " + "- | " * 8)
+                        rows.append(f"| {arch} | {ftype} | - | quantize failed | " + "- | " * 10)
                         notes.append(f"{arch} {ftype}: llama.cpp's quantizer failed: {err}")
                         continue
                     made.append(q)
                 counts, lacks = file_types(q)
-                res = check_file(q, a, threads, work)
+                deq = root / f"{tag}-{ftype}-deq-F32.gguf"
+                why = dequantized(q, deq, cfg, meta) if exact else "not asked"
+                if why == "":
+                    made.append(deq)
+                res = check_file(q, a, threads, work, deq if why == "" else None)
+                deq.unlink(missing_ok=True)
+                if "f32" in res:
+                    f32.append(res["f32"])
                 infos.update(res["info"])
                 rows.append(row(arch, ftype, counts, lacks, res))
                 for label, err in res["errors"].items():
@@ -296,6 +370,8 @@ def main() -> None:
                 log(rows[-1])
                 if not a.keep and q in made:
                     q.unlink()
+            if not a.keep and f16 in made:
+                f16.unlink()
     finally:
         for p in work.iterdir():
             p.unlink()
@@ -318,11 +394,17 @@ def main() -> None:
         print(f"- {arch}: preset {preset}, {layers} layers" + (f", {over}" if over else ""))
     print("\ntop-1: argmax agreement with llama.cpp's batched logits (one eval, logits_all); "
           "|Δ|/σ: |logits - llama.cpp batched| / std of llama.cpp batched at the position, "
-          "mean / max")  # fmt: skip
+          "mean / max; exact: llama.cpp batched on the file's weights dequantized to F32 (numoe "
+          "1-tok and llama.cpp batched on the quantized file against it)")  # fmt: skip
+    if f32:
+        print(f"dequantized F32 files, numoe 1-tok vs llama.cpp batched: top-1 "
+              f"{100 * min(x for x, _ in f32):.1f} % or more, max |Δ|/σ {max(y for _, y in f32):.4f}"
+              f" or less over {len(f32)} files")  # fmt: skip
     print("| arch | ftype | tensor types | numoe loads | top-1 numoe 1-tok | top-1 numoe batch "
           "| top-1 llama.cpp 1-tok | \\|Δ\\|/σ numoe 1-tok | \\|Δ\\|/σ llama.cpp 1-tok "
+          "| vs exact: top-1 numoe / llama.cpp | vs exact: \\|Δ\\|/σ mean numoe / llama.cpp "
           "| tg numoe t/s | tg llama.cpp t/s | numoe / llama.cpp per round |")  # fmt: skip
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(r)
     print()

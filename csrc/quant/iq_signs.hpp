@@ -24,4 +24,15 @@ alignas(64) inline constexpr uint8_t ksigns_iq2xs[128] = {
 inline constexpr uint8_t kmask_iq2xs[8] = {1, 2, 4, 8, 16, 32, 64, 128};
 // clang-format on
 
+// The tables are what their rule says (checked at compile time).
+constexpr bool ksigns_iq2xs_follow_parity() {
+  for (int i = 0; i < 128; ++i) {
+    int p = 0;
+    for (int b = 0; b < 7; ++b) p ^= (i >> b) & 1;
+    if (ksigns_iq2xs[i] != (i | (p << 7))) return false;
+  }
+  return true;
+}
+static_assert(ksigns_iq2xs_follow_parity(), "ksigns_iq2xs");
+
 }  // namespace numoe::quant

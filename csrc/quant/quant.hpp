@@ -186,6 +186,10 @@ const TypeInfo &info_q4_1();
 const TypeInfo &info_q5_0();
 const TypeInfo &info_q5_1();
 const TypeInfo &info_iq4_nl();
+const TypeInfo &info_iq3_xxs();
+const TypeInfo &info_iq3_s();
+const TypeInfo &info_iq1_s();
+const TypeInfo &info_iq1_m();
 
 // ---- scalar helpers shared by the formats ----
 

@@ -31,6 +31,10 @@ const TypeInfo &(*const kFormats[])() = {
     info_q5_0,
     info_q5_1,
     info_iq4_nl,
+    info_iq3_xxs,
+    info_iq3_s,
+    info_iq1_s,
+    info_iq1_m,
     // clang-format on
 };
 
