@@ -4,9 +4,11 @@
 // AVX-512 bodies, chosen at run time (see isa.hpp).
 //
 // Activation pairing (ggml's vec_dot_type):
-//   Q4_0, Q8_0 weights  x  Q8_0 activation (blocks of 32)
+//   Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL  x  Q8_0 activation (blocks of 32; Q4_1 / Q5_1 sum
+//                       the activation block in the kernel instead of ggml's Q8_1)
 //   Q4_K, Q5_K          x  Q8_K4 activation (Q8_K in the order of their nibbles, below)
-//   Q6_K                x  Q8_K activation (blocks of 256: float d, int8 qs, int16 bsums)
+//   Q2_K, Q3_K, Q6_K, IQ4_XS, IQ2_*, IQ3_*, IQ1_*  x  Q8_K activation (blocks of 256: float d,
+//                       int8 qs, int16 bsums)
 //   F32, F16, BF16      x  F32 activation. BF16 keeps an f32 activation on purpose: decode is
 //   bound by weight bandwidth, the bf16->f32 widening is a shift, and rounding the activation
 //   to bf16 for vdpbf16ps would cost accuracy for no bandwidth gain.

@@ -1,10 +1,11 @@
 """Thin Python helpers over the quantized CPU kernels in ``numoe._cpu``.
 
-Weight formats (GGML type ids): F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K. A dot product
-takes one raw weight row and an activation quantized to the format the weight type pairs
-with (Q8_0 for Q8_0/Q4_0, Q8_K for Q6_K, Q8_K4 for Q4_K/Q5_K: Q8_K with its 32-value
-sub-blocks in the order of their nibbles, 0 2 1 3 4 6 5 7, and per-sub-block sums; float32 for
-the float formats).
+Weight formats (GGML type ids): `_cpu.weight_types()` (csrc/quant/registry.cpp). A dot
+product takes one raw weight row and an activation quantized to the format the weight type
+pairs with (`quant_type(t).act_type`): Q8_0 for the 32-element formats (Q8_0, Q4_0, Q4_1,
+Q5_0, Q5_1, IQ4_NL), Q8_K for Q2_K, Q3_K, Q6_K and the 256-element i-quants, Q8_K4 for
+Q4_K/Q5_K (Q8_K with its 32-value sub-blocks in the order of their nibbles, 0 2 1 3 4 6 5 7,
+and per-sub-block sums), float32 for the float formats.
 
 The SIMD level ('scalar' < 'avx2' < 'avx512') is chosen at run time; ``NUMOE_ISA`` forces one
 and :func:`using_isa` switches it temporarily (tests, benchmarks).
