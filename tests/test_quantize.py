@@ -444,7 +444,8 @@ def f32_model(tmp_path_factory):
 LOGIT_BOUND = {"Q8_0": 0.03, "Q6_K": 0.25, "Q5_K_M": 0.3, "Q4_K_M": 0.3, "Q4_0": 0.4}
 
 
-@pytest.mark.parametrize("ftype", list(FTYPES))
+# the other file types: tests/test_quantize_mix.py
+@pytest.mark.parametrize("ftype", list(LOGIT_BOUND))
 def test_quantize_file_mix_metadata_and_logits(tmp_path, capsys, f32_model, ftype):
     out = tmp_path / f"{ftype}.gguf"
     assert cli_main(["quantize", str(f32_model), str(out), "--type", ftype]) == 0
@@ -532,6 +533,7 @@ def test_synth_k_types_stream_through_the_mix(tmp_path, capsys):
     "argv, message",
     [
         (["--type", "Q3_K"], "invalid choice: 'Q3_K'"),
+        (["--type", "IQ4_XS"], "invalid choice: 'IQ4_XS'"),
         (["missing.gguf", "o.gguf"], "missing.gguf: no such file"),
         (["SAME", "SAME"], "is the input file"),
         (["IN", "nodir/o.gguf"], "does not exist"),

@@ -1,4 +1,4 @@
-"""`numoe quantize`: re-quantize a GGUF file to Q4_K_M, Q5_K_M, Q6_K, Q8_0 or Q4_0."""
+"""`numoe quantize`: re-quantize a GGUF file to one of llama.cpp's file types (gguf.mix.FTYPES)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ def add_parser(sub) -> None:
         "quantize",
         help="re-quantize a GGUF file (llama.cpp's K-quant mixes)",
         description="Re-quantize a GGUF model (F32/F16/BF16 or already quantized) to a llama.cpp "
-        "file type with its per-tensor mix: Q4_K_M and Q5_K_M keep output.weight and, in the "
-        "first/last eighth and every third layer, attn_v and ffn_down at Q6_K. Metadata and "
-        "tokenizer are copied. Progress goes to stderr.",
+        "file type with its per-tensor mix, as llama-quantize without an importance matrix "
+        "(e.g. Q4_K_M keeps output.weight and, in the first/last eighth and every third "
+        "layer, attn_v and ffn_down at Q6_K; rows not a multiple of 256 fall back to "
+        "Q4_0/Q5_0/Q5_1/Q8_0). Metadata and tokenizer are copied. Progress goes to stderr.",
         formatter_class=HELP_FMT,
     )
     p.add_argument(

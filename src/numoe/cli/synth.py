@@ -9,6 +9,7 @@ from .common import HELP_FMT, positive_int
 
 
 def add_parser(sub) -> None:
+    from ..gguf.write import WRITE_TYPES
     from ..synth import DEFAULT_PRESET, presets
 
     p = sub.add_parser(
@@ -21,9 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="GGUF file to write")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="shape preset")
     p.add_argument(
-        "--type", dest="qtype", default="Q8_0", type=str.upper,
-        choices=["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"],
-        help="tensor type (K types: llama.cpp's per-tensor mix, as numoe quantize)",
+        "--type", dest="qtype", default="Q8_0", type=str.upper, choices=list(WRITE_TYPES),
+        help="tensor type (quantized types: llama.cpp's per-tensor mix, as numoe quantize)",
     )  # fmt: skip
     p.add_argument(
         "--layers",

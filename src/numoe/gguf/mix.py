@@ -4,31 +4,44 @@ The block quantizers are C++ (`numoe._cpu.quantize`, csrc/quantize/) with ggml's
 algorithms, so a tensor quantized here has the bytes llama-quantize writes without an
 importance matrix.
 
-File types (`ftype`) and the mix, as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp):
+File types (`ftype`) and the mix, as llama.cpp's `llama_tensor_get_type_impl` and
+`tensor_type_fallback` (src/llama-quant.cpp), without an importance matrix:
 
-- Base type: Q4_K_M -> Q4_K, Q5_K_M -> Q5_K, Q6_K -> Q6_K, Q8_0 -> Q8_0, Q4_0 -> Q4_0.
+- Base type (llama_ftype_get_default_type): Q2_K -> Q2_K; Q3_K_S/M/L -> Q3_K; Q4_0, Q4_1,
+  Q5_0, Q5_1, Q6_K, Q8_0 -> themselves; Q4_K_S/M -> Q4_K; Q5_K_S/M -> Q5_K.
+  general.file_type is llama.cpp's LlamaFileType of the ftype.
 - Not quantized, copied as stored (F32 in files numoe or llama.cpp write): 1-D tensors, names
   not ending in "weight" (e.g. exp_probs_b.bias), "*_norm.weight", routers
   ("ffn_gate_inp.weight").
 - output.weight (and token_embd.weight when there is no output.weight, i.e. tied
   embeddings): Q6_K, unless the base is Q8_0 (stays Q8_0) or the row length is not a
   multiple of the base block (Q8_0).
-- token_embd.weight (untied): the base type (Q4_K for Q4_K_M).
-- attn_v.weight, attn_qkv.weight, attn_kv_b.weight (the "attn_v" group): Q6_K for Q4_K_M and
-  Q5_K_M in the "use_more_bits" layers (i < n/8, i >= 7n/8, or (i - n/8) % 3 == 2, i the
-  tensor's rank among the group, n the group's size); Q8_0 for every ftype when the model
-  has exactly 8 experts (Mixtral). attn_k.weight: Q8_0 when 8 experts.
-- ffn_down (ffn_down, ffn_down_exps, ffn_down_shexp): Q6_K for Q4_K_M and Q5_K_M in the
-  use_more_bits layers (layer from the name, n = block_count).
-- attn_output.weight: Q5_K for Q4_K_M when the model has 8 experts.
+- token_embd.weight (untied): the base type.
+- The "attn_v" group (attn_v, attn_qkv, attn_kv_b; one counter i over the group in
+  llama.cpp's tensor order, layer then name; n the group's size):
+  Q2_K: Q4_K if n_gqa >= 4 else Q3_K (n_gqa = head_count // head_count_kv of layer 0);
+  Q3_K_M: Q5_K for i < 2, else Q4_K; Q3_K_L: Q5_K; Q4_K_M, Q5_K_M: Q6_K where
+  use_more_bits(i, n) (i < n/8, i >= 7n/8, or (i - n/8) % 3 == 2); Q4_K_S: Q5_K for i < 4.
+  Then, every ftype: Q8_0 when the model has exactly 8 experts (Mixtral).
+- attn_k.weight: Q8_0 when 8 experts. attn_q, ffn_gate*, ffn_up*: the base type (llama.cpp's
+  rules for them are for IQ3 ftypes only).
+- attn_output.weight: with 8 experts, Q5_K for Q2_K, Q3_K_S, Q3_K_M, Q4_K_S, Q4_K_M (Q3_K_L
+  keeps Q3_K, as in llama.cpp); otherwise Q3_K for Q2_K, Q4_K for Q3_K_M, Q5_K for Q3_K_L.
+- ffn_down (ffn_down, ffn_down_exps, ffn_down_shexp; i the layer from the name, n =
+  block_count): Q2_K: Q3_K; Q3_K_M: Q5_K for i < n/16, else Q4_K; Q3_K_L: Q5_K; Q4_K_M,
+  Q5_K_M: Q6_K where use_more_bits(i, n); Q4_K_S: Q5_K for i < n/8.
 - Everything else: the base type.
 - Fallback when the row length is not a multiple of the chosen type's block (256 for the
-  K types), as llama.cpp's tensor_type_fallback: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0
-  (32-element blocks). Rows not a multiple of 32 either stay as stored (llama.cpp: F16).
+  K types), as tensor_type_fallback: Q2_K, Q3_K -> Q4_0; Q4_K -> Q5_0; Q5_K -> Q5_1;
+  Q6_K -> Q8_0 (32-element blocks). Differences from llama.cpp, all for rows that are not a
+  multiple of 32 (no model numoe runs has them): such a fallback stays as stored (llama.cpp:
+  F16), and a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor stays as stored (llama.cpp: an error).
+- Not ported (no architecture numoe runs reaches them): the Falcon rules, the LLM_TYPE_70B
+  bump of attn_v, and the Q4_0/Q5_0 ffn_down rule that applies only with an imatrix.
 - DeepSeek's MLA split tensors follow from these rules, as in llama.cpp: attn_k_b
   (rows of qk_nope_head_dim = 128) falls back (Q5_0 for Q4_K_M, Q5_1 for Q5_K_M, Q8_0 for
-  Q6_K); attn_v_b (rows of kv_lora_rank = 512) takes the base type; the older combined
-  attn_kv_b is in the attn_v group.
+  Q6_K, Q4_0 for Q2_K/Q3_K); attn_v_b (rows of kv_lora_rank = 512) takes the base type;
+  neither is in the attn_v group (new files have none); the older combined attn_kv_b is.
 - A tensor whose chosen type equals its stored type is copied as is (no requantization).
 
 """
@@ -50,18 +63,29 @@ Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 FT = gguf.LlamaFileType
 
-# ftype name -> (base tensor type, general.file_type)
+# ftype name -> (base tensor type, general.file_type): llama_ftype_get_default_type
 FTYPES: dict[str, tuple[Q, int]] = {
+    "Q2_K": (Q.Q2_K, int(FT.MOSTLY_Q2_K)),
+    "Q3_K_S": (Q.Q3_K, int(FT.MOSTLY_Q3_K_S)),
+    "Q3_K_M": (Q.Q3_K, int(FT.MOSTLY_Q3_K_M)),
+    "Q3_K_L": (Q.Q3_K, int(FT.MOSTLY_Q3_K_L)),
+    "Q4_0": (Q.Q4_0, int(FT.MOSTLY_Q4_0)),
+    "Q4_1": (Q.Q4_1, int(FT.MOSTLY_Q4_1)),
+    "Q5_0": (Q.Q5_0, int(FT.MOSTLY_Q5_0)),
+    "Q5_1": (Q.Q5_1, int(FT.MOSTLY_Q5_1)),
+    "Q4_K_S": (Q.Q4_K, int(FT.MOSTLY_Q4_K_S)),
     "Q4_K_M": (Q.Q4_K, int(FT.MOSTLY_Q4_K_M)),
+    "Q5_K_S": (Q.Q5_K, int(FT.MOSTLY_Q5_K_S)),
     "Q5_K_M": (Q.Q5_K, int(FT.MOSTLY_Q5_K_M)),
     "Q6_K": (Q.Q6_K, int(FT.MOSTLY_Q6_K)),
     "Q8_0": (Q.Q8_0, int(FT.MOSTLY_Q8_0)),
-    "Q4_0": (Q.Q4_0, int(FT.MOSTLY_Q4_0)),
 }
 # tensor types the C++ quantizers write
-QUANTIZERS = frozenset({Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q4_1, Q.Q5_0, Q.Q5_1})
+QUANTIZERS = frozenset(
+    {Q.Q2_K, Q.Q3_K, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0}
+)
 # llama.cpp's fallbacks for rows that are not a multiple of 256 (tensor_type_fallback)
-_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 
 
 def check_ftype(ftype: str) -> str:
@@ -92,6 +116,7 @@ class MixInfo:
     n_expert: int
     attn_v_rank: dict[str, int]  # attn_v-group tensor -> its rank in layer order
     tied: bool  # no output.weight: token_embd is also the output head
+    n_gqa: int = 1  # head_count // head_count_kv (layer 0), 0 when head_count_kv is 0
 
 
 _ATTN_V = ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight")
@@ -117,12 +142,26 @@ def mix_info(arch: str, meta: Mapping[str, Any], names: list[str]) -> MixInfo:
     if not n_layer:
         n_layer = 1 + max((_layer(n) for n in names), default=-1)
     n_expert = count(f"{arch}.expert_count")
+
+    def heads(key: str, default: int) -> int:  # llama.cpp's n_gqa() reads layer 0's value
+        v = plain(meta.get(key, default))
+        if isinstance(v, (list, tuple, np.ndarray)) and len(v):
+            v = plain(v[0])
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{key} is {describe(v)}; it must be an integer >= 0")
+        return v
+
+    n_head = heads(f"{arch}.attention.head_count", 0)
+    n_head_kv = heads(f"{arch}.attention.head_count_kv", n_head)
     group = sorted((n for n in names if any(k in n for k in _ATTN_V)), key=lambda n: (_layer(n), n))
     return MixInfo(
         n_layer=max(n_layer, 1),
         n_expert=n_expert,
         attn_v_rank={n: i for i, n in enumerate(group)},
         tied="output.weight" not in names,
+        n_gqa=n_head // n_head_kv if n_head_kv else 0,
     )
 
 
@@ -146,7 +185,10 @@ def _block(t: Q) -> int:
 
 
 def tensor_type(name: str, shape: tuple[int, ...], ftype: str, info: MixInfo) -> Q | None:
-    """The type `ftype` gives tensor `name` (numpy shape), or None: keep it as stored."""
+    """The type `ftype` gives tensor `name` (numpy shape), or None: keep it as stored.
+
+    llama.cpp's llama_tensor_get_type_impl for the ftypes of FTYPES, without an importance
+    matrix, then tensor_type_fallback."""
     if not quantizable(name, shape):
         return None
     base = FTYPES[ftype][0]
@@ -159,22 +201,46 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, info: MixInfo) ->
         elif base != Q.Q8_0:
             t = Q.Q6_K
     elif name == "token_embd.weight":
-        pass
-    elif any(k in name for k in _ATTN_V):
-        i = info.attn_v_rank.get(name, 0)
-        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, len(info.attn_v_rank)):
+        pass  # no rule for these ftypes: the base type
+    elif any(k in name for k in _ATTN_V):  # attn_qkv, attn_kv_b, attn_v: one counter
+        i, n = info.attn_v_rank.get(name, 0), len(info.attn_v_rank)
+        if ftype == "Q2_K":
+            t = Q.Q4_K if info.n_gqa >= 4 else Q.Q3_K
+        elif ftype == "Q3_K_M":
+            t = Q.Q5_K if i < 2 else Q.Q4_K
+        elif ftype == "Q3_K_L":
+            t = Q.Q5_K
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
             t = Q.Q6_K
+        elif ftype == "Q4_K_S" and i < 4:
+            t = Q.Q5_K
         if eight:
             t = Q.Q8_0
     elif "attn_k.weight" in name:
         if eight:
             t = Q.Q8_0
+    elif "attn_q.weight" in name:
+        pass  # rules only for IQ3 ftypes
+    elif "attn_output.weight" in name:
+        if eight:
+            if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                t = Q.Q5_K
+        else:
+            t = {"Q2_K": Q.Q3_K, "Q3_K_M": Q.Q4_K, "Q3_K_L": Q.Q5_K}.get(ftype, t)
+    elif "ffn_up" in name or "ffn_gate" in name:
+        pass  # rules only for IQ3_XS
     elif "ffn_down" in name:
-        i = max(_layer(name), 0)
-        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, info.n_layer):
+        i, n = max(_layer(name), 0), info.n_layer
+        if ftype == "Q2_K":
+            t = Q.Q3_K
+        elif ftype == "Q3_K_M":
+            t = Q.Q5_K if i < n // 16 else Q.Q4_K  # (Falcon: Q3_K outside use_more_bits)
+        elif ftype == "Q3_K_L":
+            t = Q.Q5_K
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
             t = Q.Q6_K
-    elif "attn_output.weight" in name and eight and ftype == "Q4_K_M":
-        t = Q.Q5_K
+        elif ftype == "Q4_K_S" and i < n // 8:
+            t = Q.Q5_K
     if cols % _block(t):
         t = _FALLBACK.get(t)
         if t is None or cols % _block(t):

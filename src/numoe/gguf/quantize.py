@@ -74,7 +74,7 @@ def quantize_file(
     n_threads: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Q]:
-    """Re-quantize GGUF `src` to `dst` at file type `ftype` (Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0).
+    """Re-quantize GGUF `src` to `dst` at file type `ftype` (one of numoe.gguf.mix.FTYPES).
 
     `src`: what open_gguf takes (a file, a split model's shard or directory) or an open
     GGUFFile; a split model is written as one file. All metadata (tokenizer included) is

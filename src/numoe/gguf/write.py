@@ -6,8 +6,8 @@ written one tensor at a time; at most one encoded tensor is held at once. The fi
 written under a temporary name and renamed into place when complete.
 
 qtype is a file type: F32, F16, BF16, Q8_0, or (through numoe.gguf.mix, whose C++
-quantizers encode every quantized type) Q4_0, Q4_K_M, Q5_K_M, Q6_K with llama.cpp's
-per-tensor mix (see numoe.gguf.mix). A value may also be `Raw(shape, qtype, data)`: bytes
+quantizers encode every quantized type) one of llama.cpp's mixes Q2_K, Q3_K_S/M/L, Q4_0,
+Q4_1, Q5_0, Q5_1, Q4_K_S/M, Q5_K_S/M, Q6_K (see numoe.gguf.mix). A value may also be `Raw(shape, qtype, data)`: bytes
 already encoded (numoe quantize copies and re-quantizes through it), written as they are.
 """
 
@@ -22,32 +22,21 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .mix import QUANTIZERS, quantize_array  # C++, ggml's reference algorithms
+from .mix import FTYPES, QUANTIZERS, quantize_array  # C++, ggml's reference algorithms
 from .mix import plan as mix_plan
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
-WRITE_TYPES = {
-    "F32": Q.F32,
-    "F16": Q.F16,
-    "BF16": Q.BF16,
-    "Q8_0": Q.Q8_0,
-    "Q4_0": Q.Q4_0,  # these four: llama.cpp's mix (numoe.gguf.mix.plan)
-    "Q4_K_M": Q.Q4_K,
-    "Q5_K_M": Q.Q5_K,
-    "Q6_K": Q.Q6_K,
-}
-MIXES = frozenset({"Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"})
+# file type -> the tensor type of its matrices (the base type of a mix)
+WRITE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16} | {k: v[0] for k, v in FTYPES.items()}
+# file types whose tensors take llama.cpp's per-tensor mix (numoe.gguf.mix.plan); Q8_0 is
+# Q8_0 throughout, as in llama.cpp, so it needs none
+MIXES = frozenset(FTYPES) - {"Q8_0"}
 FILE_TYPES = {  # general.file_type, as llama.cpp's LlamaFileType
     "F32": gguf.LlamaFileType.ALL_F32,
     "F16": gguf.LlamaFileType.MOSTLY_F16,
     "BF16": gguf.LlamaFileType.MOSTLY_BF16,
-    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-    "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M,
-    "Q5_K_M": gguf.LlamaFileType.MOSTLY_Q5_K_M,
-    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
-}
+} | {k: gguf.LlamaFileType(v[1]) for k, v in FTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -199,9 +188,9 @@ def write_gguf(
     meta: key -> value (int -> uint32, float -> float32, bool, str, lists of str/int
     (int32)/float (float32); or (value, GGUFValueType) to force a type).
     tensors: GGUF name -> float32 array (numpy order) or Lazy.
-    qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K (any case) for the matrices;
+    qtype: F32, F16, BF16 or a file type of numoe.gguf.mix.FTYPES (any case);
     1-D tensors and rows not a multiple of the block stay F32, as does any tensor
-    keep_f32(name, array_or_lazy) chooses (routers, as llama.cpp does). Q4_0 and the K types
+    keep_f32(name, array_or_lazy) chooses (routers, as llama.cpp does). The types but Q8_0
     choose each tensor's type by llama.cpp's mix (numoe.gguf.mix.plan). Raw values keep
     their own type. progress(line), if given, is called after each tensor is written."""
     q = qtype.upper()
