@@ -104,7 +104,8 @@ def random_blocks(qtype: Q, rows: int, cols: int, rng, rms: float = 1.0):
         n_fields = 1 if qtype == Q.IQ1_M else len(HALF_FIELDS[qtype])
         scales = rng.uniform(0.5, 1.0, (nb, n_fields)) * rng.choice([-1.0, 1.0], (nb, n_fields))
         set_scales(qtype, raw, scales * 2.0**-6)
-        probe = np.sqrt(np.mean(np.square(dequantize(raw, qtype).astype(np.float64))))
+        sample = dequantize(raw[:256], qtype).astype(np.float64)  # 256 blocks tell the RMS
+        probe = np.sqrt(np.mean(np.square(sample)))
         set_scales(qtype, raw, scales * 2.0**-6 * (rms / probe))
         raw = raw.reshape(rows, -1)
     raw = np.ascontiguousarray(raw).reshape(rows, -1)
