@@ -2,7 +2,8 @@
 transformers (quant_oracle.QuantReference: the file's weights as the `gguf` package
 dequantizes them, each activation rounded as numoe rounds it for that weight's type).
 
-The files: a tiny converted model (test_quantized_e2e.MODELS) whose weight tensors are
+The files: a tiny converted model (test_quantized_e2e.MODELS; experts of 512 rows for
+qwen3moe and deepseek-v3, so that --numa shard splits them in two) whose weight tensors are
 replaced by random valid blocks (tests/random_quant.py; root mean square 0.05, the converted
 model's own) of the types a mix gives each tensor; norms, routers and biases stay as
 converted. Since the reference takes the file's own dequantized weights, random blocks are
@@ -31,17 +32,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers as tf
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
-from hf_oracle import numoe_model
+from hf_oracle import numoe_model, randomize
 from quant_oracle import QuantReference, logit_mismatch, rel_error, scale_experts, tensor_types
 from random_quant import block_size, random_blocks
-from test_quantized_e2e import MODELS, B, P, T, decode_logits, prefill_logits
+from test_quantized_e2e import DSV3, MODELS, QWEN3, B, P, T, decode_logits, prefill_logits
 
 from numoe.convert import convert_hf
 from numoe.gguf import open_gguf
 from numoe.gguf.quantize import _kv_types
 from numoe.gguf.write import Raw, write_gguf
+from numoe.models import load
+from numoe.runtime import numa, pool
+from numoe.runtime.settings import Runtime
+from numoe.runtime.topology import Topology
 
 TIGHT = 1e-5
 RMS = 0.05
@@ -88,9 +95,22 @@ IQ_MIX_2 = {
     "ffn_up_exps": (Q.IQ2_XS, Q.IQ1_M),
     "ffn_down_exps": (Q.IQ3_S, Q.IQ2_S),
 }
+# test_quantized_e2e's models with experts of 512 rows, so that --numa shard splits them
+# (at the down type's 256-blocks) into two slices
+FAMILIES = {
+    **MODELS,
+    "qwen3moe-f512": lambda: randomize(
+        tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(**{**QWEN3, "moe_intermediate_size": 512})),
+        std=0.05,
+    ),
+    "deepseek-v3-f512": lambda: randomize(
+        tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(**{**DSV3, "moe_intermediate_size": 512})),
+        std=0.05,
+    ),
+}
 CASES = {  # name -> (family, mix, the MoE layers)
-    "iq2_xxs-qwen3moe": ("qwen3moe", IQ_MIX, [0, 1]),
-    "q2_k-deepseek-v3": ("deepseek-v3", Q2K_MIX, [1]),
+    "iq2_xxs-qwen3moe": ("qwen3moe-f512", IQ_MIX, [0, 1]),
+    "q2_k-deepseek-v3": ("deepseek-v3-f512", Q2K_MIX, [1]),
     "iq-mixtral": ("mixtral", IQ_MIX_2, [0, 1]),
 }
 
@@ -145,7 +165,7 @@ def built(tmp_path_factory):
     def get(case: str) -> Built:
         if case not in done:
             family, mix, _ = CASES[case]
-            hf = MODELS[family]()
+            hf = FAMILIES[family]()
             d = tmp_path_factory.mktemp(case)
             cfg = convert_hf(hf, d / "f32.gguf", qtype="F32")
             written = write_mixed(d / "f32.gguf", d / "model.gguf", mix, np.random.default_rng(7))
@@ -197,3 +217,40 @@ def test_check_catches_scaled_experts(built, tmp_path, case):
     ours = prefill_logits(numoe_model(tmp_path / "scaled.gguf"), b.tokens)
     assert mismatch(ours, b.ref) is not None, f"x0.9 on {changed} passed the check"
     assert rel_error(ours, b.ref).min() > 100 * TIGHT
+
+
+@pytest.mark.parametrize("case", ["iq2_xxs-qwen3moe", "q2_k-deepseek-v3"])
+def test_mixed_file_numa_shard_and_replicate(built, case):
+    """--numa-nodes N,N with shard / replicate (2 logical nodes on this machine's first node)
+    on the mixed file: the experts' F = 512 split at their down type's blocks; prefill and C++
+    decode logits equal off's within 1e-3 of the largest |logit| (test_numa_shard's bound:
+    shard only changes the order of the down products' sum), replicate equals shard."""
+    topo = Topology.read()
+    n0 = numa.plan_threads(topo).nodes[0].node
+    if len(topo.cores_by_node()[n0]) < 2:
+        pytest.skip("needs two cores on one node for two logical nodes")
+    b = built(case)
+    logits = {}
+    try:
+        pool.set_plan(numa.plan_threads(topo, numa_nodes=[n0, n0]))
+        for name in ("off", "shard", "replicate"):
+            rt = Runtime.create(numa_nodes=[n0, n0], numa=name)
+            rt.activate()
+            _, model = load(open_gguf(b.path), rt)
+            experts = [blk.ffn.experts for blk in model.blocks if hasattr(blk.ffn, "experts")]
+            assert experts and all(
+                ex.policy == name and ex.op.n_slices == (1 if name == "off" else 2)
+                for ex in experts
+            )
+            steps = model.cpp_steps
+            logits[name] = decode_logits(model, b.tokens[:2], "cpp")
+            assert model.cpp_steps - steps == 2 * (T - P)
+            del model
+    finally:
+        pool.set_threads(None)
+    scale = logits["off"].abs().max().item()
+    err = (logits["shard"] - logits["off"]).abs().max().item() / scale
+    assert err < 1e-3, err
+    assert torch.equal(logits["replicate"], logits["shard"])
+    problem = mismatch(logits["shard"], b.ref[:2])
+    assert problem is None, f"{case} shard: {problem}"
