@@ -147,6 +147,25 @@ def test_linear_check_catches_one_scaled_block(qtype):
     assert rel_err(y, ref) > 10 * EXACT_TOL
 
 
+@pytest.mark.parametrize("qtype", NEW_TYPES, ids=lambda q: q.name)
+def test_linear_groups_new_types(qtype):
+    """Per-head products (DeepSeek's attn_k_b / attn_v_b): G matrices in one op."""
+    rng = np.random.default_rng([int(qtype), 19])
+    G, n_out, n_in = 4, 32, 256
+    raw, w = random_blocks(qtype, G * n_out, n_in, rng)
+    x = rng.standard_normal((5, G * n_in)).astype(np.float32)
+    y = _cpu.Linear(raw.reshape(-1), int(qtype), n_out, n_in, G).forward(x)
+    ref = np.concatenate(
+        [
+            rounded(qtype, x[:, g * n_in : (g + 1) * n_in])
+            @ torch.from_numpy(w[g * n_out : (g + 1) * n_out]).double().T
+            for g in range(G)
+        ],
+        1,
+    )
+    assert rel_err(y, ref) < EXACT_TOL
+
+
 def test_forward_many_mixed_new_types():
     """One pool call over ops of different new types (Q8_0 and Q8_K activations): the same
     bits as one call each."""
@@ -304,6 +323,27 @@ def test_experts_differ_layer_to_layer(tmp_path):
             problem = moe_mismatch(y, ref)
             assert problem is None, f"blk.{blk} {mix_id(types)} T={T}: {problem}"
             x = x + y
+
+
+@pytest.mark.parametrize("types", MIXES[:2], ids=mix_id)
+def test_per_expert_tensors_mixed_types(tmp_path, types):
+    """Older Mixtral files: one tensor per expert ('blk.0.ffn_gate.E'), mixed types."""
+    rng = np.random.default_rng([4, *map(int, types)])
+    E, Fd, D, k, T = 4, 256, 256, 2, 9
+    raws, ws = make_experts(types, E, Fd, D, rng)
+    tensors = {}
+    shapes = [(Fd, D), (Fd, D), (D, Fd)]
+    for p, r, q, s in zip(("gate", "up", "down"), raws, types, shapes, strict=True):
+        per = r.reshape(E, s[0], -1)
+        for e in range(E):
+            raw_e = np.ascontiguousarray(per[e]).reshape(-1)
+            tensors[f"blk.0.ffn_{p}.{e}.weight"] = Raw(s, q, raw_e)
+    write_gguf(tmp_path / "e.gguf", "llama", {}, tensors)
+    ex = Experts.load(open_gguf(tmp_path / "e.gguf"), 0, E, D, Fd)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    ids, w = skewed_routing(T, E, k, rng)
+    y = ex(*map(torch.from_numpy, (x, ids, w))).numpy()
+    assert moe_mismatch(y, ref_moe(x, ids, w, types, ws, exact=True)) is None
 
 
 @pytest.mark.parametrize("qtype", NEW_TYPES, ids=lambda q: q.name)
