@@ -3,7 +3,8 @@
 numoe's quantized matrix products take the weights the file holds and an activation rounded
 to an 8-bit block format first (as llama.cpp): Q8_0 (blocks of 32, fp16 scale) for the
 32-element weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), Q8_K (blocks of 256, float scale)
-for the K-quants; float weights take the float32 activation. `QuantReference` runs
+for the 256-element ones (the K-quants Q2_K..Q6_K and the i-quants IQ1_S..IQ4_XS); float
+weights take the float32 activation. `QuantReference` runs
 transformers with
 
 - the weights stored in the file, dequantized by the `gguf` package
@@ -37,6 +38,7 @@ import gguf
 import numpy as np
 import torch
 from hf_oracle import dequantized_copy
+from random_quant import HALF_FIELDS, get_scales, set_scales
 from torch.overrides import TorchFunctionMode
 
 from numoe.convert import CONVERTERS
@@ -45,18 +47,12 @@ Q = gguf.GGMLQuantizationType
 K_TYPES = {Q.Q4_K, Q.Q5_K, Q.Q6_K}
 FLOAT_TYPES = {Q.F32, Q.F16, Q.BF16}
 Q8_0_ACT_TYPES = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.IQ4_NL}  # 32-element blocks
-# offsets of the fp16 scale fields (d, and dmin / m where there is one) in a block
-SCALE_FIELDS = {
-    Q.Q8_0: (0,),
-    Q.Q4_0: (0,),
-    Q.Q4_1: (0, 2),
-    Q.Q5_0: (0,),
-    Q.Q5_1: (0, 2),
-    Q.IQ4_NL: (0,),
-    Q.Q4_K: (0, 2),
-    Q.Q5_K: (0, 2),
-    Q.Q6_K: (208,),
-}
+Q8_K_ACT_TYPES = K_TYPES | {  # 256-element blocks (Q4_K / Q5_K's Q8_K4: the same values)
+    Q.Q2_K, Q.Q3_K, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ1_S, Q.IQ1_M,
+}  # fmt: skip
+# offsets of the fp16 scale fields (d, and dmin / m where there is one) in a block; IQ1_M's
+# d is packed in its scale words (random_quant.get_scales / set_scales)
+SCALE_FIELDS = HALF_FIELDS
 
 # A position whose float32 sums put no activation value on the other side of a rounding
 # step agrees to <= 1e-6 (rel_error); one that does (or whose router then breaks a near tie
@@ -90,7 +86,7 @@ def activation_rounding(qtype: Q):
     """The rounding numoe applies to an activation multiplied by a `qtype` weight (None: none)."""
     if qtype in FLOAT_TYPES:
         return None
-    if qtype in K_TYPES:
+    if qtype in Q8_K_ACT_TYPES:
         return q8_K
     if qtype in Q8_0_ACT_TYPES:
         return q8_0
@@ -224,7 +220,7 @@ def logit_mismatch(
 def scale_experts(src, dst, factor: float, layers=None) -> list[str]:
     """A copy of the GGUF file `src` at `dst` with the routed experts' down projections
     (blk.N.ffn_down_exps, so each expert's output) multiplied by `factor` through the fp16
-    scale fields of their blocks (d, and dmin for Q4_K / Q5_K): what a kernel or loader
+    scale fields of their blocks (d, and dmin / m where there is one): what a kernel or loader
     that misread the scales would compute. layers: the block numbers (None: all).
     Returns the tensors changed."""
     shutil.copyfile(src, dst)
@@ -242,9 +238,7 @@ def scale_experts(src, dst, factor: float, layers=None) -> list[str]:
         else:
             size = gguf.GGML_QUANT_SIZES[qtype][1]
             blocks = t.data.reshape(-1, size)
-            for off in SCALE_FIELDS[qtype]:
-                half = blocks[:, off : off + 2].copy().view(np.float16)
-                blocks[:, off : off + 2] = (half * np.float16(factor)).view(np.uint8)
+            set_scales(qtype, blocks, get_scales(qtype, blocks) * np.float32(factor))
         changed.append(t.name)
     reader.data.flush()
     del reader
