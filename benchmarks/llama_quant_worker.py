@@ -9,8 +9,9 @@ engines speak decode_worker.py's protocol (decode.py's Worker drives them): 'WOR
 {info}' once loaded ({"error": ...} when the load failed), then per command line 'WORKER DONE
 {result}': {"op": "tg", ...} times tgN runs as decode_worker.py; {"op": "logits", "tokens",
 "out"} writes the logits of every position to out-batch.npy (the whole sequence in one call)
-and out-step.npy (one token per call). Only the standard library and numpy at the top: the
-peer's venv has no numoe.
+and out-step.npy (one token per call); SPEC's "no_repack" loads llama.cpp as its -nr does
+(use_extra_bufts off: no CPU weight repack). Only the standard library and numpy at the
+top: the peer's venv has no numoe.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def llama_engine(spec: dict):
     from llama_cpp import Llama
 
     n = spec["n_ctx"]
+    if spec.get("no_repack"):  # llama.cpp's -nr: no extra buffer types (no CPU weight repack)
+        import llama_cpp.llama_cpp as lib  # what llama_cpp.Llama calls
+
+        default = lib.llama_model_default_params
+
+        def no_repack():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = no_repack
     kw = {"n_threads": spec["threads"], "n_threads_batch": spec["threads"], "n_batch": n,
           "n_ubatch": n, "n_ctx": n, "logits_all": True, "use_mmap": True}  # fmt: skip
     llm = Llama(model_path=spec["model"], verbose=False, **kw)
