@@ -47,6 +47,24 @@ NUMOE_TARGET_AVX2 inline float combine4(float s, const typename F::block *x, con
   return s;
 }
 
+// An IQ3 super-block's AVX-512 sum against Q8_K: u[r] the 64 unsigned grid values of rows
+// 64r.., neg[r] their sign masks, sc[r] the words of their (2s+1) scales (IQ3_XXS, IQ3_S).
+NUMOE_TARGET_AVX512VNNI inline __m512i iq3_dot_avx512(const __m512i u[4], const __mmask64 neg[4],
+                                                      const __m512i sc[4], const block_q8_K &y) {
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  for (int r = 0; r < 4; r += 2) {
+    const __m512i a0 = _mm512_loadu_si512(y.qs + 64 * r);
+    const __m512i a1 = _mm512_loadu_si512(y.qs + 64 * r + 64);
+    const __m512i p0 =
+        _mm512_maddubs_epi16(u[r], _mm512_mask_sub_epi8(a0, neg[r], _mm512_setzero_si512(), a0));
+    const __m512i p1 = _mm512_maddubs_epi16(
+        u[r + 1], _mm512_mask_sub_epi8(a1, neg[r + 1], _mm512_setzero_si512(), a1));
+    acc0 = _mm512_dpwssd_epi32(acc0, p0, sc[r]);
+    acc1 = _mm512_dpwssd_epi32(acc1, p1, sc[r + 1]);
+  }
+  return _mm512_add_epi32(acc0, acc1);
+}
+
 // The single-activation body of one level: super-blocks four at a time (their isums reduced
 // together), then the tail one by one. U: the level's unpacker, V its lane vector type.
 #define NUMOE_IQ_VEC_DOT(SUF, TARGET, REDUCE1)                                                    \

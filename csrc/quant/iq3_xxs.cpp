@@ -194,18 +194,7 @@ struct fmt_iq3_xxs {
                                                      _mm256_set1_epi16(simd::word_idx(2 * r + 1))));
     }
     NUMOE_TARGET_AVX512VNNI __m512i dot(const block_q8_K &y) const {
-      __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-      for (int r = 0; r < 4; r += 2) {
-        const __m512i a0 = _mm512_loadu_si512(y.qs + 64 * r);
-        const __m512i a1 = _mm512_loadu_si512(y.qs + 64 * r + 64);
-        const __m512i p0 = _mm512_maddubs_epi16(
-            u[r], _mm512_mask_sub_epi8(a0, neg[r], _mm512_setzero_si512(), a0));
-        const __m512i p1 = _mm512_maddubs_epi16(
-            u[r + 1], _mm512_mask_sub_epi8(a1, neg[r + 1], _mm512_setzero_si512(), a1));
-        acc0 = _mm512_dpwssd_epi32(acc0, p0, sc[r]);
-        acc1 = _mm512_dpwssd_epi32(acc1, p1, sc[r + 1]);
-      }
-      return _mm512_add_epi32(acc0, acc1);
+      return iq::iq3_dot_avx512(u, neg, sc, y);
     }
   };
 #endif
