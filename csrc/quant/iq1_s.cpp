@@ -150,19 +150,7 @@ struct fmt_iq1_s {
         sc[r] = _mm512_permutexvar_epi16(_mm512_load_si512(kScale[r]), ls);
     }
     NUMOE_TARGET_AVX512VNNI __m512i dot(const block_q8_K &y) const {
-      __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                         _mm512_zextsi256_si512(_mm256_loadu_si256(
-                                             reinterpret_cast<const __m256i *>(y.bsums))),
-                                         _mm512_zextsi256_si512(corr)),
-              acc1 = _mm512_setzero_si512();
-      for (int r = 0; r < 4; r += 2) {
-        acc0 = _mm512_dpwssd_epi32(
-            acc0, _mm512_maddubs_epi16(u[r], _mm512_loadu_si512(y.qs + 64 * r)), sc[r]);
-        acc1 = _mm512_dpwssd_epi32(
-            acc1, _mm512_maddubs_epi16(u[r + 1], _mm512_loadu_si512(y.qs + 64 * r + 64)),
-            sc[r + 1]);
-      }
-      return _mm512_add_epi32(acc0, acc1);
+      return iq::iq1_dot_avx512(u, sc, corr, y);
     }
   };
 #endif

@@ -65,6 +65,25 @@ NUMOE_TARGET_AVX512VNNI inline __m512i iq3_dot_avx512(const __m512i u[4], const 
   return _mm512_add_epi32(acc0, acc1);
 }
 
+// An IQ1 super-block's AVX-512 sum against Q8_K: u[r] the 64 unsigned grid values of rows
+// 64r.., sc[r] their scale words, corr the per-16 correction words that meet Q8_K's bsums
+// (the grid offset and the shift; IQ1_S, IQ1_M).
+NUMOE_TARGET_AVX512VNNI inline __m512i iq1_dot_avx512(const __m512i u[4], const __m512i sc[4],
+                                                      __m256i corr, const block_q8_K &y) {
+  __m512i acc0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                     _mm512_zextsi256_si512(_mm256_loadu_si256(
+                                         reinterpret_cast<const __m256i *>(y.bsums))),
+                                     _mm512_zextsi256_si512(corr)),
+          acc1 = _mm512_setzero_si512();
+  for (int r = 0; r < 4; r += 2) {
+    acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(u[r], _mm512_loadu_si512(y.qs + 64 * r)),
+                               sc[r]);
+    acc1 = _mm512_dpwssd_epi32(
+        acc1, _mm512_maddubs_epi16(u[r + 1], _mm512_loadu_si512(y.qs + 64 * r + 64)), sc[r + 1]);
+  }
+  return _mm512_add_epi32(acc0, acc1);
+}
+
 // The single-activation body of one level: super-blocks four at a time (their isums reduced
 // together), then the tail one by one. U: the level's unpacker, V its lane vector type.
 #define NUMOE_IQ_VEC_DOT(SUF, TARGET, REDUCE1)                                                    \
