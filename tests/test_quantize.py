@@ -34,8 +34,13 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (val.view(np.int32) & 0x007FFFFF) - 0x00400000
 
 
-def make_qkx2(x, w, nmax, rmin, rdelta, nstep):
-    """make_qkx2_quants over rows of x (use_mad false): (scale, the_min, L)."""
+def make_qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad=False):
+    """make_qkx2_quants over the rows of x: (scale, the_min, L); use_mad: absolute error
+    (Q2_K) instead of squared (Q4_K, Q5_K)."""
+
+    def err(d):
+        return np.abs(d) if use_mad else d * d
+
     n = x.shape[1]
     mn, mx = x[:, 0].copy(), x[:, 0].copy()
     sum_w = w[:, 0].copy()
@@ -53,8 +58,7 @@ def make_qkx2(x, w, nmax, rmin, rdelta, nstep):
         L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
         best = np.zeros_like(mn)
         for i in range(n):
-            diff = scale * L[:, i].astype(f32) + mn - x[:, i]
-            best = best + w[:, i] * (diff * diff)
+            best = best + w[:, i] * err(scale * L[:, i].astype(f32) + mn - x[:, i])
         for step in range(nstep + 1):
             it = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (mx - mn)
             la = np.clip(nearest_int(it[:, None] * (x - mn[:, None])), 0, nmax)
@@ -75,8 +79,7 @@ def make_qkx2(x, w, nmax, rmin, rdelta, nstep):
             t_scale = np.where(pos, s_xl / s_l2, t_scale)
             cur = np.zeros_like(mn)
             for i in range(n):
-                diff = t_scale * lf[:, i] + t_min - x[:, i]
-                cur = cur + w[:, i] * (diff * diff)
+                cur = cur + w[:, i] * err(t_scale * lf[:, i] + t_min - x[:, i])
             upd = (D > 0) & (cur < best)
             L = np.where(upd[:, None], la, L)
             best = np.where(upd, cur, best)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from test_quantize import _inputs, fp16, nearest_int
+from test_quantize import _inputs, fp16, make_qkx2, nearest_int
 
 from numoe import _cpu
 
@@ -18,61 +18,6 @@ Q = gguf.GGMLQuantizationType
 f32 = np.float32
 
 # ---- numpy ports of ggml's reference quantizers (float32, C operation order) ----
-
-
-def make_qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad):
-    """make_qkx2_quants over the rows of x: (scale, the_min, L)."""
-
-    def err(d):
-        return np.abs(d) if use_mad else d * d
-
-    n = x.shape[1]
-    mn, mx = x[:, 0].copy(), x[:, 0].copy()
-    sum_w = w[:, 0].copy()
-    sum_x = sum_w * x[:, 0]
-    for i in range(1, n):
-        mn = np.where(x[:, i] < mn, x[:, i], mn)
-        mx = np.where(x[:, i] > mx, x[:, i], mx)
-        sum_w = sum_w + w[:, i]
-        sum_x = sum_x + w[:, i] * x[:, i]
-    mn = np.where(mn > 0, f32(0), mn)
-    flat = mx == mn
-    with np.errstate(all="ignore"):
-        iscale = f32(nmax) / (mx - mn)
-        scale = f32(1) / iscale
-        L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-        best = np.zeros_like(mn)
-        for i in range(n):
-            best = best + w[:, i] * err(scale * L[:, i].astype(f32) + mn - x[:, i])
-        for step in range(nstep + 1):
-            it = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (mx - mn)
-            la = np.clip(nearest_int(it[:, None] * (x - mn[:, None])), 0, nmax)
-            lf = la.astype(f32)
-            s_l = np.zeros_like(mn)
-            s_l2 = np.zeros_like(mn)
-            s_xl = np.zeros_like(mn)
-            for i in range(n):
-                wl = w[:, i] * lf[:, i]
-                s_l = s_l + wl
-                s_l2 = s_l2 + wl * lf[:, i]
-                s_xl = s_xl + wl * x[:, i]
-            D = sum_w * s_l2 - s_l * s_l
-            t_scale = (sum_w * s_xl - sum_x * s_l) / D
-            t_min = (s_l2 * sum_x - s_l * s_xl) / D
-            pos = t_min > 0
-            t_min = np.where(pos, f32(0), t_min)
-            t_scale = np.where(pos, s_xl / s_l2, t_scale)
-            cur = np.zeros_like(mn)
-            for i in range(n):
-                cur = cur + w[:, i] * err(t_scale * lf[:, i] + t_min - x[:, i])
-            upd = (D > 0) & (cur < best)
-            L = np.where(upd[:, None], la, L)
-            best = np.where(upd, cur, best)
-            scale = np.where(upd, t_scale, scale)
-            mn = np.where(upd, t_min, mn)
-    L = np.where(flat[:, None], 0, L)
-    scale = np.where(flat, f32(0), scale)
-    return scale.astype(f32), (-mn).astype(f32), L
 
 
 def running_max(v):
