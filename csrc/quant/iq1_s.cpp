@@ -100,16 +100,7 @@ struct fmt_iq1_s {
         sc[g] = _mm256_shuffle_epi8(ls, _mm256_set1_epi16(simd::word_idx(g)));
     }
     NUMOE_TARGET_AVX2 __m256i dot(const block_q8_K &y) const {
-      __m256i acc0 = _mm256_madd_epi16(
-                  corr, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.bsums))),
-              acc1 = _mm256_setzero_si256();
-      for (int g = 0; g < 8; g += 2) {
-        const __m256i p0 = _mm256_maddubs_epi16(u[g], simd::load32(y.qs + 32 * g));
-        const __m256i p1 = _mm256_maddubs_epi16(u[g + 1], simd::load32(y.qs + 32 * g + 32));
-        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, sc[g]));
-        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, sc[g + 1]));
-      }
-      return _mm256_add_epi32(acc0, acc1);
+      return iq::iq1_dot_avx2(u, sc, corr, y);
     }
   };
 

@@ -47,6 +47,35 @@ NUMOE_TARGET_AVX2 inline float combine4(float s, const typename F::block *x, con
   return s;
 }
 
+// The AVX2 forms of the two below: u[g], sg[g], sc[g] per 32 values (sg: +1 / -1 bytes).
+NUMOE_TARGET_AVX2 inline __m256i iq3_dot_avx2(const __m256i u[8], const __m256i sg[8],
+                                              const __m256i sc[8], const block_q8_K &y) {
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int g = 0; g < 8; g += 2) {
+    const __m256i p0 =
+        _mm256_maddubs_epi16(u[g], _mm256_sign_epi8(simd::load32(y.qs + 32 * g), sg[g]));
+    const __m256i p1 = _mm256_maddubs_epi16(
+        u[g + 1], _mm256_sign_epi8(simd::load32(y.qs + 32 * g + 32), sg[g + 1]));
+    acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, sc[g]));
+    acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, sc[g + 1]));
+  }
+  return _mm256_add_epi32(acc0, acc1);
+}
+
+NUMOE_TARGET_AVX2 inline __m256i iq1_dot_avx2(const __m256i u[8], const __m256i sc[8], __m256i corr,
+                                              const block_q8_K &y) {
+  __m256i acc0 = _mm256_madd_epi16(corr,
+                                   _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.bsums))),
+          acc1 = _mm256_setzero_si256();
+  for (int g = 0; g < 8; g += 2) {
+    const __m256i p0 = _mm256_maddubs_epi16(u[g], simd::load32(y.qs + 32 * g));
+    const __m256i p1 = _mm256_maddubs_epi16(u[g + 1], simd::load32(y.qs + 32 * g + 32));
+    acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, sc[g]));
+    acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, sc[g + 1]));
+  }
+  return _mm256_add_epi32(acc0, acc1);
+}
+
 // An IQ3 super-block's AVX-512 sum against Q8_K: u[r] the 64 unsigned grid values of rows
 // 64r.., neg[r] their sign masks, sc[r] the words of their (2s+1) scales (IQ3_XXS, IQ3_S).
 NUMOE_TARGET_AVX512VNNI inline __m512i iq3_dot_avx512(const __m512i u[4], const __mmask64 neg[4],

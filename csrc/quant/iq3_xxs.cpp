@@ -132,16 +132,7 @@ struct fmt_iq3_xxs {
       }
     }
     NUMOE_TARGET_AVX2 __m256i dot(const block_q8_K &y) const {
-      __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-      for (int g = 0; g < 8; g += 2) {
-        const __m256i p0 =
-            _mm256_maddubs_epi16(u[g], _mm256_sign_epi8(simd::load32(y.qs + 32 * g), sg[g]));
-        const __m256i p1 = _mm256_maddubs_epi16(
-            u[g + 1], _mm256_sign_epi8(simd::load32(y.qs + 32 * g + 32), sg[g + 1]));
-        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, sc[g]));
-        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, sc[g + 1]));
-      }
-      return _mm256_add_epi32(acc0, acc1);
+      return iq::iq3_dot_avx2(u, sg, sc, y);
     }
   };
 
