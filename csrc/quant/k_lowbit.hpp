@@ -122,5 +122,45 @@ NUMOE_TARGET_AVX512 inline void group_scale_words(__m256i w16, __m512i sc[4]) {
   }
 }
 
+// The products of one super-block of Q2_K / Q3_K against Q8_K, for an AVX2 unpacker U whose
+// half(h) readies values 128h.., values(k) gives 32 of them (chunk k of the half) as bytes and
+// words(k) their scale words: 8 int32 lanes, exact (two accumulators, k even / odd).
+template <typename U>
+NUMOE_TARGET_AVX2 inline __m256i k_lowbit_isum_avx2(U &u, const block_q8_K &y) {
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    u.half(h);
+    for (int k = 0; k < 4; ++k) {
+      const __m256i a =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 128 * h + 32 * k));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u.values(k), a), u.words(k));
+      if (k & 1)
+        acc1 = _mm256_add_epi32(acc1, p);
+      else
+        acc0 = _mm256_add_epi32(acc0, p);
+    }
+  }
+  return _mm256_add_epi32(acc0, acc1);
+}
+
+// The same for N activations (super-block i of y[j] into acc[j]), the block unpacked once.
+template <int N, typename U>
+NUMOE_TARGET_AVX2 inline void k_lowbit_isum_n_avx2(U &u, const block_q8_K *const *y, int i,
+                                                   __m256i *acc) {
+  for (int h = 0; h < 2; ++h) {
+    u.half(h);
+    for (int k = 0; k < 4; ++k) {
+      const __m256i q = u.values(k), sw = u.words(k);
+      for (int j = 0; j < N; ++j) {
+        const int8_t *a = y[j][i].qs + 128 * h + 32 * k;
+        acc[j] = _mm256_add_epi32(
+            acc[j],
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a)), sw));
+        opaque(acc[j]);
+      }
+    }
+  }
+}
+
 }  // namespace numoe::quant::simd
 #endif

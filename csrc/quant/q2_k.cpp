@@ -84,20 +84,7 @@ NUMOE_TARGET_AVX2 inline void q2_K_block_avx2(const block_q2_K &x, const block_q
   q2_K_scales(x, sc, m);
   msum = q2_K_min_terms(m, y);
   q2_K_unpack_avx2 u(x, sc);
-  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-  for (int h = 0; h < 2; ++h) {
-    u.half(h);
-    for (int k = 0; k < 4; ++k) {
-      const __m256i a =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 128 * h + 32 * k));
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u.values(k), a), u.words(k));
-      if (k & 1)
-        acc1 = _mm256_add_epi32(acc1, p);
-      else
-        acc0 = _mm256_add_epi32(acc0, p);
-    }
-  }
-  isum = _mm256_add_epi32(acc0, acc1);
+  isum = simd::k_lowbit_isum_avx2(u, y);
 }
 
 struct q2_K_avx2 {  // the kernel of simd::k_vec_dot_avx2
@@ -131,19 +118,7 @@ NUMOE_TARGET_AVX2 void q2_K_n_avx2(int n, const void *w, const block_q8_K *const
     __m256i acc[8], ms[8];
     for (int j = 0; j < 8; ++j) acc[j] = ms[j] = _mm256_setzero_si256();
     q2_K_unpack_avx2 u(x[i], sc);
-    for (int h = 0; h < 2; ++h) {
-      u.half(h);
-      for (int k = 0; k < 4; ++k) {
-        const __m256i q = u.values(k), sw = u.words(k);
-        for (int j = 0; j < N; ++j) {
-          const int8_t *a = y[j][i].qs + 128 * h + 32 * k;
-          acc[j] = _mm256_add_epi32(
-              acc[j], _mm256_madd_epi16(
-                          _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a)), sw));
-          simd::opaque(acc[j]);
-        }
-      }
-    }
+    simd::k_lowbit_isum_n_avx2<N>(u, y, i, acc);
     for (int j = 0; j < N; ++j) ms[j] = q2_K_min_terms(m, y[j][i]);
     s = simd::k4_combine8(s, x[i].d, x[i].dmin, _mm256_load_ps(dy + 8 * i), simd::hsum8_i32(acc),
                           simd::hsum8_i32(ms));

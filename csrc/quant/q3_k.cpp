@@ -107,20 +107,7 @@ struct q3_K_unpack_avx2 {
 NUMOE_TARGET_AVX2 inline __m256i q3_K_block_avx2(const block_q3_K &x, const block_q8_K &y) {
   const __m256i sc16 = _mm256_cvtepi8_epi16(q3_K_scales(x));
   q3_K_unpack_avx2 u(x, sc16);
-  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-  for (int h = 0; h < 2; ++h) {
-    u.half(h);
-    for (int k = 0; k < 4; ++k) {
-      const __m256i a =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(y.qs + 128 * h + 32 * k));
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u.values(k), a), u.words(k));
-      if (k & 1)
-        acc1 = _mm256_add_epi32(acc1, p);
-      else
-        acc0 = _mm256_add_epi32(acc0, p);
-    }
-  }
-  return _mm256_sub_epi32(_mm256_add_epi32(acc0, acc1), q3_K_offset(sc16, y));
+  return _mm256_sub_epi32(simd::k_lowbit_isum_avx2(u, y), q3_K_offset(sc16, y));
 }
 
 struct q3_K_avx2 {  // the kernel of simd::k_vec_dot_avx2
@@ -151,19 +138,7 @@ NUMOE_TARGET_AVX2 void q3_K_n_avx2(int n, const void *w, const block_q8_K *const
     __m256i acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_si256();
     q3_K_unpack_avx2 u(x[i], sc16);
-    for (int h = 0; h < 2; ++h) {
-      u.half(h);
-      for (int k = 0; k < 4; ++k) {
-        const __m256i q = u.values(k), sw = u.words(k);
-        for (int j = 0; j < N; ++j) {
-          const int8_t *a = y[j][i].qs + 128 * h + 32 * k;
-          acc[j] = _mm256_add_epi32(
-              acc[j], _mm256_madd_epi16(
-                          _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a)), sw));
-          simd::opaque(acc[j]);
-        }
-      }
-    }
+    simd::k_lowbit_isum_n_avx2<N>(u, y, i, acc);
     for (int j = 0; j < N; ++j) acc[j] = _mm256_sub_epi32(acc[j], q3_K_offset(sc16, y[j][i]));
     s = simd::d_combine8(s, x[i].d, _mm256_load_ps(dy + 8 * i), simd::hsum8_i32(acc));
   }
