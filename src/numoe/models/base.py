@@ -116,6 +116,35 @@ class DecoderModel:
         _, x = add_rms_norm(x, y, self.output_norm, self.cfg.rms_eps)
         return self.output(x).float()  # [T, V]
 
+    @torch.inference_mode()
+    def forward_batch(
+        self, tokens: list[int], caches: list, positions: list[int], logits_for: list[int]
+    ) -> torch.Tensor:
+        """Tokens of several sequences in one pass (the server's step: decode tokens of the
+        running requests and prompt chunks). Token i goes into caches[i] at positions[i] and
+        attends to positions 0..positions[i] of that cache; tokens of one cache come in order
+        of increasing, consecutive positions. Returns logits [len(logits_for), V] of the
+        tokens at the indices logits_for.
+
+        A token's logits do not depend on the others in the batch (batch invariance).
+        This reference runs each sequence's run of tokens as one forward call."""
+        if not (len(tokens) == len(caches) == len(positions)):
+            raise ValueError("forward_batch: tokens, caches and positions differ in length")
+        out: dict[int, torch.Tensor] = {}
+        i = 0
+        while i < len(tokens):
+            j = i + 1
+            while j < len(tokens) and caches[j] is caches[i]:
+                j += 1
+            logits = self.forward(
+                torch.tensor(tokens[i:j], dtype=torch.long), caches[i], positions[i]
+            )  # [j - i, V]
+            for r in logits_for:
+                if i <= r < j:
+                    out[r] = logits[r - i]
+            i = j
+        return torch.stack([out[r] for r in logits_for]) if logits_for else torch.empty(0)
+
     def cpp_blocks(self) -> list:
         """Every block's C++ decode block, or [] when one cannot have it (decided once)."""
         if self._cpp_blocks is None:
