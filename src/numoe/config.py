@@ -8,6 +8,10 @@ The config file is TOML, at ``$NUMOE_CONFIG`` or ``$XDG_CONFIG_HOME/numoe/config
     numa = "shard"       # --numa / NUMOE_NUMA: auto | shard | replicate | off
     numa_nodes = "0,1"   # --numa-nodes / NUMOE_NUMA_NODES
     smt = false          # --smt / NUMOE_SMT
+    host = "127.0.0.1"   # numoe serve --host / NUMOE_HOST
+    port = 8080          # numoe serve --port / NUMOE_PORT
+    parallel = 4         # numoe serve -np / NUMOE_PARALLEL
+    api_key = "..."      # numoe serve --api-key / NUMOE_API_KEY
 
 An unknown table or key, or a bad value, is an error naming the file, the key and the fix:
 a setting never passes unnoticed (an older engine let a stale config file silently override
@@ -71,6 +75,20 @@ def _nodes(v: object) -> str:
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def _port(v: object) -> int:
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+        raise ValueError("a port number 0-65535 (0: any free port)")
+    return v
+
+
+def _text(v: object) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("a non-empty string")
+    return v.strip()
+
+
 def _bool(v: object) -> bool:
     if isinstance(v, bool):
         return v
@@ -99,8 +117,15 @@ SETTINGS = {
         Setting("numa", "--numa", "auto", "auto", _policy),
         Setting("numa_nodes", "--numa-nodes", None, "every node this process may use", _nodes),
         Setting("smt", "--smt", False, "off", _bool),
+        # numoe serve
+        Setting("host", "--host", "127.0.0.1", "127.0.0.1 (this machine only)", _text),
+        Setting("port", "--port", 8080, "8080", _port),
+        Setting("parallel", "-np", 4, "4", _threads),
+        Setting("api_key", "--api-key", None, "none (no key asked)", _text),
     )
 }
+THREAD_SETTINGS = ("threads", "numa", "numa_nodes", "smt")  # every command that runs a model
+SERVE_SETTINGS = ("host", "port", "parallel", "api_key")  # numoe serve
 
 
 @dataclass(frozen=True)

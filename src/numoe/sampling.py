@@ -33,6 +33,8 @@ class SamplingParams:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int | None = None
 
     def validate(self) -> SamplingParams:
@@ -57,6 +59,9 @@ class SamplingParams:
             raise ValueError(f"sampling: min_p must be in [0, 1], got {self.min_p}")
         if not (num("repeat_penalty") > 0.0 and math.isfinite(self.repeat_penalty)):
             raise ValueError(f"sampling: repeat_penalty must be > 0, got {self.repeat_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= num(name) <= 2.0:
+                raise ValueError(f"sampling: {name} must be in [-2, 2], got {getattr(self, name)}")
         if integer("repeat_last_n") < -1:
             raise ValueError(
                 f"sampling: repeat_last_n must be >= 0 (-1 = all), got {self.repeat_last_n}"
@@ -80,20 +85,32 @@ class Sampler:
         self.generator.manual_seed(self.seed)
 
     def apply_penalty(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
-        """llama.cpp's repetition penalty over the last ``repeat_last_n`` tokens: positive
-        logits are divided by the penalty, negative ones multiplied (each token once)."""
+        """llama.cpp's penalties over the last ``repeat_last_n`` tokens: the repetition
+        penalty (positive logits divided by it, negative ones multiplied, each token once),
+        then frequency and presence (c * frequency + presence subtracted, c = the count)."""
         p = self.params
-        if p.repeat_penalty == 1.0 or p.repeat_last_n == 0 or len(history) == 0:
+        rep = p.repeat_penalty != 1.0
+        freq = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        if not (rep or freq) or p.repeat_last_n == 0 or len(history) == 0:
             return logits
         recent = list(history) if p.repeat_last_n < 0 else list(history)[-p.repeat_last_n :]
         n = logits.shape[0]
-        ids = sorted({int(t) for t in recent if 0 <= int(t) < n})
-        if not ids:
+        counts: dict[int, int] = {}
+        for t in recent:
+            if 0 <= int(t) < n:
+                counts[int(t)] = counts.get(int(t), 0) + 1
+        if not counts:
             return logits
+        ids = sorted(counts)
         idx = torch.tensor(ids, dtype=torch.long)
         v = logits[idx]
         logits = logits.clone()
-        logits[idx] = torch.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
+        if rep:
+            v = torch.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
+        if freq:
+            c = torch.tensor([counts[i] for i in ids], dtype=logits.dtype)
+            v = v - c * p.frequency_penalty - p.presence_penalty
+        logits[idx] = v
         return logits
 
     def filter(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

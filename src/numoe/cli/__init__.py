@@ -1,4 +1,4 @@
-"""`numoe` command line: run | chat | bench | tune | synth | quantize | doctor.
+"""`numoe` command line: run | chat | serve | bench | tune | synth | quantize | doctor.
 
 Flags follow llama.cpp's names (-m, -p, -n, -t, -c, --temp, --top-k ...); KTransformers'
 names are accepted as aliases (--gguf-path, --cpu-infer).
@@ -17,7 +17,7 @@ from .. import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import bench, chat, doctor, quantize, run, synth, tune
+    from . import bench, chat, doctor, quantize, run, serve, synth, tune
 
     p = argparse.ArgumentParser(
         prog="numoe",
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"numoe {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in (run, chat, bench, tune, synth, quantize, doctor):
+    for mod in (run, chat, serve, bench, tune, synth, quantize, doctor):
         mod.add_parser(sub)
     return p
 

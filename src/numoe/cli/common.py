@@ -128,11 +128,12 @@ def add_thread_args(g, sweep: str | None = None) -> None:
 
 
 def resolve_settings(args, names=None) -> dict:
-    """Thread settings not given as flags, from NUMOE_* / the config file / the defaults
-    (numoe.config); ConfigError (one line) for a bad file or variable."""
+    """Settings not given as flags (`names`; None: the thread settings), from NUMOE_* / the
+    config file / the defaults (numoe.config); ConfigError (one line) for a bad file or
+    variable."""
     from .. import config
 
-    return config.resolve(args, tuple(config.SETTINGS) if names is None else names)
+    return config.resolve(args, config.THREAD_SETTINGS if names is None else names)
 
 
 def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:

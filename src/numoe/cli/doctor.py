@@ -66,9 +66,10 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from .. import doctor
+    from ..config import SETTINGS
     from ..runtime.numa import PlanError, parse_numa_nodes
 
-    settings = resolve_settings(args)
+    settings = resolve_settings(args, tuple(SETTINGS))
     if args.sysfs and not (Path(args.sysfs) / "devices" / "system").is_dir():
         raise FlagError(f"--sysfs {args.sysfs}: no devices/system directory under it")
     if args.capture:
@@ -87,7 +88,11 @@ def main(args) -> int:
             settings={
                 "config_file": str(args.config_file),
                 "config_found": args.config_file.is_file(),
-                "values": {k: {"value": r.value, "source": r.source} for k, r in settings.items()},
+                "values": {
+                    k: {"value": "(set)" if k == "api_key" and r.value else r.value,
+                        "source": r.source}
+                    for k, r in settings.items()
+                },
             },
         )
     except PlanError as e:
@@ -112,6 +117,8 @@ def _distances(d: list[int]) -> str:
 
 
 def _setting_text(name: str, value) -> str:
+    if name == "api_key" and value is not None:
+        return "(set)"  # never printed
     if value is None:
         return {"threads": "(all cores)", "numa_nodes": "(all nodes)"}.get(name, "-")
     if isinstance(value, bool):
