@@ -13,7 +13,6 @@ import urllib.request
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from serve_fixtures import metric, server_process
 
 

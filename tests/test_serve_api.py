@@ -60,7 +60,7 @@ BAD = [
         {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
         400,
         "messages[0].content",
-    ),  # fmt: skip
+    ),
     (CHAT, chat(max_tokens=-1), 400, "max_tokens"),
     (CHAT, chat(max_tokens=0), 400, "max_tokens"),
     (CHAT, chat(max_tokens="10"), 400, "max_tokens"),

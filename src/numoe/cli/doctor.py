@@ -89,8 +89,10 @@ def main(args) -> int:
                 "config_file": str(args.config_file),
                 "config_found": args.config_file.is_file(),
                 "values": {
-                    k: {"value": "(set)" if k == "api_key" and r.value else r.value,
-                        "source": r.source}
+                    k: {
+                        "value": "(set)" if k == "api_key" and r.value else r.value,
+                        "source": r.source,
+                    }
                     for k, r in settings.items()
                 },
             },
