@@ -185,3 +185,23 @@ def test_ollama_endpoints(client):
     assert r.status_code == 200 and isinstance(r.json()["response"], str)
     r = client.post("/api/generate", json={"model": "tiny", "prompt": 5})
     assert r.status_code == 400 and "prompt" in r.json()["error"]
+
+
+def test_full_queue_is_429_with_retry_after(loaded):
+    from numoe.sampling import Sampler, SamplingParams
+    from numoe.serve.scheduler import Job
+
+    server = Server(ServeConfig(model_id="tiny", n_slots=1, n_ctx=4096, max_queue=0))
+    server.attach(*loaded)
+    events = []
+    busy = Job(prompt=[1, 2, 3], max_tokens=4000, sampler=Sampler(SamplingParams(seed=0)),
+               emit=events.append, ignore_eos=True)  # fmt: skip
+    try:
+        server.scheduler.submit(busy)
+        r = TestClient(create_app(server)).post(CHAT, json=chat())
+        assert r.status_code == 429, r.text
+        assert r.headers["Retry-After"] and r.json()["error"]["type"] == "rate_limit_error"
+        server.scheduler.cancel(busy)
+    finally:
+        server.stop()
+    assert events[-1].kind == "done" and events[-1].finish_reason == "abort"
