@@ -12,6 +12,15 @@ import sys
 from .common import HELP_FMT, FlagError, add_model_args, positive_int
 
 
+def port_arg(s: str) -> int:
+    from ..config import SETTINGS
+
+    try:
+        return SETTINGS["port"].parse(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected {e}, got {s!r}") from None
+
+
 def add_parser(sub) -> None:
     from ..config import setting_help
 
@@ -26,10 +35,11 @@ def add_parser(sub) -> None:
         formatter_class=HELP_FMT,
     )
     add_model_args(p)
+    p._option_string_actions["-c"].help = "context tokens of each slot"
     g = p.add_argument_group("server")
     g.add_argument("--host", default=S, help=setting_help("host", "address to listen on"))
     g.add_argument(
-        "--port", type=int, default=S, help=setting_help("port", "port to listen on (0: any)")
+        "--port", type=port_arg, default=S, help=setting_help("port", "port to listen on (0: any)")
     )
     g.add_argument(
         "-np", "--parallel", type=positive_int, default=S,

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 
 from .api import ServeConfig, Server, create_app
@@ -21,12 +22,33 @@ __all__ = ["ServeConfig", "Server", "create_app", "run_server"]
 log = logging.getLogger("numoe.serve")
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6, by what `host` resolves to); OSError
+    naming the address when it cannot be had (in use, not this machine's, no permission)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(cfg: ServeConfig, load, host: str, port: int, grace: float = 3.0) -> int:
     """Listen on host:port at once, load the model (`load()` -> (model, tokenizer)) in the
     background, serve until SIGINT/SIGTERM: then stop accepting, end running requests
     (streams get an error event and [DONE]) and return within about `grace` seconds."""
     import uvicorn
 
+    sock = listen(host, port)  # before loading: a port in use is an error at once
     server = Server(cfg)
     app = create_app(server)
 
@@ -37,26 +59,20 @@ def run_server(cfg: ServeConfig, load, host: str, port: int, grace: float = 3.0)
                 server.scheduler.request_stop()
             super().handle_exit(sig, frame)
 
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            for srv in self.servers:
-                for sock in srv.sockets:
-                    h, p = sock.getsockname()[:2]
-                    print(f"numoe: listening on http://{h}:{p} (GET /health: 503 until the "
-                          "model is loaded)", file=sys.stderr, flush=True)  # fmt: skip
-
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace,
-        lifespan="off", access_log=False,
+        app, log_level="warning", timeout_graceful_shutdown=grace, lifespan="off",
+        access_log=False,
     )  # fmt: skip
     u = _Uvicorn(config)
-
+    h, p = sock.getsockname()[:2]
+    h = f"[{h}]" if ":" in h else h
+    print(f"numoe: listening on http://{h}:{p} (GET /health: 503 until the model is loaded)",
+          file=sys.stderr, flush=True)  # fmt: skip
     loader = server.load_in_background(load)
     try:
-        u.run()
+        u.run(sockets=[sock])
     finally:
         server.stop()
+        sock.close()
     loader.join(0.1)
-    if server.state == "failed":
-        return 1
-    return 0
+    return 1 if server.state == "failed" else 0
