@@ -46,37 +46,51 @@ constexpr simd::body_n_fn q4_0_n_avx2 = simd::q8_0_act_n_avx2<block_q4_0, q4_0_v
 
 NUMOE_VEC_DOT_N(q4_0, avx2, NUMOE_TILE_BODIES)
 
-// Four blocks per step. Every field of both block formats sits at an even byte offset
-// (strides 18 and 34), so word permutes (vpermw / vpermt2w, AVX512-BW) gather the four
-// blocks' nibbles, activation halves and fp16 scales straight from plain 64-byte loads:
+// Four blocks per step:
 //   q    = [qs0 qs1 qs2 qs3] (16 bytes each): low nibbles are elements 0..15 of block k in
-//          128-bit lane k, high nibbles elements 16..31;
-//   alo  = [a0[0:16] a1[0:16] a2[0:16] a3[0:16]], ahi the same for [16:32].
+//          128-bit lane k, high nibbles elements 16..31 (per-block loads, below);
+//   alo  = [a0[0:16] a1[0:16] a2[0:16] a3[0:16]], ahi the same for [16:32]. Every field of
+//          Q8_0 sits at an even byte offset (stride 34), so word permutes (vpermt2w,
+//          AVX512-BW) gather the activation halves and fp16 scales straight from 64-byte
+//          loads (the activation is in L1 for the whole row).
 // The offset 8 is taken out as 8 * sum(a) with vpdpbusd on the unsigned nibbles.
-// `bytes` limits the loads to the row (masked loads read nothing past it).
+// `bytes` limits the activation loads to the row (masked loads read nothing past it).
 NUMOE_TARGET_AVX512VNNI inline __mmask64 load_mask(int64_t bytes) {
   return bytes >= 64 ? ~0ULL : bytes <= 0 ? 0 : (1ULL << bytes) - 1;
 }
 
 // The weight side of a step: q (128-bit lane k: the 16 qs bytes of block k) and dw (fp16
-// scale of block k in float lanes 4k..4k+3), from `wbytes` bytes at xw (masked loads).
-NUMOE_TARGET_AVX512VNNI inline void q4_0_weights_avx512(const uint8_t *xw, int64_t wbytes,
-                                                        __m512i &q, __m512 &dw) {
-  const __m512i qidx =
-      _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x000B000A, 0x000D000C,
-                        0x000F000E, 0x00110010, 0x00140013, 0x00160015, 0x00180017, 0x001A0019,
-                        0x001D001C, 0x001F001E, 0x00210020, 0x00230022);  // 9k + 1 + m
-  const __m512i didx = _mm512_setr_epi32(0, 0, 0x00090009, 0x00090009, 0x00120012, 0x00120012,
-                                         0x001B001B, 0x001B001B, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i w0 = _mm512_maskz_loadu_epi8(load_mask(wbytes), xw);
-  const __m512i w1 = _mm512_maskz_loadu_epi8(load_mask(wbytes - 64), xw + 64);
-  q = _mm512_permutex2var_epi16(w0, qidx, w1);
-  dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(didx, w0)));
+// scale of block k in float lanes 4k..4k+3; zeros for k >= kb), from the kb <= 4 blocks at
+// xw. Each block's fields are loaded where they lie (a 16-byte broadcast of qs into lane k,
+// a 2-byte one of d), as q32_simd.hpp's weights512 does: gathering them from overlapping
+// 64-byte windows with word permutes took fewer instructions but ran at 6-8 GB/s from L3 or
+// DRAM against 25 from L2 (one thread, Zen 5), with or without a software prefetch; the
+// per-block loads with prefetch_q4_0 keep pace with Q4_1's.
+NUMOE_TARGET_AVX512VNNI inline void q4_0_weights_avx512(const uint8_t *xw, int kb, __m512i &q,
+                                                        __m512 &dw) {
+  constexpr int xs = sizeof(block_q4_0);
+  q = _mm512_setzero_si512();
+  __m512i hd = _mm512_setzero_si512();
+  for (int k = 0; k < 4 && k < kb; ++k) {
+    const uint8_t *b = xw + k * xs;
+    q = _mm512_mask_broadcast_i32x4(q, static_cast<__mmask16>(0xF << (4 * k)),
+                                    _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + 2)));
+    hd = _mm512_mask_broadcastw_epi16(hd, 0xFu << (4 * k), _mm_loadu_si16(b));
+  }
+  dw = _mm512_cvtph_ps(_mm512_castsi512_si256(hd));
+}
+
+// The per-block loads leave the hardware prefetchers idle: each 8-block step asks for the
+// 192 bytes (at least a step's 144) kPrefetch ahead, as q32_simd.hpp's prefetch_group512;
+// past the row they are the next row's, past the matrix harmless.
+constexpr int kPrefetch = 2048;
+NUMOE_TARGET_AVX512 inline void prefetch_q4_0(const uint8_t *xw) {
+  for (int c = 0; c < 3; ++c)
+    _mm_prefetch(reinterpret_cast<const char *>(xw + kPrefetch + 64 * c), _MM_HINT_T0);
 }
 
 NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t *xw,
-                                                       const int8_t *ya, int64_t wbytes,
-                                                       int64_t abytes) {
+                                                       const int8_t *ya, int kb, int64_t abytes) {
   // word indices
   const __m512i aidx =
       _mm512_setr_epi32(0x00020001, 0x00040003, 0x00060005, 0x00080007, 0x00130012, 0x00150014,
@@ -86,7 +100,7 @@ NUMOE_TARGET_AVX512VNNI inline __m512 q4_0_step_avx512(__m512 acc, const uint8_t
                                          0x00330033, 0x00330033, 0, 0, 0, 0, 0, 0, 0, 0);
   __m512i q;
   __m512 dw;
-  q4_0_weights_avx512(xw, wbytes, q, dw);
+  q4_0_weights_avx512(xw, kb, q, dw);
   const __m512i l0 = _mm512_maskz_loadu_epi8(load_mask(abytes), ya);
   const __m512i l1 = _mm512_maskz_loadu_epi8(load_mask(abytes - 64), ya + 64);
   const __m512i l2 = _mm512_maskz_loadu_epi8(load_mask(abytes - 16), ya + 16);
@@ -112,13 +126,14 @@ NUMOE_TARGET_AVX512VNNI float vec_dot_q4_0_avx512(int n, const void *w, const vo
   const int64_t xs = sizeof(block_q4_0), ys = sizeof(block_q8_0);
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int i = 0;
-  for (; i + 12 <= nb; i += 8) {  // unmasked: the loads stay inside the row
-    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, 128, 144);
-    acc1 = q4_0_step_avx512(acc1, x + (i + 4) * xs, y + (i + 4) * ys, 128, 144);
+  for (; i + 12 <= nb; i += 8) {  // unmasked: the activation loads stay inside the row
+    prefetch_q4_0(x + i * xs);
+    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, 4, 144);
+    acc1 = q4_0_step_avx512(acc1, x + (i + 4) * xs, y + (i + 4) * ys, 4, 144);
   }
   for (; i < nb; i += 4) {
-    const int64_t k = nb - i < 4 ? nb - i : 4;
-    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, k * xs, k * ys);
+    const int k = nb - i < 4 ? nb - i : 4;
+    acc0 = q4_0_step_avx512(acc0, x + i * xs, y + i * ys, k, k * ys);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
@@ -134,10 +149,10 @@ struct q4_0_w512 {
   __m512 dw;         // dx of block k in lanes 4k..4k+3
 };
 
-NUMOE_TARGET_AVX512VNNI inline q4_0_w512 q4_0_unpack_avx512(const uint8_t *xw, int64_t wbytes) {
+NUMOE_TARGET_AVX512VNNI inline q4_0_w512 q4_0_unpack_avx512(const uint8_t *xw, int kb) {
   __m512i q;
   q4_0_w512 u;
-  q4_0_weights_avx512(xw, wbytes, q, u.dw);
+  q4_0_weights_avx512(xw, kb, q, u.dw);
   const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
   const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(q, m4), eight);
   const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), eight);
@@ -198,8 +213,9 @@ NUMOE_TARGET_AVX512VNNI void q4_0_n_avx512(int n, const void *w, size_t w_stride
     for (int j = 0; j < N; ++j) acc0[j] = acc1[j] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 12 <= nb; i += 8) {  // as vec_dot_q4_0_avx512: unmasked steps, two accumulators
-      const q4_0_w512 u0 = q4_0_unpack_avx512(x + i * xs, 128);
-      const q4_0_w512 u1 = q4_0_unpack_avx512(x + (i + 4) * xs, 128);
+      prefetch_q4_0(x + i * xs);
+      const q4_0_w512 u0 = q4_0_unpack_avx512(x + i * xs, 4);
+      const q4_0_w512 u1 = q4_0_unpack_avx512(x + (i + 4) * xs, 4);
       for (int j = 0; j < N; ++j) {
         acc0[j] = q4_0_step_n_avx512(acc0[j], u0, y[j] + i, dy + j * ds + i, 4);
         acc1[j] = q4_0_step_n_avx512(acc1[j], u1, y[j] + i + 4, dy + j * ds + i + 4, 4);
@@ -207,7 +223,7 @@ NUMOE_TARGET_AVX512VNNI void q4_0_n_avx512(int n, const void *w, size_t w_stride
     }
     for (; i < nb; i += 4) {
       const int k = nb - i < 4 ? nb - i : 4;
-      const q4_0_w512 u = q4_0_unpack_avx512(x + i * xs, k * xs);
+      const q4_0_w512 u = q4_0_unpack_avx512(x + i * xs, k);
       for (int j = 0; j < N; ++j)
         acc0[j] = q4_0_step_n_avx512(acc0[j], u, y[j] + i, dy + j * ds + i, k);
     }
