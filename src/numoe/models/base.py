@@ -97,6 +97,7 @@ class DecoderModel:
                 "path='cpp': the C++ decode blocks take one token on CPU float32 ops and "
                 f"caches; {why}"
             )
+        cache.reserve(pos + T)  # ContextFull past n_ctx; the cache grows before any store
         self.runtime.activate(T)
         dev = self.placement.dense
         tokens = tokens.to(dev)
@@ -159,7 +160,6 @@ class DecoderModel:
     def _decode(self, x, cache, pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """One token through every block, one C++ call each (Block.decode_block); x [1, D]
         -> (x, y) as the block loop returns them. x is updated in place."""
-        cache.check(pos, 1)
         x = x.contiguous()
         xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [1, D] each
         c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
