@@ -329,8 +329,8 @@ void attend_jobs(const AttendJob *jobs, int64_t n) {
     const int64_t i = std::upper_bound(t0, t0 + n + 1, task) - t0 - 1;
     attend_task(jobs[i], ch[i], task - t0[i], pp + p0[i], vk);
   });
-  if (n == 1)
-    attend_merge(jobs[0], ch[0], pp);
+  if (n < 8)  // a decode step's few tokens: not worth a second pool wake-up
+    for (int64_t i = 0; i < n; ++i) attend_merge(jobs[i], ch[i], pp + p0[i]);
   else
     parallel_for(n, [&](int64_t i, int) { attend_merge(jobs[i], ch[i], pp + p0[i]); });
 }
