@@ -223,7 +223,7 @@ struct Attend {
 
 // The g heads' share of positions [s0, s1): scores into p [g, s1 - s0], then m[h] = their
 // max, l[h] = sum_s e^(score - m[h]) and o[h] [dv] = sum_s e^(score - m[h]) v[s]: softmax's
-// pieces, merged over the position chunks by attend_heads.
+// pieces, merged over the position chunks by attend_merge.
 void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, float *o, float *m,
                  float *l, VecKernels vk) {
   const int64_t n = s1 - s0;
@@ -239,56 +239,61 @@ void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, f
   vk.pv(p, n, g, a.v + s0 * a.v_stride, a.v_stride, a.dv, o);
 }
 
-// n_groups groups of `group` query heads (out [n_groups * group, dv]): group j reads its keys
-// and values at a.k + j * k_off and a.v + j * v_off (GQA: its KV head; MLA: one group,
-// offsets 0). Tasks: a group's heads over a chunk of the positions (flash-decoding), so each
-// cached row is read once for the whole group and the chunk's rows stay in L2 from the scores
-// to the value sum; chunks of about 64 rows or more, as many as give the pool two tasks per thread
-// and keep a chunk's key and value rows within 1 MiB. The chunks' softmax pieces merge after.
-void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_off, int64_t v_off,
-                  float *out) {
-  const int64_t S = a.S, g = group, dv = a.dv;
-  const int64_t row_floats =
-      a.dk + (a.v == a.k ? 0 : a.dv) + (a.kr != nullptr ? a.dr : 0);  // MLA: keys are values
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * row_floats;
-  const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
-                                         (S * row_bytes + (1 << 20) - 1) >> 20);
-  const int64_t chunks = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, S / 64));
-  const int64_t len = (S + chunks - 1) / chunks;
-  const VecKernels vk = vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0);
-  // per (group, chunk): o [g, dv], then m [g] and l [g]
-  const int64_t part = g * dv + 2 * g;
-  static thread_local std::vector<float> parts;
-  if (parts.size() < static_cast<size_t>(n_groups * chunks * part))
-    parts.resize(static_cast<size_t>(n_groups * chunks * part));
-  float *pp = parts.data();
-  parallel_for(n_groups * chunks, [&](int64_t task, int) {
-    const int64_t j = task / chunks, s0 = (task % chunks) * len, s1 = std::min(S, s0 + len);
-    float *o = pp + task * part, *m = o + g * dv, *l = m + g;
-    if (s0 >= s1) {  // an empty last chunk adds nothing
-      std::fill(o, o + part, 0.f);
-      std::fill(m, m + g, -std::numeric_limits<float>::infinity());
-      return;
-    }
-    static thread_local std::vector<float> p;  // the task's scores, reused
-    if (p.size() < static_cast<size_t>(g * (s1 - s0))) p.resize(static_cast<size_t>(g * (s1 - s0)));
-    Attend t = a;
-    t.q += j * g * a.q_stride;
-    if (t.qr != nullptr) t.qr += j * g * a.qr_stride;
-    t.k += j * k_off;
-    t.v += j * v_off;
-    attend_part(t, g, s0, s1, p.data(), o, m, l, vk);
-  });
-  // out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c
-  for (int64_t j = 0; j < n_groups; ++j)
+// One token's attention over its cache: n_groups groups of `group` query heads (out
+// [n_groups * group, dv]); group j reads its keys and values at a.k + j * k_off and a.v + j *
+// v_off (GQA: its KV head; MLA: one group, offsets 0).
+struct AttendJob {
+  Attend a;
+  int64_t n_groups, group, k_off, v_off;
+  float *out;
+  // Position chunks: about 64 rows or more, as many as give the pool two tasks per thread and
+  // keep a chunk's key and value rows within 1 MiB. Depends on this token alone (its S, the
+  // shapes, the pool's size), never on the other tokens of a batch.
+  int64_t chunks() const {
+    const int64_t row_floats =
+        a.dk + (a.v == a.k ? 0 : a.dv) + (a.kr != nullptr ? a.dr : 0);  // MLA: keys are values
+    const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * row_floats;
+    const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
+                                           (a.S * row_bytes + (1 << 20) - 1) >> 20);
+    return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, a.S / 64));
+  }
+  int64_t part() const { return group * a.dv + 2 * group; }  // o [g, dv], m [g], l [g]
+};
+
+// Task `c` of job j's n_groups * chunks tasks: group c / chunks over its chunk of positions
+// into pp (its parts, each part() floats).
+void attend_task(const AttendJob &j, int64_t chunks, int64_t c, float *pp, VecKernels vk) {
+  const Attend &a = j.a;
+  const int64_t g = j.group, len = (a.S + chunks - 1) / chunks;
+  const int64_t grp = c / chunks, s0 = (c % chunks) * len, s1 = std::min(a.S, s0 + len);
+  float *o = pp + c * j.part(), *m = o + g * a.dv, *l = m + g;
+  if (s0 >= s1) {  // an empty last chunk adds nothing
+    std::fill(o, o + j.part(), 0.f);
+    std::fill(m, m + g, -std::numeric_limits<float>::infinity());
+    return;
+  }
+  static thread_local std::vector<float> p;  // the task's scores, reused
+  if (p.size() < static_cast<size_t>(g * (s1 - s0))) p.resize(static_cast<size_t>(g * (s1 - s0)));
+  Attend t = a;
+  t.q += grp * g * a.q_stride;
+  if (t.qr != nullptr) t.qr += grp * g * a.qr_stride;
+  t.k += grp * j.k_off;
+  t.v += grp * j.v_off;
+  attend_part(t, g, s0, s1, p.data(), o, m, l, vk);
+}
+
+// out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c: job j's chunks merged.
+void attend_merge(const AttendJob &j, int64_t chunks, const float *pp) {
+  const int64_t g = j.group, dv = j.a.dv, part = j.part();
+  for (int64_t grp = 0; grp < j.n_groups; ++grp)
     for (int64_t h = 0; h < g; ++h) {
       float M = -std::numeric_limits<float>::infinity(), L = 0.f;
       for (int64_t c = 0; c < chunks; ++c)
-        M = std::max(M, pp[(j * chunks + c) * part + g * dv + h]);
-      float *y = out + (j * g + h) * dv;
+        M = std::max(M, pp[(grp * chunks + c) * part + g * dv + h]);
+      float *y = j.out + (grp * g + h) * dv;
       std::fill(y, y + dv, 0.f);
       for (int64_t c = 0; c < chunks; ++c) {
-        const float *o = pp + (j * chunks + c) * part;
+        const float *o = pp + (grp * chunks + c) * part;
         const float mc = o[g * dv + h];
         if (mc == -std::numeric_limits<float>::infinity()) continue;
         const float w = std::exp(mc - M);  // 1 for the chunk holding the max
@@ -300,9 +305,38 @@ void attend_heads(const Attend &a, int64_t n_groups, int64_t group, int64_t k_of
     }
 }
 
-}  // namespace
+// n tokens' attention in one pool call. Tasks: a token's group of heads over a chunk of its
+// positions (flash-decoding: each cached row read once for the whole group, the chunk's rows
+// in L2 from the scores to the value sum), all tokens' tasks in one list; then each token's
+// chunks merge. A token's chunks, tasks and merge are those it has alone, so its output does
+// not depend on the others (batch invariance).
+void attend_jobs(const AttendJob *jobs, int64_t n) {
+  static thread_local std::vector<int64_t> chunks, task0, part0;
+  static thread_local std::vector<float> parts;
+  chunks.resize(n);
+  task0.assign(n + 1, 0);
+  part0.assign(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    chunks[i] = jobs[i].chunks();
+    task0[i + 1] = task0[i] + jobs[i].n_groups * chunks[i];
+    part0[i + 1] = part0[i] + jobs[i].n_groups * chunks[i] * jobs[i].part();
+  }
+  if (parts.size() < static_cast<size_t>(part0[n])) parts.resize(static_cast<size_t>(part0[n]));
+  float *pp = parts.data();
+  const int64_t *t0 = task0.data(), *p0 = part0.data(), *ch = chunks.data();
+  const VecKernels vk = vec_kernels(jobs[0].a.dk, jobs[0].a.kr != nullptr ? jobs[0].a.dr : 0);
+  parallel_for(t0[n], [&](int64_t task, int) {
+    const int64_t i = std::upper_bound(t0, t0 + n + 1, task) - t0 - 1;
+    attend_task(jobs[i], ch[i], task - t0[i], pp + p0[i], vk);
+  });
+  if (n < 8)  // a decode step's few tokens: not worth a second pool wake-up
+    for (int64_t i = 0; i < n; ++i) attend_merge(jobs[i], ch[i], pp + p0[i]);
+  else
+    parallel_for(n, [&](int64_t i, int) { attend_merge(jobs[i], ch[i], pp + p0[i]); });
+}
 
-void gqa_decode(const GqaDecode &a, float *out) {
+// GQA: norms, rope and the cache store of one token (gqa_decode's first half); its job.
+AttendJob gqa_prepare(const GqaDecode &a, float *out) {
   if (a.q_norm) rms_norm(a.q, a.dk, a.q_norm, a.eps, a.H, a.dk, a.q);
   if (a.k_norm) rms_norm(a.k, a.dk, a.k_norm, a.eps, a.Hkv, a.dk, a.k);
   if (a.rope_dim > 0) {
@@ -323,10 +357,11 @@ void gqa_decode(const GqaDecode &a, float *out) {
   t.dv = a.dv;
   t.S = a.pos + 1;
   t.scale = a.scale;
-  attend_heads(t, a.Hkv, a.H / a.Hkv, a.dk, a.dv, out);
+  return {t, a.Hkv, a.H / a.Hkv, a.dk, a.dv, out};
 }
 
-void mla_decode(const MlaDecode &a, float *out) {
+// MLA: the latent's norm, both ropes and the cache store of one token; its job.
+AttendJob mla_prepare(const MlaDecode &a, float *out) {
   float *lat = a.kv, *kr = a.kv + a.R;
   rms_norm(lat, a.R, a.kv_norm, a.eps, 1, a.R, lat);
   rope(kr, 1, 1, a.dr, a.dr, a.cos, a.sin, a.neox);
@@ -347,7 +382,29 @@ void mla_decode(const MlaDecode &a, float *out) {
   t.dr = a.dr;
   t.S = a.pos + 1;
   t.scale = a.scale;
-  attend_heads(t, 1, a.H, 0, 0, out);
+  return {t, 1, a.H, 0, 0, out};
 }
+
+}  // namespace
+
+void gqa_decode_batch(const GqaDecode *a, int64_t n, float *out, int64_t out_stride) {
+  if (n <= 0) return;
+  static thread_local std::vector<AttendJob> jobs;
+  jobs.clear();
+  for (int64_t i = 0; i < n; ++i) jobs.push_back(gqa_prepare(a[i], out + i * out_stride));
+  attend_jobs(jobs.data(), n);
+}
+
+void mla_decode_batch(const MlaDecode *a, int64_t n, float *out, int64_t out_stride) {
+  if (n <= 0) return;
+  static thread_local std::vector<AttendJob> jobs;
+  jobs.clear();
+  for (int64_t i = 0; i < n; ++i) jobs.push_back(mla_prepare(a[i], out + i * out_stride));
+  attend_jobs(jobs.data(), n);
+}
+
+void gqa_decode(const GqaDecode &a, float *out) { gqa_decode_batch(&a, 1, out, 0); }
+
+void mla_decode(const MlaDecode &a, float *out) { mla_decode_batch(&a, 1, out, 0); }
 
 }  // namespace numoe::ops

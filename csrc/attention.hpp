@@ -52,4 +52,14 @@ struct MlaDecode {
 };
 void mla_decode(const MlaDecode &a, float *out);
 
+// n tokens' decode attention in one pool call (a batched step: tokens of several sequences,
+// and a prompt chunk's consecutive positions of one): a[i] as gqa_decode's / mla_decode's
+// (its own q, k, v or kv, caches, position, rotary row), its output at out + i * out_stride.
+// Every token's cache store comes first, so a token reads the rows the batch's tokens at
+// earlier positions of its cache store. Each token's numbers are bit for bit those of the
+// single-token call (same position chunks, same task bodies, same merge): batch invariance.
+// gqa_decode / mla_decode are the n = 1 case.
+void gqa_decode_batch(const GqaDecode *a, int64_t n, float *out, int64_t out_stride);
+void mla_decode_batch(const MlaDecode *a, int64_t n, float *out, int64_t out_stride);
+
 }  // namespace numoe::ops

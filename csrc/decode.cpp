@@ -96,9 +96,13 @@ void DecodeBlock::stage(int s, F &&f) {
 }
 
 float *DecodeBlock::buf(int i, size_t n) {
-  if (bufs_.size() <= static_cast<size_t>(i)) bufs_.resize(i + 1);
-  if (bufs_[i].size() < n) bufs_[i].resize(n);
-  return bufs_[i].data();
+  // One set per calling thread, shared by every block: a step's buffers live only through
+  // the step, and the blocks a thread steps run one after another (a prompt chunk's large
+  // buffers are held once, not once per layer).
+  static thread_local std::vector<std::vector<float>> bufs;
+  if (bufs.size() <= static_cast<size_t>(i)) bufs.resize(i + 1);
+  if (bufs[i].size() < n) bufs[i].resize(n);
+  return bufs[i].data();
 }
 
 void DecodeBlock::set_gqa(const GqaStep &a) {
@@ -182,122 +186,138 @@ int64_t DecodeBlock::cache_width(int which) const {
   return 0;
 }
 
-void DecodeBlock::step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
-                       const float *cos, const float *sin) {
+void DecodeBlock::step(int64_t N, float *x, float *f, bool add, const TokenKv *kv, const float *cos,
+                       const float *sin) {
   std::lock_guard<std::mutex> lock(mu_);
   need(ready(), "step before an attention and an FFN were set");
-  float *h = buf(0, D_);
-  float *a = buf(1, D_);
+  if (N <= 0) return;
+  float *h = buf(0, N * D_);  // [N, D]
+  float *a = buf(1, N * D_);  // [N, D]
   stage(kNorm, [&] {
     if (add)
-      ops::add_rms_norm(x, f, attn_norm_, eps_, 1, D_, x, h);
+      ops::add_rms_norm(x, f, attn_norm_, eps_, N, D_, x, h);
     else
-      ops::rms_norm(x, D_, attn_norm_, eps_, 1, D_, h);
+      ops::rms_norm(x, D_, attn_norm_, eps_, N, D_, h);
   });
   if (gqa_)
-    gqa(h, cache0, cache1, pos, cos, sin, a);
+    gqa(N, h, kv, cos, sin, a);
   else
-    mla(h, cache0, cache1, pos, cos, sin, a);
-  stage(kNorm, [&] { ops::add_rms_norm(x, a, ffn_norm_, eps_, 1, D_, x, h); });
-  ffn(h, f);
+    mla(N, h, kv, cos, sin, a);
+  stage(kNorm, [&] { ops::add_rms_norm(x, a, ffn_norm_, eps_, N, D_, x, h); });
+  ffn(N, h, f);
 }
 
-void DecodeBlock::gqa(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
+void DecodeBlock::gqa(int64_t N, const float *h, const TokenKv *kv, const float *cos,
                       const float *sin, float *out) {
   const GqaStep &a = g_;
-  const int64_t nq = a.H * a.Dh, nkv = a.Hkv * a.Dh;
-  float *q = buf(2, nq), *k = buf(3, nkv), *v = buf(4, nkv), *att = buf(5, nq);
+  const int64_t nq = a.H * a.Dh, nkv = a.Hkv * a.Dh, pairs = rope_pairs();
+  float *q = buf(2, N * nq), *k = buf(3, N * nkv), *v = buf(4, N * nkv);  // [N, nq|nkv]
+  float *att = buf(5, N * nq);                                            // [N, H * Dh]
   stage(kAttnIn, [&] {
-    LinearOp::forward_many({a.q, a.k, a.v}, h, 1, {q, k, v});
-    add_bias(q, a.bq, nq);
-    add_bias(k, a.bk, nkv);
-    add_bias(v, a.bv, nkv);
+    LinearOp::forward_many({a.q, a.k, a.v}, h, N, {q, k, v});
+    for (int64_t t = 0; t < N; ++t) {
+      add_bias(q + t * nq, a.bq, nq);
+      add_bias(k + t * nkv, a.bk, nkv);
+      add_bias(v + t * nkv, a.bv, nkv);
+    }
   });
-  ops::GqaDecode d{q, k, v, c0, c1, a.H, a.Hkv, a.Dh, a.Dh, pos, a.scale};
-  d.q_norm = a.q_norm;
-  d.k_norm = a.k_norm;
-  d.eps = eps_;
-  d.cos = cos;
-  d.sin = sin;
-  d.rope_dim = a.rope_dim;
-  d.neox = a.neox;
-  stage(kAttn, [&] { ops::gqa_decode(d, att); });
-  stage(kO, [&] { a.o->forward(att, 1, out); });
+  gqa_args_.clear();
+  for (int64_t t = 0; t < N; ++t) {
+    ops::GqaDecode d{q + t * nq, k + t * nkv, v + t * nkv, kv[t].cache0, kv[t].cache1, a.H,
+                     a.Hkv,      a.Dh,        a.Dh,        kv[t].pos,    a.scale};
+    d.q_norm = a.q_norm;
+    d.k_norm = a.k_norm;
+    d.eps = eps_;
+    d.cos = cos + t * pairs;
+    d.sin = sin + t * pairs;
+    d.rope_dim = a.rope_dim;
+    d.neox = a.neox;
+    gqa_args_.push_back(d);
+  }
+  stage(kAttn, [&] { ops::gqa_decode_batch(gqa_args_.data(), N, att, nq); });
+  stage(kO, [&] { a.o->forward(att, N, out); });
 }
 
-void DecodeBlock::mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos,
+void DecodeBlock::mla(int64_t N, const float *h, const TokenKv *kv, const float *cos,
                       const float *sin, float *out) {
   const MlaStep &a = m_;
-  const int64_t dq = a.dn + a.dr;
-  float *q = buf(2, a.H * dq), *kv = buf(3, a.R + a.dr);
+  const int64_t dq = a.dn + a.dr, nkv = a.R + a.dr, pairs = rope_pairs();
+  float *q = buf(2, N * a.H * dq), *kva = buf(3, N * nkv);  // [N, H * dq], [N, R + dr]
   if (a.q != nullptr) {
-    stage(kAttnIn, [&] { LinearOp::forward_many({a.q, a.kv_a}, h, 1, {q, kv}); });
+    stage(kAttnIn, [&] { LinearOp::forward_many({a.q, a.kv_a}, h, N, {q, kva}); });
   } else {
     const int64_t Q = a.q_a->n_out();
-    float *qa = buf(4, Q);
-    stage(kAttnIn, [&] { LinearOp::forward_many({a.q_a, a.kv_a}, h, 1, {qa, kv}); });
+    float *qa = buf(4, N * Q);  // [N, Q]
+    stage(kAttnIn, [&] { LinearOp::forward_many({a.q_a, a.kv_a}, h, N, {qa, kva}); });
     stage(kQb, [&] {
-      ops::rms_norm(qa, Q, a.q_a_norm, eps_, 1, Q, qa);
-      a.q_b->forward(qa, 1, q);
+      ops::rms_norm(qa, Q, a.q_a_norm, eps_, N, Q, qa);
+      a.q_b->forward(qa, N, q);
     });
   }
-  float *q_nope = buf(5, a.H * a.dn), *q_lat = buf(6, a.H * a.R);
+  float *q_nope = buf(5, N * a.H * a.dn), *q_lat = buf(6, N * a.H * a.R);  // [N, H, dn|R]
   stage(kKb, [&] {
-    for (int64_t i = 0; i < a.H; ++i)
-      for (int64_t j = 0; j < a.dn; ++j) q_nope[i * a.dn + j] = q[i * dq + j];
-    a.k_b->forward(q_nope, 1, q_lat);  // [H, R]: W_uk absorbed into the query
+    for (int64_t t = 0; t < N * a.H; ++t)  // (token, head) rows
+      for (int64_t j = 0; j < a.dn; ++j) q_nope[t * a.dn + j] = q[t * dq + j];
+    a.k_b->forward(q_nope, N, q_lat);  // [N, H, R]: W_uk absorbed into the query
   });
-  float *o_lat = buf(7, a.H * a.R), *vo = buf(8, a.H * a.dv);
-  const ops::MlaDecode d{q_lat, q + a.dn, dq,   kv,  a.kv_norm, eps_, c0,  c1,
-                         a.H,   a.R,      a.dr, pos, a.scale,   cos,  sin, a.neox};
-  stage(kAttn, [&] { ops::mla_decode(d, o_lat); });
-  stage(kVb, [&] { a.v_b->forward(o_lat, 1, vo); });  // [H, dv]
-  stage(kO, [&] { a.o->forward(vo, 1, out); });
+  float *o_lat = buf(7, N * a.H * a.R), *vo = buf(8, N * a.H * a.dv);  // [N, H, R|dv]
+  mla_args_.clear();
+  for (int64_t t = 0; t < N; ++t)
+    mla_args_.push_back({q_lat + t * a.H * a.R, q + t * a.H * dq + a.dn, dq, kva + t * nkv,
+                         a.kv_norm, eps_, kv[t].cache0, kv[t].cache1, a.H, a.R, a.dr, kv[t].pos,
+                         a.scale, cos + t * pairs, sin + t * pairs, a.neox});
+  stage(kAttn, [&] { ops::mla_decode_batch(mla_args_.data(), N, o_lat, a.H * a.R); });
+  stage(kVb, [&] { a.v_b->forward(o_lat, N, vo); });  // [N, H, dv]
+  stage(kO, [&] { a.o->forward(vo, N, out); });
 }
 
-void DecodeBlock::ffn(const float *h, float *out) {
+void DecodeBlock::ffn(int64_t N, const float *h, float *out) {
   if (dense_) {
     const int64_t F = d_.gate->n_out();
-    float *g = buf(9, F), *u = buf(10, F);
-    stage(kFfnIn, [&] { LinearOp::forward_many({d_.gate, d_.up}, h, 1, {g, u}); });
+    float *g = buf(9, N * F), *u = buf(10, N * F);  // [N, F]
+    stage(kFfnIn, [&] { LinearOp::forward_many({d_.gate, d_.up}, h, N, {g, u}); });
     stage(kFfnDown, [&] {
-      ops::silu_mul(g, u, F, g);
-      d_.down->forward(g, 1, out);
+      ops::silu_mul(g, u, N * F, g);
+      d_.down->forward(g, N, out);
     });
     return;
   }
   const MoeStep &e = e_;
   const int64_t E = e.experts->n_expert();
-  float *logits = buf(11, E), *w = buf(12, e.k);
-  ids_.resize(e.k);
+  float *logits = buf(11, N * E), *w = buf(12, N * e.k);  // [N, E], [N, k]
+  ids_.resize(N * e.k);
   const int64_t F = e.sh_gate != nullptr ? e.sh_gate->n_out() : 0;
   float *g = nullptr, *u = nullptr;
   stage(kFfnIn, [&] {
     if (e.sh_gate != nullptr) {  // the router and the shared expert's gate, up: one pool call
-      g = buf(9, F);
-      u = buf(10, F);
-      LinearOp::forward_many({e.router, e.sh_gate, e.sh_up}, h, 1, {logits, g, u});
+      g = buf(9, N * F);
+      u = buf(10, N * F);
+      LinearOp::forward_many({e.router, e.sh_gate, e.sh_up}, h, N, {logits, g, u});
     } else {
-      e.router->forward(h, 1, logits);
+      e.router->forward(h, N, logits);
     }
   });
   stage(kRoute, [&] {
-    ops::route(logits, 1, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
+    ops::route(logits, N, E, e.k, e.gating, e.bias, e.n_group, e.topk_group, e.norm, e.scale,
                ids_.data(), w);
   });
-  stage(kExperts, [&] { e.experts->forward(h, 1, ids_.data(), true, e.k, w, out); });
+  stage(kExperts, [&] { e.experts->forward(h, N, ids_.data(), true, e.k, w, out); });
   if (e.sh_gate == nullptr) return;
   stage(kFfnDown, [&] {
-    float *s = buf(13, D_);
-    ops::silu_mul(g, u, F, g);
-    e.sh_down->forward(g, 1, s);
-    if (e.sh_gate_vec != nullptr) {  // sigmoid(h . gate_vec) scales the shared expert
-      float z = 0.f;
-      for (int64_t i = 0; i < D_; ++i) z += h[i] * e.sh_gate_vec[i];
-      const float sg = 1.f / (1.f + std::exp(-z));
-      for (int64_t i = 0; i < D_; ++i) s[i] *= sg;
+    float *s = buf(13, N * D_);  // [N, D]
+    ops::silu_mul(g, u, N * F, g);
+    e.sh_down->forward(g, N, s);
+    for (int64_t t = 0; t < N; ++t) {
+      const float *ht = h + t * D_;
+      float *st = s + t * D_, *ot = out + t * D_;
+      if (e.sh_gate_vec != nullptr) {  // sigmoid(h . gate_vec) scales the shared expert
+        float z = 0.f;
+        for (int64_t i = 0; i < D_; ++i) z += ht[i] * e.sh_gate_vec[i];
+        const float sg = 1.f / (1.f + std::exp(-z));
+        for (int64_t i = 0; i < D_; ++i) st[i] *= sg;
+      }
+      for (int64_t i = 0; i < D_; ++i) ot[i] += st[i];
     }
-    for (int64_t i = 0; i < D_; ++i) out[i] += s[i];
   });
 }
 

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <vector>
 
+#include "attention.hpp"
 #include "linear.hpp"
 #include "moe.hpp"
 
@@ -109,21 +110,37 @@ class DecodeBlock {
   // Values of the rotary table row step() reads (cos and sin each): rope_dim / 2 or dr / 2.
   int64_t rope_pairs() const { return gqa_ ? g_.rope_dim / 2 : mla_ ? m_.dr / 2 : 0; }
   int64_t n_embd() const { return D_; }
-  // x [D] the residual stream (updated in place); f [D] the previous block's FFN branch
-  // when add (added into x first), overwritten with this block's FFN branch. cache0/cache1
-  // the layer's caches ([n_ctx, cache_width(0)], [n_ctx, cache_width(1)]), pos < n_ctx the
-  // token's position; cos, sin [rope_dim / 2] its rotary table row. One thread at a time
-  // (the block's scratch buffers are its own): a second thread's step waits for the first.
+  // x [N, D] the residual streams of N tokens (updated in place); f [N, D] the previous
+  // block's FFN branches when add (added into x first), overwritten with this block's.
+  // Token i stores its K/V (or latent) at row kv[i].pos of its sequence's layer caches
+  // kv[i].cache0 [>= pos + 1, cache_width(0)] and kv[i].cache1 and attends to rows 0..pos;
+  // cos, sin [N, rope_pairs()] its rotary rows. The linear and MoE ops run once for the N
+  // tokens (each weight read once per step), the norms and routing per row, the attention
+  // per token over its own cache after every token's store (so a prompt chunk's tokens see
+  // the chunk's earlier positions). Each token's numbers are those it gets alone (N = 1):
+  // batch invariance. One thread at a time (the block's routing and argument buffers are its own): a
+  // second thread's step waits for the first.
+  struct TokenKv {
+    float *cache0, *cache1;
+    int64_t pos;
+  };
+  void step(int64_t N, float *x, float *f, bool add, const TokenKv *kv, const float *cos,
+            const float *sin);
+  // One token: x, f [D], the layer's caches, its position and rotary row (the N = 1 case).
   void step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
-            const float *cos, const float *sin);
+            const float *cos, const float *sin) {
+    const TokenKv kv{cache0, cache1, pos};
+    step(1, x, f, add, &kv, cos, sin);
+  }
 
  private:
-  void gqa(const float *h, float *c0, float *c1, int64_t pos, const float *cos, const float *sin,
+  // h [N, D] -> out [N, D] (attention), with the tokens' caches and rotary rows.
+  void gqa(int64_t N, const float *h, const TokenKv *kv, const float *cos, const float *sin,
            float *out);
-  void mla(const float *h, float *c0, float *c1, int64_t pos, const float *cos, const float *sin,
+  void mla(int64_t N, const float *h, const TokenKv *kv, const float *cos, const float *sin,
            float *out);
-  void ffn(const float *h, float *out);
-  float *buf(int i, size_t n);  // per-block scratch buffer i of at least n floats
+  void ffn(int64_t N, const float *h, float *out);
+  static float *buf(int i, size_t n);  // the calling thread's scratch buffer i, >= n floats
   // Runs f as stage s (timed when profiling, counting stage_bytes_[s] weight bytes a call).
   template <typename F>
   void stage(int s, F &&f);
@@ -138,8 +155,9 @@ class DecodeBlock {
   MoeStep e_{};
   size_t stage_bytes_[kStages] = {};  // weight bytes a call of each stage reads (setters)
   std::mutex mu_;                     // held by step() and the setters
-  std::vector<std::vector<float>> bufs_;
   std::vector<int64_t> ids_;
+  std::vector<ops::GqaDecode> gqa_args_;
+  std::vector<ops::MlaDecode> mla_args_;
 };
 
 }  // namespace numoe

@@ -86,30 +86,86 @@ void set_moe(PyDecodeBlock &s, nb::object router, nb::object experts, int64_t k,
   s.blk.set_moe(f);
 }
 
-void step(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, MutFloats &c0, MutFloats &c1,
-          int64_t pos, const Floats &cos, const Floats &sin) {
-  auto bad = [](const std::string &what) {
-    return std::invalid_argument("DecodeBlock.step: " + what);
-  };
-  if (!s.blk.ready()) throw bad("set an attention and an FFN first");
-  const int64_t D = s.blk.n_embd();
-  if (static_cast<int64_t>(x.size()) != D || static_cast<int64_t>(f.size()) != D)
-    throw bad("x and f must hold D = " + std::to_string(D) + " values");
-  MutFloats *cs[2] = {&c0, &c1};
+std::invalid_argument bad_step(const char *fn, const std::string &what) {
+  return std::invalid_argument(std::string("DecodeBlock.") + fn + ": " + what);
+}
+
+// A layer's two caches of one sequence: [rows, cache_width(i)] each, the same rows; returns
+// the rows.
+int64_t check_caches(const PyDecodeBlock &s, const MutFloats &c0, const MutFloats &c1,
+                     const char *fn, const std::string &which) {
+  const MutFloats *cs[2] = {&c0, &c1};
   for (int i = 0; i < 2; ++i) {
     const int64_t w = s.blk.cache_width(i);
     if (cs[i]->ndim() < 2 ||
         static_cast<int64_t>(cs[i]->size()) != static_cast<int64_t>(cs[i]->shape(0)) * w)
-      throw bad("cache " + std::to_string(i) + " must be [n_ctx, " + std::to_string(w) +
-                " values]");
+      throw bad_step(fn, which + "cache " + std::to_string(i) + " must be [n_ctx, " +
+                             std::to_string(w) + " values]");
   }
-  if (c0.shape(0) != c1.shape(0)) throw bad("the two caches differ in n_ctx");
-  if (pos < 0 || pos >= static_cast<int64_t>(c0.shape(0))) throw bad("position outside the cache");
+  if (c0.shape(0) != c1.shape(0)) throw bad_step(fn, which + "the two caches differ in n_ctx");
+  return static_cast<int64_t>(c0.shape(0));
+}
+
+void step(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, MutFloats &c0, MutFloats &c1,
+          int64_t pos, const Floats &cos, const Floats &sin) {
+  if (!s.blk.ready()) throw bad_step("step", "set an attention and an FFN first");
+  const int64_t D = s.blk.n_embd();
+  if (static_cast<int64_t>(x.size()) != D || static_cast<int64_t>(f.size()) != D)
+    throw bad_step("step", "x and f must hold D = " + std::to_string(D) + " values");
+  const int64_t rows = check_caches(s, c0, c1, "step", "");
+  if (pos < 0 || pos >= rows) throw bad_step("step", "position outside the cache");
   const size_t pairs = static_cast<size_t>(s.blk.rope_pairs());
   if (pairs > 0 && (cos.size() != pairs || sin.size() != pairs))
-    throw bad("cos and sin must hold " + std::to_string(pairs) + " values (one row)");
+    throw bad_step("step", "cos and sin must hold " + std::to_string(pairs) + " values (one row)");
   nb::gil_scoped_release release;
   s.blk.step(x.data(), f.data(), add, c0.data(), c1.data(), pos, cos.data(), sin.data());
+}
+
+using Ints32 = nb::ndarray<const int32_t, nb::c_contig, nb::device::cpu>;
+using Ints64 = nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu>;
+
+void step_batch(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, std::vector<MutFloats> &c0,
+                std::vector<MutFloats> &c1, const Ints32 &seq, const Ints64 &pos, const Floats &cos,
+                const Floats &sin) {
+  const char *fn = "step_batch";
+  if (!s.blk.ready()) throw bad_step(fn, "set an attention and an FFN first");
+  const int64_t D = s.blk.n_embd();
+  if (x.ndim() != 2 || static_cast<int64_t>(x.shape(1)) != D || x.shape(0) == 0)
+    throw bad_step(fn, "x must be [N, D = " + std::to_string(D) + "], N >= 1");
+  const int64_t N = static_cast<int64_t>(x.shape(0));
+  if (f.ndim() != 2 || f.shape(0) != x.shape(0) || f.shape(1) != x.shape(1))
+    throw bad_step(fn, "f must be [N, D] as x");
+  if (x.data() < f.data() + f.size() && f.data() < x.data() + x.size())
+    throw bad_step(fn, "x and f overlap");
+  if (c0.empty() || c0.size() != c1.size())
+    throw bad_step(fn, "cache0 and cache1 must list the same number (>= 1) of sequences");
+  std::vector<int64_t> rows(c0.size());
+  for (size_t i = 0; i < c0.size(); ++i)
+    rows[i] = check_caches(s, c0[i], c1[i], fn, "sequence " + std::to_string(i) + ": ");
+  if (seq.ndim() != 1 || static_cast<int64_t>(seq.size()) != N)
+    throw bad_step(fn, "seq must be int32 [N = " + std::to_string(N) + "]");
+  if (pos.ndim() != 1 || static_cast<int64_t>(pos.size()) != N)
+    throw bad_step(fn, "pos must be int64 [N = " + std::to_string(N) + "]");
+  const int64_t pairs = s.blk.rope_pairs();
+  for (const Floats *a : {&cos, &sin})
+    if (pairs > 0 && (a->ndim() != 2 || static_cast<int64_t>(a->shape(0)) != N ||
+                      static_cast<int64_t>(a->shape(1)) != pairs))
+      throw bad_step(fn,
+                     "cos and sin must be [N, " + std::to_string(pairs) + "] (one row a token)");
+  std::vector<DecodeBlock::TokenKv> kv(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t q = seq.data()[i];
+    const int64_t p = pos.data()[i];
+    if (q < 0 || static_cast<size_t>(q) >= c0.size())
+      throw bad_step(fn, "seq[" + std::to_string(i) + "] = " + std::to_string(q) +
+                             " names no sequence (there are " + std::to_string(c0.size()) + ")");
+    if (p < 0 || p >= rows[q])
+      throw bad_step(fn, "pos[" + std::to_string(i) + "] = " + std::to_string(p) +
+                             " is outside its cache (" + std::to_string(rows[q]) + " rows)");
+    kv[i] = {c0[q].data(), c1[q].data(), p};
+  }
+  nb::gil_scoped_release release;
+  s.blk.step(N, x.data(), f.data(), add, kv.data(), cos.data(), sin.data());
 }
 
 }  // namespace
@@ -148,7 +204,15 @@ void bind_decode(nb::module_ &m) {
            "cache1"_a.noconvert(), "pos"_a, "cos"_a.noconvert(), "sin"_a.noconvert(),
            "x [D] (in place: the residual stream), f [D] (in: the previous block's FFN branch, "
            "added to x when add; out: this block's), the layer's two caches [n_ctx, ...], the "
-           "token's position and rotary row cos, sin.");
+           "token's position and rotary row cos, sin.")
+      .def("step_batch", &step_batch, "x"_a.noconvert(), "f"_a.noconvert(), "add"_a,
+           "cache0"_a.noconvert(), "cache1"_a.noconvert(), "seq"_a.noconvert(), "pos"_a.noconvert(),
+           "cos"_a.noconvert(), "sin"_a.noconvert(),
+           "N tokens through the block in one call: x, f [N, D] as step's, one row a token; "
+           "cache0, cache1 lists of the layer's two caches of S sequences [n_ctx, ...]; seq "
+           "int32 [N] each token's sequence (an index into those lists), pos int64 [N] its "
+           "position, cos, sin [N, pairs] its rotary rows. The linear and MoE ops run once for "
+           "all N; each token's numbers are those of step() alone.");
   m.def(
       "decode_profiling", [](bool on) { set_decode_profiling(on); }, "on"_a,
       "Time every stage of every DecodeBlock.step from now on (sums reset), or stop.");

@@ -1,8 +1,23 @@
-"""Preallocated key/value caches. Allocated once per session; nothing grows per token."""
+"""Key/value caches whose memory grows with the tokens they hold, up to n_ctx positions.
+
+A cache starts with room for GROW positions (or n_ctx, if less) and grows by doubling (in
+whole GROW steps, at most n_ctx), copying what it holds: a server's slot of `-c 32768` that
+holds a 300-token chat takes 512 positions of memory, not 32768. `reserve(n)` makes room for
+positions 0..n-1 (a forward calls it before it stores anything); past n_ctx it raises
+ContextFull. The C++ decode blocks store into numpy views of the tensors (`numpy_layer`),
+made again after each growth.
+
+Reusing a prefix needs nothing from the cache: a step stores its tokens at their positions
+and attends to positions 0..pos only, so what lies past a kept prefix is simply overwritten.
+`truncate(n)` gives back the memory past the growth step holding n positions (a slot taken
+by a shorter conversation).
+"""
 
 from __future__ import annotations
 
 import torch
+
+GROW = 256  # positions: the first allocation and the unit of growth
 
 
 class ContextFull(RuntimeError):
@@ -12,6 +27,32 @@ class ContextFull(RuntimeError):
 class _Cache:
     n_ctx: int
     _numpy: list | None = None
+    _names: tuple[str, str]  # the two tensors, [n_layer, capacity, ...] each
+
+    def _init(self, n_ctx: int, shapes, device, dtype) -> None:
+        """shapes: the two tensors' per-position shapes; room for min(n_ctx, GROW) at first."""
+        if n_ctx < 1:
+            raise ValueError(f"a cache needs n_ctx >= 1, got {n_ctx}")
+        self.n_ctx, self._shapes, self._device, self._dtype = n_ctx, shapes, device, dtype
+        self._alloc(min(n_ctx, GROW), keep=0)
+
+    @property
+    def capacity(self) -> int:
+        """Positions the cache has memory for now (grows up to n_ctx)."""
+        return getattr(self, self._names[0]).shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, n).nbytes for n in self._names)
+
+    def _alloc(self, cap: int, keep: int) -> None:
+        """New tensors of `cap` positions holding the old ones' first `keep` positions."""
+        for name, shape in zip(self._names, self._shapes):
+            t = torch.zeros(shape[0], cap, *shape[1:], device=self._device, dtype=self._dtype)
+            if keep:
+                t[:, :keep] = getattr(self, name)[:, :keep]
+            setattr(self, name, t)
+        self._numpy = None  # views of the old tensors: made again on use
 
     def check(self, pos: int, n: int) -> None:
         if pos + n > self.n_ctx:
@@ -19,13 +60,30 @@ class _Cache:
                 f"context full: {pos + n} tokens needed, {self.n_ctx} allocated (raise -c)"
             )
 
+    def reserve(self, n: int) -> None:
+        """Room for positions 0..n-1: ContextFull past n_ctx; else grows (doubling, in whole
+        GROW steps, at most n_ctx) when n exceeds the capacity, keeping what the cache holds."""
+        self.check(0, n)
+        cap = self.capacity
+        if n <= cap:
+            return
+        want = max(n, 2 * cap)
+        self._alloc(min(self.n_ctx, -(-want // GROW) * GROW), keep=cap)
+
+    def truncate(self, n: int) -> None:
+        """Keep positions 0..n-1 and give back the memory past the growth step holding them
+        (the positions past n would be overwritten anyway)."""
+        cap = min(self.n_ctx, max(GROW, -(-n // GROW) * GROW))
+        if cap < self.capacity:
+            self._alloc(cap, keep=min(n, cap))
+
     def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        return getattr(self, self._names[0]), getattr(self, self._names[1])
 
     def numpy_layer(self, layer: int):
         """The cache's two tensors of `layer` as writable numpy views when they are float32
-        on the CPU (the C++ decode ops store into them), else None. Made once per cache:
-        building views between weight streams costs more than the attention itself."""
+        on the CPU (the C++ decode ops store into them), else None. Made once per cache and
+        growth: building views between weight streams costs more than the attention itself."""
         if self._numpy is None:
             a, b = self._tensors()
             cpu = a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
@@ -34,41 +92,36 @@ class _Cache:
 
 
 class KVCache(_Cache):
-    """Per layer: k [n_ctx, H_kv, D_k], v [n_ctx, H_kv, D_v]."""
+    """Per layer: k [capacity, H_kv, D_k], v [capacity, H_kv, D_v]."""
+
+    _names = ("k", "v")
 
     def __init__(self, n_layer, n_ctx, n_head_kv, d_k, d_v, device, dtype=torch.float32):
-        self.n_ctx = n_ctx
-        self.k = torch.zeros(n_layer, n_ctx, n_head_kv, d_k, device=device, dtype=dtype)
-        self.v = torch.zeros(n_layer, n_ctx, n_head_kv, d_v, device=device, dtype=dtype)
-
-    def _tensors(self):
-        return self.k, self.v
+        shapes = ((n_layer, n_head_kv, d_k), (n_layer, n_head_kv, d_v))
+        self._init(n_ctx, shapes, device, dtype)
 
     def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
         """Store k [T, H_kv, D_k], v [T, H_kv, D_v] at pos; return views of 0..pos+T."""
         T = k.shape[0]
-        self.check(pos, T)
+        self.reserve(pos + T)
         self.k[layer, pos : pos + T] = k
         self.v[layer, pos : pos + T] = v
         return self.k[layer, : pos + T], self.v[layer, : pos + T]
 
 
 class MLACache(_Cache):
-    """Multi-head latent attention: per layer the compressed latent [n_ctx, kv_lora_rank]
-    and the shared rope key [n_ctx, d_rope], not per-head K/V."""
+    """Multi-head latent attention: per layer the compressed latent [capacity, kv_lora_rank]
+    and the shared rope key [capacity, d_rope], not per-head K/V."""
+
+    _names = ("latent", "k_rope")
 
     def __init__(self, n_layer, n_ctx, kv_lora_rank, d_rope, device, dtype=torch.float32):
-        self.n_ctx = n_ctx
-        self.latent = torch.zeros(n_layer, n_ctx, kv_lora_rank, device=device, dtype=dtype)
-        self.k_rope = torch.zeros(n_layer, n_ctx, d_rope, device=device, dtype=dtype)
-
-    def _tensors(self):
-        return self.latent, self.k_rope
+        self._init(n_ctx, ((n_layer, kv_lora_rank), (n_layer, d_rope)), device, dtype)
 
     def update(self, layer: int, pos: int, latent: torch.Tensor, k_rope: torch.Tensor):
         """Store latent [T, R], k_rope [T, D_rope] at pos; return views of 0..pos+T."""
         T = latent.shape[0]
-        self.check(pos, T)
+        self.reserve(pos + T)
         self.latent[layer, pos : pos + T] = latent
         self.k_rope[layer, pos : pos + T] = k_rope
         return self.latent[layer, : pos + T], self.k_rope[layer, : pos + T]

@@ -1,6 +1,6 @@
 """Chunked prefill, the decode loop, streaming, timings.
 
-A `Session` owns one preallocated cache and remembers which tokens it holds, so a chat
+A `Session` owns one cache (it grows with its tokens, up to n_ctx) and remembers which tokens it holds, so a chat
 turn only prefills what is new since the last turn (the shared prefix is reused).
 """
 

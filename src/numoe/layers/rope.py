@@ -66,14 +66,33 @@ class Rope:
         self, pos: int, n: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:  # [n, dim/2] each, float32
         """cos and sin of positions pos..pos+n-1. On the CPU, rows of a table kept for the
-        positions seen so far (grown by doubling; the same values, computed in bulk): a
-        decode step then costs two views, not eight torch ops after the output head."""
+        positions seen so far (`_cpu_table`): a decode step then costs two views, not eight
+        torch ops after the output head."""
         if torch.device(device).type != "cpu":
             return tuple(t.to(device) for t in self._table(pos, pos + n))
-        tab = getattr(self, "_tab", None)
-        if tab is None or tab[0].shape[0] < pos + n:
-            self._tab = tab = self._table(0, max(256, pos + n, 2 * (tab[0].shape[0] if tab else 0)))
+        tab = self._cpu_table(pos + n)
         return tab[0][pos : pos + n], tab[1][pos : pos + n]
+
+    def cos_sin_at(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin rows [len(positions), dim/2] each (CPU, contiguous) of any positions:
+        a batched step's tokens, each at its own. The same values as cos_sin's rows."""
+        tab = self._cpu_table(max(positions) + 1)
+        idx = torch.tensor(positions, dtype=torch.long)
+        return tab[0][idx], tab[1][idx]
+
+    def _cpu_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # [>= n, dim/2] each
+        """The CPU table of cos, sin for positions 0..n-1 at least: grown by doubling, in
+        blocks of 256 positions each computed on its own, so a row's value never depends on
+        how large the table was when it was made."""
+        tab = getattr(self, "_tab", None)
+        if tab is None or tab[0].shape[0] < n:
+            have = 0 if tab is None else tab[0].shape[0]
+            size = -(-max(256, n, 2 * have) // 256) * 256
+            new = [self._table(p, p + 256) for p in range(have, size, 256)]
+            cos = torch.cat(([tab[0]] if tab else []) + [c for c, _ in new])
+            sin = torch.cat(([tab[1]] if tab else []) + [s for _, s in new])
+            self._tab = tab = (cos, sin)
+        return tab
 
     def _table(self, p0: int, p1: int) -> tuple[torch.Tensor, torch.Tensor]:  # [p1 - p0, dim/2]
         t = torch.arange(p0, p1, dtype=torch.float64)

@@ -97,6 +97,7 @@ class DecoderModel:
                 "path='cpp': the C++ decode blocks take one token on CPU float32 ops and "
                 f"caches; {why}"
             )
+        cache.reserve(pos + T)  # ContextFull past n_ctx; the cache grows before any store
         self.runtime.activate(T)
         dev = self.placement.dense
         tokens = tokens.to(dev)
@@ -126,15 +127,36 @@ class DecoderModel:
         of increasing, consecutive positions. Returns logits [len(logits_for), V] of the
         tokens at the indices logits_for.
 
-        A token's logits do not depend on the others in the batch (batch invariance).
-        This reference runs each sequence's run of tokens as one forward call."""
-        if not (len(tokens) == len(caches) == len(positions)):
+        A token's logits do not depend on the others in the batch (batch invariance): bit
+        for bit those it gets alone. When every cache can take the C++ decode blocks, one
+        call per block runs all the tokens (`DecodeBlock.step_batch`: the linear and MoE ops
+        once for all of them); else each sequence's run of tokens is one forward call."""
+        N = len(tokens)
+        if not (N == len(caches) == len(positions)):
             raise ValueError("forward_batch: tokens, caches and positions differ in length")
+        if any(not 0 <= r < N for r in logits_for):
+            raise ValueError(f"forward_batch: logits_for {logits_for} names no token of {N}")
+        last: dict[int, int] = {}  # id(cache) -> the position of its last token so far
+        for i, (c, p) in enumerate(zip(caches, positions)):
+            want = last.get(id(c), p - 1) + 1
+            if p != want or p < 0:
+                raise ValueError(
+                    f"forward_batch: token {i} at position {p}; its cache's tokens must come "
+                    f"at increasing, consecutive positions >= 0 (expected {want})"
+                )
+            last[id(c)] = p
+        if N == 0:
+            return torch.empty(0, self.cfg.n_vocab)
+        uniq = list({id(c): c for c in caches}.values())
+        for c in uniq:
+            c.reserve(last[id(c)] + 1)  # ContextFull past n_ctx
+        if all(self.can_decode_cpp(c) for c in uniq):
+            return self._forward_batch_cpp(tokens, caches, positions, logits_for, uniq)
         out: dict[int, torch.Tensor] = {}
         i = 0
-        while i < len(tokens):
+        while i < N:
             j = i + 1
-            while j < len(tokens) and caches[j] is caches[i]:
+            while j < N and caches[j] is caches[i]:
                 j += 1
             logits = self.forward(
                 torch.tensor(tokens[i:j], dtype=torch.long), caches[i], positions[i]
@@ -144,6 +166,28 @@ class DecoderModel:
                     out[r] = logits[r - i]
             i = j
         return torch.stack([out[r] for r in logits_for]) if logits_for else torch.empty(0)
+
+    def _forward_batch_cpp(self, tokens, caches, positions, logits_for, uniq) -> torch.Tensor:
+        """forward_batch through the C++ blocks: the tokens' embeddings and rotary rows, one
+        `step_batch` per block, then the final norm and the head for the rows logits_for."""
+        self.runtime.activate(1)  # torch does nothing heavy here: the decode phase's settings
+        x = self.tok_embd(torch.tensor(tokens, dtype=torch.long)).contiguous()  # [N, D]
+        cos, sin = self.rope.cos_sin_at(positions)  # [N, d_rope/2] each
+        index = {id(c): s for s, c in enumerate(uniq)}
+        seq = np.array([index[id(c)] for c in caches], np.int32)  # [N]
+        pos = np.array(positions, np.int64)  # [N]
+        xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [N, D] each
+        cn, sn = cos.numpy(), sin.numpy()
+        for i, step in enumerate(self._cpp_blocks):
+            kv = [c.numpy_layer(i) for c in uniq]
+            step.step_batch(xn, f, i > 0, [a for a, _ in kv], [b for _, b in kv], seq, pos, cn, sn)
+        self.cpp_steps += 1
+        if not logits_for:
+            return torch.empty(0, self.cfg.n_vocab)
+        rows = torch.tensor(logits_for, dtype=torch.long)
+        xr, fr = x[rows].contiguous(), torch.from_numpy(f)[rows].contiguous()  # [R, D] each
+        _, h = add_rms_norm(xr, fr, self.output_norm, self.cfg.rms_eps)
+        return self.output(h).float()  # [R, V]
 
     def cpp_blocks(self) -> list:
         """Every block's C++ decode block, or [] when one cannot have it (decided once)."""
@@ -159,7 +203,6 @@ class DecoderModel:
     def _decode(self, x, cache, pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """One token through every block, one C++ call each (Block.decode_block); x [1, D]
         -> (x, y) as the block loop returns them. x is updated in place."""
-        cache.check(pos, 1)
         x = x.contiguous()
         xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [1, D] each
         c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
