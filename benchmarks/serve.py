@@ -109,16 +109,18 @@ def stream(url: str, prompt: list[int], gen: int, out: dict) -> None:
     out["t0"] = time.perf_counter()
     c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     r = c.getresponse()
-    times, n = [], None
+    times, n, first = [], None, None
     for line in r:
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
+        first = first or time.perf_counter()
         d = json.loads(line[6:])
         if d.get("usage"):
             n = d["usage"]["completion_tokens"]
-        if d.get("choices") and d["choices"][0].get("text"):
-            times.append(time.perf_counter())
+        if d.get("choices") and d["choices"][0].get("finish_reason") is None:
+            times.append(time.perf_counter())  # a token (its text may be empty: a control token)
     out["times"], out["n"] = times, n if n is not None else len(times)
+    out["first"] = first if first is not None else time.perf_counter()
     c.close()
 
 
@@ -150,7 +152,7 @@ def concurrency(url: str, n: int, plen: int, gen: int, vocab: int, rng) -> dict:
     t0 = time.perf_counter()
     outs = run_clients(url, prompts, gen)
     wall = time.perf_counter() - t0
-    ttft = [o["times"][0] - o["t0"] for o in outs if o["times"]]
+    ttft = [o["first"] - o["t0"] for o in outs]
     itl = [b - a for o in outs for a, b in zip(o["times"], o["times"][1:])]
     dec = sum((o["n"] - 1) / (o["times"][-1] - o["times"][0]) for o in outs if len(o["times"]) > 1)
     return {"tok_s": sum(o["n"] for o in outs) / wall, "decode_tok_s": dec,
@@ -165,7 +167,7 @@ def reuse(url: str, vocab: int, rng) -> dict:
     warm = run_clients(url, [turn2], 1)[0]
     cold_prompt = [rng.randrange(10, vocab)] + turn2[1:]  # the same length, nothing shared
     cold = run_clients(url, [cold_prompt], 1)[0]
-    tw, tc = warm["times"][0] - warm["t0"], cold["times"][0] - cold["t0"]
+    tw, tc = warm["first"] - warm["t0"], cold["first"] - cold["t0"]
     return {"ttft_warm": tw, "ttft_cold": tc, "warm_over_cold": tw / tc}
 
 
@@ -183,7 +185,7 @@ def long_prompt(url: str, vocab: int, rng, gen: int) -> dict:
     tb.start()
     for t in [*ts, tb]:
         t.join()
-    end = outs[4]["times"][0] if outs[4]["times"] else time.perf_counter()
+    end = outs[4]["first"]
     start = outs[4]["t0"]
     itl = [
         b - a

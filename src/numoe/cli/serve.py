@@ -50,9 +50,10 @@ def add_parser(sub) -> None:
         help=setting_help("api_key", "require 'Authorization: Bearer KEY' (all but /health)"),
     )  # fmt: skip
     g.add_argument(
-        "--chunk", type=positive_int, default=64,
-        help="prompt tokens per step while other requests generate (the most a new prompt "
-        "delays their next token by); -b when nothing else runs",
+        "--chunk", type=int, default=0,
+        help="prompt tokens per step while other requests generate (what a new prompt adds "
+        "to their next token's time); 0: as many as keep such a step within about twice a "
+        "generating step, measured as it runs; -b when nothing else runs",
     )  # fmt: skip
     g.add_argument(
         "--queue", type=int, default=64,
@@ -80,8 +81,8 @@ def main(args) -> int:
     from .common import load_model, model_path, resolve_settings, runtime_from_args
 
     resolve_settings(args, THREAD_SETTINGS + SERVE_SETTINGS)
-    if args.queue < 0:
-        raise FlagError(f"--queue must be >= 0, got {args.queue}")
+    if args.queue < 0 or args.chunk < 0:
+        raise FlagError(f"--queue and --chunk must be >= 0, got {args.queue}, {args.chunk}")
     try:
         defaults = SamplingParams(
             temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,

@@ -35,7 +35,7 @@ class ServeConfig:
     model_id: str
     n_slots: int = 4
     n_ctx: int = 4096  # per slot
-    chunk: int = 64  # prompt tokens per step while others decode
+    chunk: int = 0  # prompt tokens per step while others decode (0: sized by the scheduler)
     batch: int = 512  # prompt tokens per step when nothing decodes
     max_queue: int = 64
     api_key: str | None = None
@@ -287,7 +287,7 @@ class Api:
                                                 "finish_reason": None}]})  # fmt: skip
                 async for ev in self.events(request, job, q):
                     if ev.kind == "token":
-                        if not ev.text and (ev.token < 0 or job.logprobs is None):
+                        if not ev.text and ev.token < 0:
                             continue
                         lp = (
                             self.chat_logprobs([ev])
@@ -339,7 +339,7 @@ class Api:
             async def stream():
                 async for ev in self.events(request, job, q):
                     if ev.kind == "token":
-                        if not ev.text and (ev.token < 0 or job.logprobs is None):
+                        if not ev.text and ev.token < 0:
                             continue
                         lp = (
                             self.completion_logprobs([ev])

@@ -1,8 +1,10 @@
 """Continuous batching: one thread owns the model and steps every running request at once.
 
 Each step is one `model.forward_batch` over the next token of every decoding request plus
-prompt tokens of requests still prefilling (at most `chunk` of them while others decode, so
-a long prompt stalls running streams by one chunk; up to `batch` when nothing decodes).
+prompt tokens of requests still prefilling: while others decode, at most `chunk` of them (0:
+as many as keep such a step within STALL times a decode-only step, from the measured costs),
+so a long prompt slows running streams by a bounded factor; up to `batch` when nothing
+decodes.
 Requests join and leave at step boundaries: a new one takes the free slot whose cache shares
 the longest prefix with its prompt (llama-server's choice) and prefills only the rest; a
 finished or cancelled one frees its slot, whose cache keeps its tokens for the next.
@@ -29,6 +31,10 @@ from .metrics import Metrics
 from .textout import TextOut
 
 log = logging.getLogger("numoe.serve")
+
+
+STALL = 2.0  # chunk=0: a step with prompt tokens takes at most about this x a decode step
+MIN_CHUNK = 4  # ... but always at least this many prompt tokens, so prompts progress
 
 
 class QueueFull(RuntimeError):
@@ -101,13 +107,13 @@ class Scheduler:
         tok,
         n_slots: int,
         n_ctx: int,
-        chunk: int = 64,
+        chunk: int = 0,
         batch: int = 512,
         max_queue: int = 64,
         metrics: Metrics | None = None,
     ):
-        if min(n_slots, n_ctx, chunk, batch) < 1 or max_queue < 0:
-            raise ValueError("slots, context, chunk and batch must be >= 1, queue >= 0")
+        if min(n_slots, n_ctx, batch) < 1 or min(chunk, max_queue) < 0:
+            raise ValueError("slots, context and batch must be >= 1, chunk and queue >= 0")
         self.model, self.tok, self.n_ctx = model, tok, n_ctx
         self.chunk, self.batch, self.max_queue = chunk, batch, max_queue
         self.slots = [Slot(i, model.new_cache(n_ctx)) for i in range(n_slots)]
@@ -115,6 +121,8 @@ class Scheduler:
         self.metrics.slots_total.set(n_slots)
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []  # in slots, in admission order
+        self.t_decode = None  # seconds of a decode-only step (moving average)
+        self.t_prompt = None  # seconds one prompt token adds to a step (moving average)
         self.cv = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="numoe-scheduler", daemon=True)
@@ -230,7 +238,7 @@ class Scheduler:
             tokens.append(job.next_token)
             caches.append(job.slot.cache)
             positions.append(len(job.slot.tokens))
-        budget = self.chunk if decoding else self.batch
+        budget = self.prompt_budget() if decoding else self.batch
         prefilled: list[tuple[Job, int]] = []
         for job in self.running:
             if budget == 0:
@@ -249,7 +257,9 @@ class Scheduler:
                 rows.append((len(tokens) - 1, job))
         if not tokens:
             return
+        t0 = time.perf_counter()
         logits = self.model.forward_batch(tokens, caches, positions, [i for i, _ in rows])
+        self._timed(time.perf_counter() - t0, len(decoding), len(tokens) - len(decoding))
         self.metrics.steps.inc()
         for job in decoding:
             job.slot.tokens.append(job.next_token)
@@ -262,6 +272,26 @@ class Scheduler:
         for (_, job), row in zip(rows, logits):
             self._sample(job, row, now)
         self.metrics.kv_tokens.set(sum(len(s.tokens) for s in self.slots))
+
+    def prompt_budget(self) -> int:
+        """Prompt tokens a step may take beside decoding requests: `chunk`, or (chunk 0)
+        enough to make the step about STALL x a decode-only step, at least MIN_CHUNK."""
+        if self.chunk:
+            return self.chunk
+        if self.t_decode is None or self.t_prompt is None:
+            return MIN_CHUNK
+        n = int((STALL - 1.0) * self.t_decode / max(self.t_prompt, 1e-9))
+        return max(MIN_CHUNK, min(n, self.batch))
+
+    def _timed(self, dt: float, n_decode: int, n_prompt: int) -> None:
+        def avg(old, new):
+            return new if old is None else 0.8 * old + 0.2 * new
+
+        if n_prompt == 0:
+            self.t_decode = avg(self.t_decode, dt)
+        elif n_decode == 0 or self.t_decode is not None:
+            base = self.t_decode if n_decode else 0.0
+            self.t_prompt = avg(self.t_prompt, max(dt - base, 0.0) / n_prompt)
 
     def _sample(self, job: Job, logits: torch.Tensor, now: float) -> None:
         pos = len(job.slot.tokens) - 1
