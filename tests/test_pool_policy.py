@@ -74,7 +74,9 @@ def test_session_applies_the_policy(tmp_path):
     synth("tiny-qwen3moe", tmp_path / "m.gguf", "Q8_0")
     _, model = load(open_gguf(tmp_path / "m.gguf"))
     s = Session(model, n_ctx=32)
-    s.prefill([1, 2, 3, 4])
+    s.prefill([1, 2, 3, 4])  # through the C++ blocks: torch has nothing heavy to do
+    assert torch.get_num_threads() == 1 and model.cpp_chunks == 1
+    model.forward(torch.tensor([1, 2, 3]), s.cache, 0, path="torch")  # torch's attention
     assert torch.get_num_threads() == pool.num_threads()
     s.step(5)
     assert torch.get_num_threads() == 1

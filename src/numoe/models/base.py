@@ -68,6 +68,7 @@ class DecoderModel:
         self.blocks: list = []
         self._cpp_blocks: list | None = None  # C++ decode blocks, made on first use
         self.cpp_steps = 0  # decode steps run through them (tests assert the path ran)
+        self.cpp_chunks = 0  # prompt chunks (forward of T > 1 tokens) run through them
 
     def new_cache(self, n_ctx: int):
         raise NotImplementedError
@@ -86,19 +87,18 @@ class DecoderModel:
         nobody reads skips the output head, the biggest matrix of most models).
 
         path: "auto", "torch" or "cpp" (the module doc); "cpp" is a ValueError where the
-        model cannot take it (more than one token, or a block or cache it cannot run)."""
+        model cannot take it (a block or cache it cannot run)."""
         T = tokens.shape[0]
         if path not in ("auto", "torch", "cpp"):
             raise ValueError(f"path must be 'auto', 'torch' or 'cpp', got {path!r}")
-        cpp = path != "torch" and T == 1 and self.can_decode_cpp(cache)
+        cpp = path != "torch" and self.can_decode_cpp(cache)
         if path == "cpp" and not cpp:
-            why = f"this call has {T} tokens" if T != 1 else "a block or the cache is not so"
             raise ValueError(
-                "path='cpp': the C++ decode blocks take one token on CPU float32 ops and "
-                f"caches; {why}"
+                "path='cpp': the C++ decode blocks run on CPU float32 ops and caches; a block "
+                "or the cache of this model is not so"
             )
         cache.reserve(pos + T)  # ContextFull past n_ctx; the cache grows before any store
-        self.runtime.activate(T)
+        self.runtime.activate(1 if cpp else T)  # C++ blocks: torch does nothing heavy
         dev = self.placement.dense
         tokens = tokens.to(dev)
         x = self.tok_embd(tokens)  # [T, D]
@@ -201,15 +201,26 @@ class DecoderModel:
         return bool(self.cpp_blocks()) and cache.numpy_layer(0) is not None
 
     def _decode(self, x, cache, pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through every block, one C++ call each (Block.decode_block); x [1, D]
+        """T tokens of one sequence through every block, one C++ call each
+        (Block.decode_block: `step` for one token, `step_batch` for a prompt chunk); x [T, D]
         -> (x, y) as the block loop returns them. x is updated in place."""
         x = x.contiguous()
-        xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [1, D] each
-        c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
-        for i, step in enumerate(self._cpp_blocks):
-            kv = cache.numpy_layer(i)
-            step.step(xn, f, i > 0, kv[0], kv[1], pos, c, s)
-        self.cpp_steps += 1
+        T = x.shape[0]
+        xn, f = x.numpy(), np.empty(x.shape, np.float32)  # [T, D] each
+        if T == 1:
+            c, s = cos[0].contiguous().numpy(), sin[0].contiguous().numpy()  # [d_rope/2]
+            for i, step in enumerate(self._cpp_blocks):
+                kv = cache.numpy_layer(i)
+                step.step(xn, f, i > 0, kv[0], kv[1], pos, c, s)
+        else:
+            seq = np.zeros(T, np.int32)  # [T]: every token in the one cache
+            p = np.arange(pos, pos + T, dtype=np.int64)  # [T]
+            c, s = cos.contiguous().numpy(), sin.contiguous().numpy()  # [T, d_rope/2]
+            for i, step in enumerate(self._cpp_blocks):
+                kv = cache.numpy_layer(i)
+                step.step_batch(xn, f, i > 0, [kv[0]], [kv[1]], seq, p, c, s)
+        self.cpp_steps += T == 1  # decode steps; a prompt chunk counts in cpp_chunks
+        self.cpp_chunks += T > 1
         return x, torch.from_numpy(f)
 
 
