@@ -301,3 +301,41 @@ def test_decode_block_cache_errors(tmp_path):
             [good[1], good[1]], np.int32([0]), np.int64([0]), cs[None], cs[None],
         )  # fmt: skip
     blk.step(x, f, False, good[0], good[1], 0, cs, cs)  # float16 caches: fine
+
+
+# --------------------------------------------------------------------- flags and plumbing
+
+
+@pytest.mark.parametrize("cmd", ["run", "chat", "serve", "bench", "tune"])
+def test_cli_flags(cmd, capsys):
+    """-ctk/--cache-type-k, -ctv/--cache-type-v: llama.cpp's names, f16 by default; an
+    unknown type is a flag error listing the choices."""
+    from numoe.cli import _parser
+    from numoe.cli.common import CACHE_TYPES as FLAG_TYPES
+
+    assert FLAG_TYPES == tuple(CACHE_TYPES)  # the torch-free copy the flags use
+    a = _parser().parse_args([cmd])
+    assert (a.cache_type_k, a.cache_type_v) == ("f16", "f16")
+    a = _parser().parse_args([cmd, "-ctk", "f32", "--cache-type-v", "f32"])
+    assert (a.cache_type_k, a.cache_type_v) == ("f32", "f32")
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args([cmd, "-ctv", "q8_0"])
+    assert e.value.code == 2
+    assert "unknown KV cache type 'q8_0': choose from f32, f16" in capsys.readouterr().err
+
+
+def test_serve_slots_take_the_types(tmp_path):
+    """ServeConfig's types reach every slot's cache (Server.attach -> Scheduler)."""
+    from numoe.serve.api import ServeConfig, Server
+    from numoe.serve.scheduler import Scheduler
+
+    path = tmp_path / "m.gguf"
+    synth.synth("tiny-qwen3moe", path, "Q4_K_M")
+    model = numoe_model(path)
+    assert [s.cache.types for s in Scheduler(model, None, 2, 16).slots] == [("f16", "f16")] * 2
+    srv = Server(ServeConfig("m", n_slots=2, n_ctx=16, cache_type_k="f32", cache_type_v="f16"))
+    srv.attach(model, None)
+    try:
+        assert [s.cache.types for s in srv.scheduler.slots] == [("f32", "f16")] * 2
+    finally:
+        srv.scheduler.stop()
