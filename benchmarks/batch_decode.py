@@ -4,6 +4,7 @@ prompt-chunk (prefill) tokens/s through forward_batch against forward()'s torch 
 
     python benchmarks/batch_decode.py -m /tmp/q3-12L.gguf            # all allowed cores
     python benchmarks/batch_decode.py -m FILE -t 2 -n 1,2,4,8 -r 4 -s 3 --chunk 256
+    python benchmarks/batch_decode.py -m FILE -ctk f32 -ctv f32       # float32 KV caches
 
 A decode step of N streams: N tokens (random ids), one per cache, logits of all N (as a
 server samples every stream each step); positions advance by one per step. "tg (forward)" is
@@ -28,10 +29,16 @@ from numoe.gguf import open_gguf
 from numoe.models import load
 from numoe.runtime.settings import Runtime
 
+CACHE_TYPES: tuple[str, str] = ("f16", "f16")  # -ctk, -ctv
+
+
+def new_cache(model, n_ctx):
+    return model.new_cache(n_ctx, *CACHE_TYPES)
+
 
 def clone_cache(model, cache, n_ctx):
     """A new cache holding what `cache` holds (the streams start from one prefill)."""
-    c = model.new_cache(n_ctx)
+    c = new_cache(model, n_ctx)
     n = min(n_ctx, cache.capacity)
     c.reserve(n)
     for name in c._names:
@@ -57,7 +64,7 @@ def decode_steps(model, caches, pos, steps, rng, single=False) -> list[float]:
 def prefill(model, start, chunk, runs, rng, batch: bool) -> float:
     """Best tokens/s of a chunk-token prompt chunk at positions start.. (the cache holding
     start tokens before it; first run a warm-up)."""
-    base = model.new_cache(start + chunk)
+    base = new_cache(model, start + chunk)
     if start:
         prompt = rng.integers(0, model.cfg.n_vocab, start).tolist()
         model.forward(torch.tensor(prompt), base, 0, n_logits=0)
@@ -87,17 +94,24 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=100, help="cached tokens per stream")
     ap.add_argument("--chunk", type=int, default=256, help="prefill chunk tokens (0: skip)")
     ap.add_argument("--chunk-at", default="0,2048", help="positions of the prefill chunks")
+    ap.add_argument("-ctk", "--cache-type-k", default="f16", choices=("f32", "f16"))
+    ap.add_argument("-ctv", "--cache-type-v", default="f16", choices=("f32", "f16"))
     args = ap.parse_args()
+    global CACHE_TYPES
+    CACHE_TYPES = (args.cache_type_k, args.cache_type_v)
     streams = [int(s) for s in args.streams.split(",")]
     rng = np.random.default_rng(0)
 
     runtime = Runtime.create(threads=args.threads)
     _, model = load(open_gguf(args.model), runtime)
     n_ctx = args.depth + (args.rounds + 1) * args.steps + 1
-    base = model.new_cache(max(n_ctx, args.chunk + 1))
+    base = new_cache(model, max(n_ctx, args.chunk + 1))
     prompt = rng.integers(0, model.cfg.n_vocab, args.depth).tolist()
     model.forward(torch.tensor(prompt), base, 0, n_logits=0)
-    print(f"{args.model}: {runtime}; streams at position ~{args.depth}")
+    print(
+        f"{args.model}: {runtime}; streams at position ~{args.depth}; KV cache "
+        f"-ctk {CACHE_TYPES[0]} -ctv {CACHE_TYPES[1]}"
+    )
 
     # Rounds: every configuration takes a turn of --steps steps per round (the first round's
     # turns are warm-ups), so a shared machine's drift falls on all of them alike; a figure is

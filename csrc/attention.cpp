@@ -18,48 +18,101 @@ namespace {
 // Vector kernels of the attention ops: dot, axpy (y += w * x), qk (scores), exp_sum and pv
 // (the weighted sum of value rows). The scalar bodies are the references; the AVX2 ones
 // (8-wide FMAs, a polynomial exp) sum in another order, so the two agree to float rounding.
+// The cached rows are float or half (an F16 cache, KvType::f16): each body is a template over
+// the element type whose only difference is the load (to_f32 / load8: exact conversions), so
+// a body over F16 rows gives bit for bit what it gives over float32 rows holding the same
+// (F16-rounded) values.
 
-// Ask for the n floats at x (a cache row) to be read into the caches.
-inline void prefetch_row(const float *x, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i);
+using quant::half;
+
+inline float to_f32(float x) { return x; }
+inline float to_f32(half h) { return quant::fp16_to_fp32(h); }
+
+// Ask for the `bytes` bytes at x (a cache row) to be read into the caches.
+inline void prefetch_row(const void *x, int64_t bytes) {
+  const char *p = static_cast<const char *>(x);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
 }
 
-float dot_scalar(const float *a, const float *b, int64_t n) {
+// The cache element `i` of a row array of type t (a byte offset of i elements).
+inline const void *at(const void *base, KvType t, int64_t i) {
+  return static_cast<const char *>(base) + i * kv_type_size(t);
+}
+inline void *at(void *base, KvType t, int64_t i) {
+  return static_cast<char *>(base) + i * kv_type_size(t);
+}
+
+template <typename T>
+float dot_scalar(const float *a, const T *b, int64_t n) {
   float d = 0.f;
-  for (int64_t i = 0; i < n; ++i) d += a[i] * b[i];
+  for (int64_t i = 0; i < n; ++i) d += a[i] * to_f32(b[i]);
   return d;
 }
 
-void axpy_scalar(float w, const float *x, float *y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+template <typename T>
+void axpy_scalar(float w, const T *x, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += w * to_f32(x[i]);
+}
+
+// n floats into a cache row of type t; F16: rounded to nearest even (quant::fp32_to_fp16,
+// the reference the F16C store below equals bit for bit).
+void store_row_scalar(const float *x, void *dst, KvType t, int64_t n) {
+  if (t == KvType::f32) {
+    std::copy(x, x + n, static_cast<float *>(dst));
+    return;
+  }
+  half *h = static_cast<half *>(dst);
+  for (int64_t i = 0; i < n; ++i) h[i] = quant::fp32_to_fp16(x[i]);
 }
 
 #ifdef NUMOE_X86
-NUMOE_TARGET_AVX2 float dot_avx2(const float *a, const float *b, int64_t n) {
+NUMOE_TARGET_AVX2 inline __m256 load8(const float *p) { return _mm256_loadu_ps(p); }
+NUMOE_TARGET_AVX2 inline __m256 load8(const half *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+}
+
+NUMOE_TARGET_AVX2 void store_row_avx2(const float *x, void *dst, KvType t, int64_t n) {
+  if (t == KvType::f32) {
+    std::copy(x, x + n, static_cast<float *>(dst));
+    return;
+  }
+  half *h = static_cast<half *>(dst);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)  // vcvtps2ph, round to nearest even (ggml's FP32 -> FP16)
+    _mm_storeu_si128(
+        reinterpret_cast<__m128i *>(h + i),
+        _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) h[i] = quant::fp32_to_fp16(x[i]);
+}
+
+template <typename T>
+NUMOE_TARGET_AVX2 float dot_avx2(const float *a, const T *b, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b + i + 8), a1);
   }
   if (i + 8 <= n) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), a0);
     i += 8;
   }
   float d = quant::simd::hsum(_mm256_add_ps(a0, a1));
-  for (; i < n; ++i) d += a[i] * b[i];
+  for (; i < n; ++i) d += a[i] * to_f32(b[i]);
   return d;
 }
 
 // Four rows at a time per head (four accumulators, one transpose-reduce): q[h] is loaded
 // once per four rows, and the four rows stay in L1 for the g heads. d a multiple of 8.
-NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, const float *k,
+template <typename T>
+NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, const void *kv,
                                int64_t k_stride, int64_t d, int64_t S, float *p) {
+  const T *k = static_cast<const T *>(kv);
   int64_t s = 0;
   for (; s + 4 <= S; s += 4) {
     if (k_stride > d && s + 12 <= S)
-      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d);
-    const float *k0 = k + s * k_stride;
+      for (int j = 8; j < 12; ++j) prefetch_row(k + (s + j) * k_stride, d * sizeof(T));
+    const T *k0 = k + s * k_stride;
     for (int64_t h = 0; h < g; ++h) {
       const float *qh = q + h * q_stride;
       __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
@@ -67,7 +120,7 @@ NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, cons
       for (int64_t i = 0; i < d; i += 8) {
         const __m256 qv = _mm256_loadu_ps(qh + i);
         for (int j = 0; j < 4; ++j)
-          acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + j * k_stride + i), acc[j]);
+          acc[j] = _mm256_fmadd_ps(qv, load8(k0 + j * k_stride + i), acc[j]);
       }
       // lane j of the sum: row s + j
       const __m256 t =
@@ -81,33 +134,36 @@ NUMOE_TARGET_AVX2 void qk_avx2(const float *q, int64_t q_stride, int64_t g, cons
     for (int64_t h = 0; h < g; ++h) p[h * S + s] += dot_avx2(q + h * q_stride, k + s * k_stride, d);
 }
 
-NUMOE_TARGET_AVX2 void axpy_avx2(float w, const float *x, float *y, int64_t n) {
+template <typename T>
+NUMOE_TARGET_AVX2 void axpy_avx2(float w, const T *x, float *y, int64_t n) {
   const __m256 vw = _mm256_set1_ps(w);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += w * x[i];
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vw, load8(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += w * to_f32(x[i]);
 }
 #endif
 
-// p[h * S + s] += q[h] . k[s] for g heads (q[h] at q + h * q_stride) over S rows of d floats
-// (k[s] at k + s * k_stride). Rows apart (GQA: the other KV heads between them) defeat the
-// hardware prefetchers, so the row 8 ahead is asked for; contiguous rows (MLA's latent)
-// stream without help.
-using qk_fn = void (*)(const float *q, int64_t q_stride, int64_t g, const float *k,
-                       int64_t k_stride, int64_t d, int64_t S, float *p);
+// p[h * S + s] += q[h] . k[s] for g heads (q[h] at q + h * q_stride) over S rows of d cache
+// elements (k[s] at k + s * k_stride elements). Rows apart (GQA: the other KV heads between
+// them) defeat the hardware prefetchers, so the row 8 ahead is asked for; contiguous rows
+// (MLA's latent) stream without help.
+using qk_fn = void (*)(const float *q, int64_t q_stride, int64_t g, const void *k, int64_t k_stride,
+                       int64_t d, int64_t S, float *p);
 
-void qk_scalar(const float *q, int64_t q_stride, int64_t g, const float *k, int64_t k_stride,
+template <typename T>
+void qk_scalar(const float *q, int64_t q_stride, int64_t g, const void *kv, int64_t k_stride,
                int64_t d, int64_t S, float *p) {
+  const T *k = static_cast<const T *>(kv);
   for (int64_t s = 0; s < S; ++s) {
-    if (k_stride > d && s + 8 < S) prefetch_row(k + (s + 8) * k_stride, d);
+    if (k_stride > d && s + 8 < S) prefetch_row(k + (s + 8) * k_stride, d * sizeof(T));
     for (int64_t h = 0; h < g; ++h)
       p[h * S + s] += dot_scalar(q + h * q_stride, k + s * k_stride, d);
   }
 }
 
-// out[h] [dv] = sum_s p[h * S + s] * v[s] for g heads (v[s] at v + s * v_stride).
-using pv_fn = void (*)(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride,
+// out[h] [dv] = sum_s p[h * S + s] * v[s] for g heads (v[s] at v + s * v_stride elements).
+using pv_fn = void (*)(const float *p, int64_t S, int64_t g, const void *v, int64_t v_stride,
                        int64_t dv, float *out);
 // v[i] = e^(v[i] - m), returning their sum (softmax without the division).
 using exp_sum_fn = float (*)(float *v, int64_t n, float m);
@@ -118,8 +174,10 @@ float exp_sum_scalar(float *v, int64_t n, float m) {
   return sum;
 }
 
-void pv_scalar(const float *p, int64_t S, int64_t g, const float *v, int64_t v_stride, int64_t dv,
+template <typename T>
+void pv_scalar(const float *p, int64_t S, int64_t g, const void *vv, int64_t v_stride, int64_t dv,
                float *out) {
+  const T *v = static_cast<const T *>(vv);
   std::fill(out, out + g * dv, 0.f);
   for (int64_t s = 0; s < S; ++s)
     for (int64_t h = 0; h < g; ++h) axpy_scalar(p[h * S + s], v + s * v_stride, out + h * dv, dv);
@@ -161,8 +219,10 @@ NUMOE_TARGET_AVX2 float exp_sum_avx2(float *v, int64_t n, float m) {
 
 // pv with 64 output values of a head in 8 registers while a block of positions passes
 // (the block's value rows stay in L2 for the g heads); other widths take the axpy loop.
-NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float *v,
+template <typename T>
+NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const void *vv,
                                int64_t v_stride, int64_t dv, float *out) {
+  const T *v = static_cast<const T *>(vv);
   std::fill(out, out + g * dv, 0.f);
   if (dv % 64 != 0) {
     for (int64_t s = 0; s < S; ++s)
@@ -179,11 +239,10 @@ NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float
         for (int k = 0; k < 8; ++k) acc[k] = _mm256_loadu_ps(o + 8 * k);
         for (int64_t s = s0; s < s1; ++s) {
           if (v_stride > dv && h == 0 && c == 0 && s + 8 < S)  // as attend's key rows
-            prefetch_row(v + (s + 8) * v_stride, dv);
+            prefetch_row(v + (s + 8) * v_stride, dv * sizeof(T));
           const __m256 w = _mm256_broadcast_ss(p + h * S + s);
-          const float *vs = v + s * v_stride + c;
-          for (int k = 0; k < 8; ++k)
-            acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * k), acc[k]);
+          const T *vs = v + s * v_stride + c;
+          for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(w, load8(vs + 8 * k), acc[k]);
         }
         for (int k = 0; k < 8; ++k) _mm256_storeu_ps(o + 8 * k, acc[k]);
       }
@@ -191,34 +250,53 @@ NUMOE_TARGET_AVX2 void pv_avx2(const float *p, int64_t S, int64_t g, const float
 }
 #endif
 
+// A job's kernels: qk over its key rows' type, qr over its rope keys' (MLA), pv over its
+// value rows'.
 struct VecKernels {
-  qk_fn qk;
+  qk_fn qk, qr;
   exp_sum_fn exp_sum;
   pv_fn pv;
 };
 
+constexpr bool f16(KvType t) { return t == KvType::f16; }
+
 // The AVX2 qk takes key rows whose widths (dk, and MLA's dr) are multiples of 8. (AVX-512
-// versions of qk and pv measured ~10% faster at position 4000: not worth a second copy.)
-VecKernels vec_kernels(int64_t d, int64_t dr) {
+// versions of qk and pv measured ~10% faster at position 4000: not worth a second copy; F16
+// rows convert with F16C's vcvtph2ps, part of the AVX2 level as for the F16 weights.)
+
+VecKernels vec_kernels(int64_t d, int64_t dr, KvType kt, KvType krt, KvType vt) {
 #ifdef NUMOE_X86
   if (current_isa() >= Isa::avx2 && d % 8 == 0 && dr % 8 == 0)
-    return {qk_avx2, exp_sum_avx2, pv_avx2};
+    return {f16(kt) ? qk_fn{qk_avx2<half>} : qk_fn{qk_avx2<float>},
+            f16(krt) ? qk_fn{qk_avx2<half>} : qk_fn{qk_avx2<float>}, exp_sum_avx2,
+            f16(vt) ? pv_fn{pv_avx2<half>} : pv_fn{pv_avx2<float>}};
 #endif
-  return {qk_scalar, exp_sum_scalar, pv_scalar};
+  return {f16(kt) ? qk_fn{qk_scalar<half>} : qk_fn{qk_scalar<float>},
+          f16(krt) ? qk_fn{qk_scalar<half>} : qk_fn{qk_scalar<float>}, exp_sum_scalar,
+          f16(vt) ? pv_fn{pv_scalar<half>} : pv_fn{pv_scalar<float>}};
+}
+
+// A cache row of n floats stored as type t (F16: rounded to nearest even; bit-equal bodies).
+void store_row(const float *x, void *dst, KvType t, int64_t n) {
+#ifdef NUMOE_X86
+  if (current_isa() >= Isa::avx2) return store_row_avx2(x, dst, t, n);
+#endif
+  store_row_scalar(x, dst, t, n);
 }
 
 // One decode step's attention for g query heads over S cached positions that they all read
 // (each cached row read once for the g heads): score(h, s) = scale * (q[h] . k[s] + qr[h] .
 // kr[s]) (the second part only when kr is set: MLA's shared rope key), p = softmax over s,
 // out[h] [dv] = sum_s p(h, s) v[s]. Rows: q[h] at q + h * q_stride, qr[h] at qr + h *
-// qr_stride, k[s] at k + s * k_stride, kr[s] at kr + s * kr_stride, v[s] at v + s * v_stride;
-// p [g, S] scratch; out [g, dv].
+// qr_stride (floats); k[s] at k + s * k_stride, kr[s] at kr + s * kr_stride, v[s] at v + s *
+// v_stride (cache elements of types kt, krt, vt); p [g, S] scratch; out [g, dv].
 struct Attend {
   const float *q, *qr;
   int64_t q_stride, qr_stride;
-  const float *k, *kr, *v;
+  const void *k, *kr, *v;
   int64_t k_stride, kr_stride, v_stride, dk, dr, dv, S;
   float scale;
+  KvType kt = KvType::f32, krt = KvType::f32, vt = KvType::f32;
 };
 
 // The g heads' share of positions [s0, s1): scores into p [g, s1 - s0], then m[h] = their
@@ -228,15 +306,15 @@ void attend_part(const Attend &a, int64_t g, int64_t s0, int64_t s1, float *p, f
                  float *l, VecKernels vk) {
   const int64_t n = s1 - s0;
   std::fill(p, p + g * n, 0.f);
-  vk.qk(a.q, a.q_stride, g, a.k + s0 * a.k_stride, a.k_stride, a.dk, n, p);
+  vk.qk(a.q, a.q_stride, g, at(a.k, a.kt, s0 * a.k_stride), a.k_stride, a.dk, n, p);
   if (a.kr != nullptr)
-    vk.qk(a.qr, a.qr_stride, g, a.kr + s0 * a.kr_stride, a.kr_stride, a.dr, n, p);
+    vk.qr(a.qr, a.qr_stride, g, at(a.kr, a.krt, s0 * a.kr_stride), a.kr_stride, a.dr, n, p);
   for (int64_t i = 0; i < g * n; ++i) p[i] *= a.scale;
   for (int64_t h = 0; h < g; ++h) {
     m[h] = *std::max_element(p + h * n, p + (h + 1) * n);
     l[h] = vk.exp_sum(p + h * n, n, m[h]);
   }
-  vk.pv(p, n, g, a.v + s0 * a.v_stride, a.v_stride, a.dv, o);
+  vk.pv(p, n, g, at(a.v, a.vt, s0 * a.v_stride), a.v_stride, a.dv, o);
 }
 
 // One token's attention over its cache: n_groups groups of `group` query heads (out
@@ -248,11 +326,11 @@ struct AttendJob {
   float *out;
   // Position chunks: about 64 rows or more, as many as give the pool two tasks per thread and
   // keep a chunk's key and value rows within 1 MiB. Depends on this token alone (its S, the
-  // shapes, the pool's size), never on the other tokens of a batch.
+  // shapes and cache types, the pool's size), never on the other tokens of a batch.
   int64_t chunks() const {
-    const int64_t row_floats =
-        a.dk + (a.v == a.k ? 0 : a.dv) + (a.kr != nullptr ? a.dr : 0);  // MLA: keys are values
-    const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * row_floats;
+    const int64_t row_bytes = a.dk * kv_type_size(a.kt) +
+                              (a.v == a.k ? 0 : a.dv * kv_type_size(a.vt)) +  // MLA: keys = values
+                              (a.kr != nullptr ? a.dr * kv_type_size(a.krt) : 0);
     const int64_t want = std::max<int64_t>((2 * pool_threads() + n_groups - 1) / n_groups,
                                            (a.S * row_bytes + (1 << 20) - 1) >> 20);
     return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, a.S / 64));
@@ -262,7 +340,7 @@ struct AttendJob {
 
 // Task `c` of job j's n_groups * chunks tasks: group c / chunks over its chunk of positions
 // into pp (its parts, each part() floats).
-void attend_task(const AttendJob &j, int64_t chunks, int64_t c, float *pp, VecKernels vk) {
+void attend_task(const AttendJob &j, int64_t chunks, int64_t c, float *pp, const VecKernels &vk) {
   const Attend &a = j.a;
   const int64_t g = j.group, len = (a.S + chunks - 1) / chunks;
   const int64_t grp = c / chunks, s0 = (c % chunks) * len, s1 = std::min(a.S, s0 + len);
@@ -277,8 +355,8 @@ void attend_task(const AttendJob &j, int64_t chunks, int64_t c, float *pp, VecKe
   Attend t = a;
   t.q += grp * g * a.q_stride;
   if (t.qr != nullptr) t.qr += grp * g * a.qr_stride;
-  t.k += grp * j.k_off;
-  t.v += grp * j.v_off;
+  t.k = at(t.k, t.kt, grp * j.k_off);
+  t.v = at(t.v, t.vt, grp * j.v_off);
   attend_part(t, g, s0, s1, p.data(), o, m, l, vk);
 }
 
@@ -313,21 +391,25 @@ void attend_merge(const AttendJob &j, int64_t chunks, const float *pp) {
 void attend_jobs(const AttendJob *jobs, int64_t n) {
   static thread_local std::vector<int64_t> chunks, task0, part0;
   static thread_local std::vector<float> parts;
+  static thread_local std::vector<VecKernels> kernels;  // a token's own: its caches' types
   chunks.resize(n);
+  kernels.clear();
   task0.assign(n + 1, 0);
   part0.assign(n + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
     chunks[i] = jobs[i].chunks();
     task0[i + 1] = task0[i] + jobs[i].n_groups * chunks[i];
     part0[i + 1] = part0[i] + jobs[i].n_groups * chunks[i] * jobs[i].part();
+    const Attend &a = jobs[i].a;
+    kernels.push_back(vec_kernels(a.dk, a.kr != nullptr ? a.dr : 0, a.kt, a.krt, a.vt));
   }
   if (parts.size() < static_cast<size_t>(part0[n])) parts.resize(static_cast<size_t>(part0[n]));
   float *pp = parts.data();
   const int64_t *t0 = task0.data(), *p0 = part0.data(), *ch = chunks.data();
-  const VecKernels vk = vec_kernels(jobs[0].a.dk, jobs[0].a.kr != nullptr ? jobs[0].a.dr : 0);
+  const VecKernels *vk = kernels.data();
   parallel_for(t0[n], [&](int64_t task, int) {
     const int64_t i = std::upper_bound(t0, t0 + n + 1, task) - t0 - 1;
-    attend_task(jobs[i], ch[i], task - t0[i], pp + p0[i], vk);
+    attend_task(jobs[i], ch[i], task - t0[i], pp + p0[i], vk[i]);
   });
   if (n < 8)  // a decode step's few tokens: not worth a second pool wake-up
     for (int64_t i = 0; i < n; ++i) attend_merge(jobs[i], ch[i], pp + p0[i]);
@@ -343,8 +425,8 @@ AttendJob gqa_prepare(const GqaDecode &a, float *out) {
     rope(a.q, 1, a.H, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
     rope(a.k, 1, a.Hkv, a.dk, a.rope_dim, a.cos, a.sin, a.neox);
   }
-  std::copy(a.k, a.k + a.Hkv * a.dk, a.k_cache + a.pos * a.Hkv * a.dk);
-  std::copy(a.v, a.v + a.Hkv * a.dv, a.v_cache + a.pos * a.Hkv * a.dv);
+  store_row(a.k, at(a.k_cache, a.k_type, a.pos * a.Hkv * a.dk), a.k_type, a.Hkv * a.dk);
+  store_row(a.v, at(a.v_cache, a.v_type, a.pos * a.Hkv * a.dv), a.v_type, a.Hkv * a.dv);
   // KV head j serves query heads j*g .. j*g+g-1; its cached rows at k_cache + j * dk.
   Attend t{};
   t.q = a.q;
@@ -357,6 +439,8 @@ AttendJob gqa_prepare(const GqaDecode &a, float *out) {
   t.dv = a.dv;
   t.S = a.pos + 1;
   t.scale = a.scale;
+  t.kt = a.k_type;
+  t.vt = a.v_type;
   return {t, a.Hkv, a.H / a.Hkv, a.dk, a.dv, out};
 }
 
@@ -366,8 +450,8 @@ AttendJob mla_prepare(const MlaDecode &a, float *out) {
   rms_norm(lat, a.R, a.kv_norm, a.eps, 1, a.R, lat);
   rope(kr, 1, 1, a.dr, a.dr, a.cos, a.sin, a.neox);
   rope(a.q_rope, 1, a.H, a.q_rope_stride, a.dr, a.cos, a.sin, a.neox);
-  std::copy(lat, lat + a.R, a.latent_cache + a.pos * a.R);
-  std::copy(kr, kr + a.dr, a.k_rope_cache + a.pos * a.dr);
+  store_row(lat, at(a.latent_cache, a.latent_type, a.pos * a.R), a.latent_type, a.R);
+  store_row(kr, at(a.k_rope_cache, a.k_rope_type, a.pos * a.dr), a.k_rope_type, a.dr);
   // Multi-query: every head reads the same latent rows (keys and values) and rope keys.
   Attend t{};
   t.q = a.q_lat;
@@ -382,6 +466,8 @@ AttendJob mla_prepare(const MlaDecode &a, float *out) {
   t.dr = a.dr;
   t.S = a.pos + 1;
   t.scale = a.scale;
+  t.kt = t.vt = a.latent_type;
+  t.krt = a.k_rope_type;
   return {t, 1, a.H, 0, 0, out};
 }
 

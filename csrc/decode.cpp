@@ -225,6 +225,8 @@ void DecodeBlock::gqa(int64_t N, const float *h, const TokenKv *kv, const float 
   for (int64_t t = 0; t < N; ++t) {
     ops::GqaDecode d{q + t * nq, k + t * nkv, v + t * nkv, kv[t].cache0, kv[t].cache1, a.H,
                      a.Hkv,      a.Dh,        a.Dh,        kv[t].pos,    a.scale};
+    d.k_type = kv[t].type0;
+    d.v_type = kv[t].type1;
     d.q_norm = a.q_norm;
     d.k_norm = a.k_norm;
     d.eps = eps_;
@@ -265,7 +267,8 @@ void DecodeBlock::mla(int64_t N, const float *h, const TokenKv *kv, const float 
   for (int64_t t = 0; t < N; ++t)
     mla_args_.push_back({q_lat + t * a.H * a.R, q + t * a.H * dq + a.dn, dq, kva + t * nkv,
                          a.kv_norm, eps_, kv[t].cache0, kv[t].cache1, a.H, a.R, a.dr, kv[t].pos,
-                         a.scale, cos + t * pairs, sin + t * pairs, a.neox});
+                         a.scale, cos + t * pairs, sin + t * pairs, a.neox, kv[t].type0,
+                         kv[t].type1});
   stage(kAttn, [&] { ops::mla_decode_batch(mla_args_.data(), N, o_lat, a.H * a.R); });
   stage(kVb, [&] { a.v_b->forward(o_lat, N, vo); });  // [N, H, dv]
   stage(kO, [&] { a.o->forward(vo, N, out); });

@@ -113,23 +113,24 @@ class DecodeBlock {
   // x [N, D] the residual streams of N tokens (updated in place); f [N, D] the previous
   // block's FFN branches when add (added into x first), overwritten with this block's.
   // Token i stores its K/V (or latent) at row kv[i].pos of its sequence's layer caches
-  // kv[i].cache0 [>= pos + 1, cache_width(0)] and kv[i].cache1 and attends to rows 0..pos;
+  // kv[i].cache0 [>= pos + 1, cache_width(0)] and kv[i].cache1 (F16 caches: rounded) and
+  // attends to rows 0..pos;
   // cos, sin [N, rope_pairs()] its rotary rows. The linear and MoE ops run once for the N
   // tokens (each weight read once per step), the norms and routing per row, the attention
   // per token over its own cache after every token's store (so a prompt chunk's tokens see
   // the chunk's earlier positions). Each token's numbers are those it gets alone (N = 1):
-  // batch invariance. One thread at a time (the block's routing and argument buffers are its own): a
-  // second thread's step waits for the first.
+  // batch invariance. One thread at a time (the block's routing and argument buffers are its own):
+  // a second thread's step waits for the first. The caches' rows are of type0 and type1 (float32 or
+  // F16, ops::KvType).
   struct TokenKv {
-    float *cache0, *cache1;
+    void *cache0, *cache1;
     int64_t pos;
+    ops::KvType type0 = ops::KvType::f32, type1 = ops::KvType::f32;
   };
   void step(int64_t N, float *x, float *f, bool add, const TokenKv *kv, const float *cos,
             const float *sin);
   // One token: x, f [D], the layer's caches, its position and rotary row (the N = 1 case).
-  void step(float *x, float *f, bool add, float *cache0, float *cache1, int64_t pos,
-            const float *cos, const float *sin) {
-    const TokenKv kv{cache0, cache1, pos};
+  void step(float *x, float *f, bool add, const TokenKv &kv, const float *cos, const float *sin) {
     step(1, x, f, add, &kv, cos, sin);
   }
 

@@ -32,7 +32,7 @@ def test_capacity_grows_by_doubling_up_to_n_ctx():
 
 
 def test_growth_keeps_contents_and_remakes_views():
-    c = MLACache(3, 4096, 16, 4, "cpu")
+    c = MLACache(3, 4096, 16, 4, "cpu", "f32", "f32")
     lat = torch.randn(3, 200, 16)
     for layer in range(3):
         c.update(layer, 0, lat[layer], lat[layer, :, :4])

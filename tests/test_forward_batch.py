@@ -24,33 +24,43 @@ from numoe.kernels import quant_type, using_isa
 # (preset, type): GQA + MoE (Qwen3-MoE: q/k norms, neox rope), MLA + shared experts + a dense
 # layer (DeepSeek-V2), V3's sigmoid group routing, Qwen2-MoE's gated shared expert. The F32
 # files matter most: in quantized ones a last-bit difference in attention mostly vanishes when
-# the next projection quantizes its input, so they would hide a broken invariance.
+# the next projection quantizes its input, so they would hide a broken invariance. The KV
+# caches: F16 (the default) everywhere, and F32 and mixed (K float32, V F16) caches on the F32
+# files (the attention reads either row type; a token's kernels follow its own caches' types).
 MODELS = [
-    ("tiny-qwen3moe", "Q4_K_M"),
-    ("tiny-qwen3moe", "Q8_0"),
-    ("tiny-qwen3moe", "F32"),
-    ("tiny-v2", "Q4_K_M"),
-    ("tiny-v2", "Q4_0"),
-    ("tiny-v2", "F32"),
-    ("tiny-v3", "Q5_K_M"),
-    ("tiny-qwen2moe", "Q4_K_M"),
+    ("tiny-qwen3moe", "Q4_K_M", ("f16", "f16")),
+    ("tiny-qwen3moe", "Q8_0", ("f16", "f16")),
+    ("tiny-qwen3moe", "F32", ("f16", "f16")),
+    ("tiny-qwen3moe", "F32", ("f32", "f32")),
+    ("tiny-qwen3moe", "F32", ("f32", "f16")),
+    ("tiny-v2", "Q4_K_M", ("f16", "f16")),
+    ("tiny-v2", "Q4_0", ("f16", "f16")),
+    ("tiny-v2", "F32", ("f16", "f16")),
+    ("tiny-v2", "F32", ("f32", "f32")),
+    ("tiny-v3", "Q5_K_M", ("f16", "f16")),
+    ("tiny-qwen2moe", "Q4_K_M", ("f16", "f16")),
 ]
 N_CTX = 512
 
 
-@pytest.fixture(scope="module", params=MODELS, ids=lambda m: f"{m[0]}-{m[1]}")
+@pytest.fixture(scope="module", params=MODELS, ids=lambda m: f"{m[0]}-{m[1]}-{'-'.join(m[2])}")
 def model(request, tmp_path_factory):
-    preset, qtype = request.param
+    preset, qtype, types = request.param
     path = tmp_path_factory.mktemp("fb") / f"{preset}-{qtype}.gguf"
     synth.synth(preset, path, qtype)
     m = numoe_model(path)
     assert len(m.cpp_blocks()) == m.cfg.n_layer
+    m.test_cache_types = types  # what new_cache gives this module's caches
     return m
+
+
+def new_cache(model, n_ctx: int):
+    return model.new_cache(n_ctx, *model.test_cache_types)
 
 
 def prefill(model, prompt: list[int]):
     """A fresh cache holding prompt (one torch-path forward: the same in every run)."""
-    cache = model.new_cache(N_CTX)
+    cache = new_cache(model, N_CTX)
     model.forward(torch.tensor(prompt), cache, 0, n_logits=0, path="torch")
     return cache
 
@@ -141,7 +151,7 @@ def test_random_batches_are_invariant(model):
 
 
 def test_forward_batch_checks(model):
-    cache, other = model.new_cache(8), model.new_cache(8)
+    cache, other = new_cache(model, 8), new_cache(model, 8)
     with pytest.raises(ValueError, match="differ in length"):
         model.forward_batch([1, 2], [cache], [0, 1], [0])
     with pytest.raises(ValueError, match="consecutive"):
@@ -291,7 +301,7 @@ def test_step_batch_checks(model):
     touched."""
     blk = model.cpp_blocks()[0]
     D = model.cfg.n_embd
-    cache = model.new_cache(8)
+    cache = new_cache(model, 8)
     c0, c1 = cache.numpy_layer(0)
     pairs = model.rope.dim // 2
     x, f = np.zeros((2, D), np.float32), np.zeros((2, D), np.float32)

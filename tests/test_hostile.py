@@ -40,7 +40,7 @@ class _StubModel:
     def __init__(self, logits: torch.Tensor):
         self.logits = logits
 
-    def new_cache(self, n_ctx):
+    def new_cache(self, n_ctx, type_k="f16", type_v="f16"):
         return None
 
     def forward(self, tokens, cache, pos, n_logits=None):

@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "attention.hpp"
 #include "linear.hpp"
 #include "moe.hpp"
 
@@ -32,6 +33,7 @@ using Bytes = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 using Floats = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using MutFloats = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
 using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
+using MutArray = nb::ndarray<nb::c_contig, nb::device::cpu>;  // writable, dtype checked after
 using Floats2 = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
 
 // A new numpy array of n elements (owned by the array); *data points at them.
@@ -50,6 +52,18 @@ inline Floats2 new_floats2(size_t rows, size_t cols, float **data) {
   nb::capsule owner(p, [](void *q) noexcept { delete[] static_cast<float *>(q); });
   *data = p;
   return Floats2(p, {rows, cols}, owner);
+}
+
+// A KV cache array's element type: float32 or float16 (ops::KvType), else a TypeError naming
+// `what` and the dtype it has.
+inline ops::KvType kv_type(const MutArray &a, const std::string &what) {
+  const nb::dlpack::dtype f16{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+  if (a.dtype() == nb::dtype<float>()) return ops::KvType::f32;
+  if (a.dtype() == f16) return ops::KvType::f16;
+  const auto d = a.dtype();
+  throw nb::type_error((what + " must be a float32 or float16 array, got dtype code " +
+                        std::to_string(d.code) + " of " + std::to_string(d.bits) + " bits")
+                           .c_str());
 }
 
 // An expert gating function by name -> ops::route's gating (0 softmax, 1 sigmoid).

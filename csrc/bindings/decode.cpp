@@ -91,10 +91,12 @@ std::invalid_argument bad_step(const char *fn, const std::string &what) {
 }
 
 // A layer's two caches of one sequence: [rows, cache_width(i)] each, the same rows; returns
-// the rows.
-int64_t check_caches(const PyDecodeBlock &s, const MutFloats &c0, const MutFloats &c1,
-                     const char *fn, const std::string &which) {
-  const MutFloats *cs[2] = {&c0, &c1};
+// the rows; their element types (float32 or float16, each its own) into t0, t1.
+int64_t check_caches(const PyDecodeBlock &s, const MutArray &c0, const MutArray &c1, const char *fn,
+                     const std::string &which, ops::KvType &t0, ops::KvType &t1) {
+  const MutArray *cs[2] = {&c0, &c1};
+  t0 = kv_type(c0, std::string("DecodeBlock.") + fn + ": " + which + "cache 0");
+  t1 = kv_type(c1, std::string("DecodeBlock.") + fn + ": " + which + "cache 1");
   for (int i = 0; i < 2; ++i) {
     const int64_t w = s.blk.cache_width(i);
     if (cs[i]->ndim() < 2 ||
@@ -106,26 +108,27 @@ int64_t check_caches(const PyDecodeBlock &s, const MutFloats &c0, const MutFloat
   return static_cast<int64_t>(c0.shape(0));
 }
 
-void step(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, MutFloats &c0, MutFloats &c1,
+void step(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, MutArray &c0, MutArray &c1,
           int64_t pos, const Floats &cos, const Floats &sin) {
   if (!s.blk.ready()) throw bad_step("step", "set an attention and an FFN first");
   const int64_t D = s.blk.n_embd();
   if (static_cast<int64_t>(x.size()) != D || static_cast<int64_t>(f.size()) != D)
     throw bad_step("step", "x and f must hold D = " + std::to_string(D) + " values");
-  const int64_t rows = check_caches(s, c0, c1, "step", "");
+  DecodeBlock::TokenKv kv{c0.data(), c1.data(), pos};
+  const int64_t rows = check_caches(s, c0, c1, "step", "", kv.type0, kv.type1);
   if (pos < 0 || pos >= rows) throw bad_step("step", "position outside the cache");
   const size_t pairs = static_cast<size_t>(s.blk.rope_pairs());
   if (pairs > 0 && (cos.size() != pairs || sin.size() != pairs))
     throw bad_step("step", "cos and sin must hold " + std::to_string(pairs) + " values (one row)");
   nb::gil_scoped_release release;
-  s.blk.step(x.data(), f.data(), add, c0.data(), c1.data(), pos, cos.data(), sin.data());
+  s.blk.step(x.data(), f.data(), add, kv, cos.data(), sin.data());
 }
 
 using Ints32 = nb::ndarray<const int32_t, nb::c_contig, nb::device::cpu>;
 using Ints64 = nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu>;
 
-void step_batch(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, std::vector<MutFloats> &c0,
-                std::vector<MutFloats> &c1, const Ints32 &seq, const Ints64 &pos, const Floats &cos,
+void step_batch(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, std::vector<MutArray> &c0,
+                std::vector<MutArray> &c1, const Ints32 &seq, const Ints64 &pos, const Floats &cos,
                 const Floats &sin) {
   const char *fn = "step_batch";
   if (!s.blk.ready()) throw bad_step(fn, "set an attention and an FFN first");
@@ -140,8 +143,10 @@ void step_batch(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, std::vec
   if (c0.empty() || c0.size() != c1.size())
     throw bad_step(fn, "cache0 and cache1 must list the same number (>= 1) of sequences");
   std::vector<int64_t> rows(c0.size());
+  std::vector<std::pair<ops::KvType, ops::KvType>> types(c0.size());
   for (size_t i = 0; i < c0.size(); ++i)
-    rows[i] = check_caches(s, c0[i], c1[i], fn, "sequence " + std::to_string(i) + ": ");
+    rows[i] = check_caches(s, c0[i], c1[i], fn, "sequence " + std::to_string(i) + ": ",
+                           types[i].first, types[i].second);
   if (seq.ndim() != 1 || static_cast<int64_t>(seq.size()) != N)
     throw bad_step(fn, "seq must be int32 [N = " + std::to_string(N) + "]");
   if (pos.ndim() != 1 || static_cast<int64_t>(pos.size()) != N)
@@ -162,7 +167,7 @@ void step_batch(PyDecodeBlock &s, MutFloats &x, MutFloats &f, bool add, std::vec
     if (p < 0 || p >= rows[q])
       throw bad_step(fn, "pos[" + std::to_string(i) + "] = " + std::to_string(p) +
                              " is outside its cache (" + std::to_string(rows[q]) + " rows)");
-    kv[i] = {c0[q].data(), c1[q].data(), p};
+    kv[i] = {c0[q].data(), c1[q].data(), p, types[q].first, types[q].second};
   }
   nb::gil_scoped_release release;
   s.blk.step(N, x.data(), f.data(), add, kv.data(), cos.data(), sin.data());
@@ -203,13 +208,14 @@ void bind_decode(nb::module_ &m) {
       .def("step", &step, "x"_a.noconvert(), "f"_a.noconvert(), "add"_a, "cache0"_a.noconvert(),
            "cache1"_a.noconvert(), "pos"_a, "cos"_a.noconvert(), "sin"_a.noconvert(),
            "x [D] (in place: the residual stream), f [D] (in: the previous block's FFN branch, "
-           "added to x when add; out: this block's), the layer's two caches [n_ctx, ...], the "
-           "token's position and rotary row cos, sin.")
+           "added to x when add; out: this block's), the layer's two caches [n_ctx, ...] "
+           "(float32 or float16 each), the token's position and rotary row cos, sin.")
       .def("step_batch", &step_batch, "x"_a.noconvert(), "f"_a.noconvert(), "add"_a,
            "cache0"_a.noconvert(), "cache1"_a.noconvert(), "seq"_a.noconvert(), "pos"_a.noconvert(),
            "cos"_a.noconvert(), "sin"_a.noconvert(),
            "N tokens through the block in one call: x, f [N, D] as step's, one row a token; "
-           "cache0, cache1 lists of the layer's two caches of S sequences [n_ctx, ...]; seq "
+           "cache0, cache1 lists of the layer's two caches of S sequences [n_ctx, ...] (float32 "
+           "or float16 each); seq "
            "int32 [N] each token's sequence (an index into those lists), pos int64 [N] its "
            "position, cos, sin [N, pairs] its rotary rows. The linear and MoE ops run once for "
            "all N; each token's numbers are those of step() alone.");

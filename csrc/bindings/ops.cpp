@@ -127,13 +127,15 @@ void bind_ops(nb::module_ &m) {
       "(see numoe.layers.moe.route).");
   m.def(
       "gqa_decode",
-      [](MutFloats &q, MutFloats &k, const Floats &v, MutFloats &k_cache, MutFloats &v_cache,
+      [](MutFloats &q, MutFloats &k, const Floats &v, MutArray &k_cache, MutArray &v_cache,
          int64_t pos, float scale, const std::optional<Floats> &q_norm,
          const std::optional<Floats> &k_norm, float eps, const std::optional<Floats> &cos,
          const std::optional<Floats> &sin, int64_t rope_dim, bool neox) {
         auto bad = [](const std::string &what) {
           return std::invalid_argument("gqa_decode: " + what);
         };
+        const ops::KvType kt = kv_type(k_cache, "gqa_decode: k_cache");
+        const ops::KvType vt = kv_type(v_cache, "gqa_decode: v_cache");
         if (k_cache.ndim() != 3 || v_cache.ndim() != 3 || k_cache.shape(0) != v_cache.shape(0) ||
             k_cache.shape(1) != v_cache.shape(1))
           throw bad("caches must be [n_ctx, Hkv, dk] and [n_ctx, Hkv, dv]");
@@ -164,6 +166,8 @@ void bind_ops(nb::module_ &m) {
         }
         a.rope_dim = rope_dim;
         a.neox = neox;
+        a.k_type = kt;
+        a.v_type = vt;
         float *y;
         auto arr = new_floats2(1, static_cast<size_t>(H * dv), &y);
         {
@@ -177,16 +181,18 @@ void bind_ops(nb::module_ &m) {
       "k_norm"_a.noconvert() = nb::none(), "eps"_a = 0.0f, "cos"_a.noconvert() = nb::none(),
       "sin"_a.noconvert() = nb::none(), "rope_dim"_a = 0, "neox"_a = true,
       "One token's grouped-query attention (ops::gqa_decode): q [H*dk], k [Hkv*dk] normed and "
-      "rotated in place, k and v stored at row pos of the caches [n_ctx, Hkv, d], -> out "
-      "[1, H*dv].");
+      "rotated in place, k and v stored at row pos of the caches [n_ctx, Hkv, d] (float32, or "
+      "float16: stored rounded to nearest even), -> out [1, H*dv].");
   m.def(
       "mla_decode",
       [](const Floats &q_lat, MutFloats &q, int64_t d_nope, MutFloats &kv, const Floats &kv_norm,
-         float eps, MutFloats &latent_cache, MutFloats &k_rope_cache, int64_t pos, float scale,
+         float eps, MutArray &latent_cache, MutArray &k_rope_cache, int64_t pos, float scale,
          const Floats &cos, const Floats &sin, bool neox) {
         auto bad = [](const std::string &what) {
           return std::invalid_argument("mla_decode: " + what);
         };
+        const ops::KvType lt = kv_type(latent_cache, "mla_decode: latent_cache");
+        const ops::KvType rt = kv_type(k_rope_cache, "mla_decode: k_rope_cache");
         if (latent_cache.ndim() != 2 || k_rope_cache.ndim() != 2 ||
             latent_cache.shape(0) != k_rope_cache.shape(0))
           throw bad("caches must be [n_ctx, R] and [n_ctx, dr]");
@@ -219,7 +225,9 @@ void bind_ops(nb::module_ &m) {
                          scale,
                          cos.data(),
                          sin.data(),
-                         neox};
+                         neox,
+                         lt,
+                         rt};
         float *y;
         auto arr = new_floats2(1, static_cast<size_t>(H * R), &y);
         {
@@ -233,8 +241,8 @@ void bind_ops(nb::module_ &m) {
       "pos"_a, "scale"_a, "cos"_a.noconvert(), "sin"_a.noconvert(), "neox"_a,
       "One token's multi-head latent attention (ops::mla_decode): q_lat [H*R] (absorbed "
       "query), q [H*(d_nope+dr)] whose rope parts are rotated in place, kv [R+dr] normed and "
-      "rotated in place and stored at row pos of the caches [n_ctx, R], [n_ctx, dr] -> out "
-      "[1, H*R].");
+      "rotated in place and stored at row pos of the caches [n_ctx, R], [n_ctx, dr] (float32 "
+      "or float16 each) -> out [1, H*R].");
 }
 
 }  // namespace numoe::py

@@ -60,7 +60,8 @@ from .runtime.machine import cpu_model, proc_bytes
 # JSON/CSV fields in order: llama-bench's names where one exists, then numoe's own.
 FIELDS = (
     "numoe_version", "cpu_info", "model_filename", "model_type", "model_size",
-    "model_n_params", "n_batch", "n_threads", "n_prompt", "n_gen", "n_depth", "test_time",
+    "model_n_params", "n_batch", "n_threads", "type_k", "type_v", "n_prompt", "n_gen",
+    "n_depth", "test_time",
     "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
     # numoe's own
     "test", "quant", "model_n_params_active", "numa", "bytes_per_token", "gbps",
@@ -164,13 +165,17 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_test(model, test: Test, n_vocab: int, batch: int, rng: random.Random) -> float:
-    """Seconds for one run of `test` on a fresh cache (allocated, and filled with n_depth
-    random tokens, before the clock starts)."""
+def time_test(
+    model, test: Test, n_vocab: int, batch: int, rng: random.Random,
+    cache_types: tuple[str, str] = ("f16", "f16"),
+) -> float:  # fmt: skip
+    """Seconds for one run of `test` on a fresh cache of cache_types (type_k, type_v;
+    allocated, and filled with n_depth random tokens, before the clock starts)."""
     n = test.n_prompt or test.n_gen
     depth = [rng.randrange(n_vocab) for _ in range(test.n_depth)]
     tokens = [rng.randrange(n_vocab) for _ in range(n)]
-    sess = Session(model, n_ctx=test.n_depth + n, chunk=batch)
+    sess = Session(model, n_ctx=test.n_depth + n, chunk=batch, type_k=cache_types[0],
+                   type_v=cache_types[1])  # fmt: skip
     if depth:
         sess.prefill(depth)
     _sync()
@@ -185,13 +190,15 @@ def time_test(model, test: Test, n_vocab: int, batch: int, rng: random.Random) -
 
 
 def run_test(
-    model, test: Test, n_vocab: int, batch: int, reps: int, warmup: bool = True, seed: int = 0
-) -> list[float]:
-    """Seconds of each of `reps` runs, after one unrecorded warm-up run."""
+    model, test: Test, n_vocab: int, batch: int, reps: int, warmup: bool = True, seed: int = 0,
+    cache_types: tuple[str, str] = ("f16", "f16"),
+) -> list[float]:  # fmt: skip
+    """Seconds of each of `reps` runs, after one unrecorded warm-up run; caches of cache_types
+    (type_k, type_v: -ctk, -ctv)."""
     rng = random.Random(seed)
     if warmup:
-        time_test(model, test, n_vocab, batch, rng)
-    return [time_test(model, test, n_vocab, batch, rng) for _ in range(reps)]
+        time_test(model, test, n_vocab, batch, rng, cache_types)
+    return [time_test(model, test, n_vocab, batch, rng, cache_types) for _ in range(reps)]
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -322,10 +329,12 @@ def make_row(
     per_node: dict[str, int],
     isa: str | None = None,
     end: float | None = None,
+    cache_types: tuple[str, str] = ("f16", "f16"),
 ) -> dict:
     """One result row, FIELDS in order. read_bw: what the tg row is set against (None: no
     bandwidth figure); end: when the test ended (time.time(), for the probe's age; default
-    now); isa: the kernels' SIMD level (default: the process's now)."""
+    now); isa: the kernels' SIMD level (default: the process's now); cache_types: the KV
+    cache's (type_k, type_v), llama-bench's columns."""
     n = test.n_prompt or test.n_gen
     ts = [n / s for s in seconds]  # tokens/s per repetition
     ns = [int(s * 1e9) for s in seconds]
@@ -343,6 +352,8 @@ def make_row(
         "model_n_params": info.n_params,
         "n_batch": batch,
         "n_threads": threads,
+        "type_k": cache_types[0],
+        "type_v": cache_types[1],
         "n_prompt": test.n_prompt,
         "n_gen": test.n_gen,
         "n_depth": test.n_depth,

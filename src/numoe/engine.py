@@ -56,11 +56,15 @@ class Timings:
 class Session:
     """One conversation's state: the cache and the tokens it holds."""
 
-    def __init__(self, model, n_ctx: int, chunk: int = 512):
+    def __init__(
+        self, model, n_ctx: int, chunk: int = 512, type_k: str = "f16", type_v: str = "f16"
+    ):
+        """type_k, type_v: the cache's key and value types (numoe.cache.CACHE_TYPES, -ctk and
+        -ctv; 'f16' as llama.cpp)."""
         if n_ctx < 1 or chunk < 1:
             raise ValueError(f"context ({n_ctx}) and prefill chunk ({chunk}) must be >= 1")
         self.model, self.n_ctx, self.chunk = model, n_ctx, chunk
-        self.cache = model.new_cache(n_ctx)
+        self.cache = model.new_cache(n_ctx, type_k=type_k, type_v=type_v)
         self.tokens: list[int] = []  # tokens whose K/V are in the cache
         self.timings = Timings()
 

@@ -13,6 +13,7 @@ from .common import (
     FlagError,
     add_model_args,
     add_thread_args,
+    cache_types,
     count_list,
     load_model,
     make_runtime,
@@ -200,7 +201,7 @@ def sweep(args, configs: list[tuple[int | None, str]], tests, printer: Printer, 
         for t in tests:
             before = prober.before() if t.n_gen else None
             secs = bench.run_test(model, t, cfg.n_vocab, args.batch_size, args.repetitions,
-                                  not args.no_warmup, args.seed)  # fmt: skip
+                                  not args.no_warmup, args.seed, cache_types(args))  # fmt: skip
             end = time.time()
             if t.n_gen:
                 done.append((t, secs, prober.after(before), end))
@@ -212,6 +213,7 @@ def sweep(args, configs: list[tuple[int | None, str]], tests, printer: Printer, 
             row = bench.make_row(
                 info, t, secs, threads=plan.threads, numa=policy.name, batch=args.batch_size,
                 read_bw=bw, peak_rss_bytes=peak, per_node=per_node, isa=rt.isa, end=end,
+                cache_types=cache_types(args),
             )  # fmt: skip
             printer.add(row)
             rows.append(row)

@@ -26,7 +26,8 @@ def main(args) -> int:
     from ..text import IncrementalDecoder
 
     _, model, tok = load_from_args(args)
-    sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size)
+    sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size,
+                   type_k=args.cache_type_k, type_v=args.cache_type_v)  # fmt: skip
     sampler = sampler_from_args(args)
     base = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(base)

@@ -136,9 +136,40 @@ def resolve_settings(args, names=None) -> dict:
     return config.resolve(args, config.THREAD_SETTINGS if names is None else names)
 
 
+# KV cache element types, llama.cpp's -ctk / -ctv names (numoe.cache.CACHE_TYPES; kept here
+# too so that `numoe --help` need not import torch).
+CACHE_TYPES = ("f32", "f16")
+
+
+def cache_type_arg(s: str) -> str:
+    """-ctk / -ctv: a name of CACHE_TYPES, else a flag error listing them."""
+    if s not in CACHE_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown KV cache type {s!r}: choose from {', '.join(CACHE_TYPES)}"
+        )
+    return s
+
+
+def cache_types(args) -> tuple[str, str]:
+    """(type_k, type_v) from -ctk / -ctv."""
+    return args.cache_type_k, args.cache_type_v
+
+
+def add_cache_type_args(g) -> None:
+    """-ctk/--cache-type-k, -ctv/--cache-type-v (llama.cpp's flags and default, f16)."""
+    for short, name, what in (("-ctk", "k", "keys"), ("-ctv", "v", "values")):
+        g.add_argument(
+            short, f"--cache-type-{name}", dest=f"cache_type_{name}", type=cache_type_arg,
+            default="f16", metavar="TYPE",
+            help=f"KV cache type of the {what}: {', '.join(CACHE_TYPES)} (f16: half the memory"
+            " and cache reads of f32, values rounded to nearest even; MLA models store the "
+            "latent and rope key as -ctk, -ctv does not apply to them, as in llama.cpp)",
+        )  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:
-    """-m, --device, -b; with `run` (run, chat) also the thread flags and -c (bench and tune
-    add their own sweepable thread flags)."""
+    """-m, --device, -b, -ctk, -ctv; with `run` (run, chat) also the thread flags and -c (bench
+    and tune add their own sweepable thread flags)."""
     g = p.add_argument_group("model and devices")
     g.add_argument(
         "-m", "--model", "--gguf-path", dest="model", default=None,
@@ -156,6 +187,7 @@ def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:
     g.add_argument(
         "-b", "--batch-size", type=positive_int, default=512, help="prefill chunk, in tokens"
     )
+    add_cache_type_args(g)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, n_predict: int = 128) -> None:

@@ -26,7 +26,8 @@ def main(args) -> int:
 
     _, model, tok = load_from_args(args)
     prompt = tok.encode(args.prompt, special=True)
-    sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size)
+    sess = Session(model, n_ctx=args.ctx_size, chunk=args.batch_size,
+                   type_k=args.cache_type_k, type_v=args.cache_type_v)  # fmt: skip
     dec = IncrementalDecoder(tok, skip_special=True)  # control tokens print nothing, as llama.cpp
     max_new = args.n_predict if args.n_predict >= 0 else args.ctx_size
     gen = sess.generate(prompt, max_new, sampler_from_args(args), tok.stop_ids, args.ignore_eos)

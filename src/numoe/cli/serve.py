@@ -97,6 +97,7 @@ def main(args) -> int:
     cfg = ServeConfig(
         model_id=alias, n_slots=args.parallel, n_ctx=args.ctx_size, chunk=args.chunk,
         batch=args.batch_size, max_queue=args.queue, api_key=args.api_key,
+        cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
         max_body=args.max_body << 20, defaults=defaults,
     )  # fmt: skip
     runtime = runtime_from_args(args)  # flag errors before the server starts

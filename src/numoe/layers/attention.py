@@ -107,6 +107,8 @@ class GQAAttention:
             k = rms_norm(k, self.k_norm, self.eps)
         q = self.rope.apply(q, cos, sin)
         k = self.rope.apply(k, cos, sin)
-        k_all, v_all = cache.update(self.blk, pos, k, v)  # [S, Hkv, Dh]
+        k_all, v_all = cache.update(self.blk, pos, k, v)  # [S, Hkv, Dh], the cache's types
+        # an F16 cache holds the rounded values: attention over their exact upcast, as C++'s
+        k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)  # [S, Hkv, Dh] each
         out = causal_attention(q, k_all, v_all, pos, self.Dh**-0.5)  # [T, H, Dh]
         return self.o(out.reshape(T, self.H * self.Dh))

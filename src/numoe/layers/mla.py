@@ -135,6 +135,8 @@ class MLAttention:
         k_rope = self.rope.apply(kv[:, None, self.R :], cos, sin)[:, 0]  # [T, dr]
         q_rope = self.rope.apply(q_rope, cos, sin)  # [T, H, dr]
         lat_all, kr_all = cache.update(self.blk, pos, latent, k_rope)  # [S, R], [S, dr]
+        # an F16 cache holds the rounded values: attention over their exact upcast, as C++'s
+        lat_all, kr_all = lat_all.to(latent.dtype), kr_all.to(latent.dtype)
         q_lat = self.k_b(q_nope)  # [T, H, R], W_uk absorbed into the query
         o_lat = latent_attention(q_lat, q_rope, lat_all, kr_all, pos, self.scale)
         out = self.v_b(o_lat)  # [T, H, dv]

@@ -6,7 +6,7 @@ Two ways through the blocks (`DecoderModel.forward`'s `path`):
   ops): prefill, a CUDA dense device, and the reference the tests hold the other path to;
 - "cpp": one decode step of a whole block in one C++ call (``numoe._cpu.DecodeBlock``: the
   same ops in the same order, no Python between them), for one token when every block can
-  run there (CPU ops, float32 norms and caches).
+  run there (CPU ops, float32 norms, CPU caches of float32 or F16).
 "auto" takes "cpp" for one token when the model can, else "torch".
 """
 
@@ -70,7 +70,9 @@ class DecoderModel:
         self.cpp_steps = 0  # decode steps run through them (tests assert the path ran)
         self.cpp_chunks = 0  # prompt chunks (forward of T > 1 tokens) run through them
 
-    def new_cache(self, n_ctx: int):
+    def new_cache(self, n_ctx: int, type_k: str = "f16", type_v: str = "f16"):
+        """A cache for n_ctx positions whose keys and values are of type_k and type_v
+        (numoe.cache.CACHE_TYPES: 'f16', llama.cpp's default, or 'f32')."""
         raise NotImplementedError
 
     @torch.inference_mode()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..cache import MLACache
+from ..cache import DEFAULT_CACHE_TYPE, MLACache, cache_dtype
 from ..gguf import GGUFError, GGUFFile
 from ..gguf.checks import MAX_COUNT, ArchKeys, check_blocks, describe
 from ..layers.ffn import FeedForward
@@ -384,6 +384,12 @@ class Model(DecoderModel):
         )
         return Block(g, i, c, dev, attn, moe)
 
-    def new_cache(self, n_ctx: int) -> MLACache:
+    def new_cache(
+        self, n_ctx: int, type_k: str = DEFAULT_CACHE_TYPE, type_v: str = DEFAULT_CACHE_TYPE
+    ) -> MLACache:
+        """The latent and the rope key both take type_k (they are the key; the latent is the
+        value too): llama.cpp's MLA cache, where -ctv does not apply. type_v is checked."""
         c = self.cfg
-        return MLACache(c.n_layer, n_ctx, c.kv_lora_rank, c.d_rope, self.placement.dense)
+        cache_dtype(type_v)  # a bad name is an error here too, not ignored
+        return MLACache(c.n_layer, n_ctx, c.kv_lora_rank, c.d_rope, self.placement.dense,
+                        type_k, type_k)  # fmt: skip

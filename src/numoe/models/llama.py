@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..cache import KVCache
+from ..cache import DEFAULT_CACHE_TYPE, KVCache
 from ..gguf import GGUFError, GGUFFile, dequantize
 from ..gguf.checks import MAX_COUNT, ArchKeys, check_blocks
 from ..layers.attention import GQAAttention
@@ -205,6 +205,9 @@ class Model(DecoderModel):
             ffn = FeedForward.load(g, f"blk.{i}.ffn", c.n_embd, c.n_ff, dev)
         return Block(g, i, c, dev, GQAAttention(g, i, c, self.rope, dev), ffn)
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def new_cache(
+        self, n_ctx: int, type_k: str = DEFAULT_CACHE_TYPE, type_v: str = DEFAULT_CACHE_TYPE
+    ) -> KVCache:
         c = self.cfg
-        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense)
+        dev = self.placement.dense
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, dev, type_k, type_v)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..cache import KVCache
+from ..cache import DEFAULT_CACHE_TYPE, KVCache
 from ..gguf import GGUFFile
 from ..gguf.checks import ArchKeys, check_blocks
 from ..layers.attention import GQAAttention
@@ -187,6 +187,9 @@ class Model(DecoderModel):
         )
         return Block(g, i, c, dev, GQAAttention(g, i, c, self.rope, dev), moe)
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def new_cache(
+        self, n_ctx: int, type_k: str = DEFAULT_CACHE_TYPE, type_v: str = DEFAULT_CACHE_TYPE
+    ) -> KVCache:
         c = self.cfg
-        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, self.placement.dense)
+        dev = self.placement.dense
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim, dev, type_k, type_v)

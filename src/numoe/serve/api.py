@@ -38,6 +38,8 @@ class ServeConfig:
     chunk: int = 0  # prompt tokens per step while others decode (0: sized by the scheduler)
     batch: int = 512  # prompt tokens per step when nothing decodes
     max_queue: int = 64
+    cache_type_k: str = "f16"  # a slot's KV cache types (-ctk, -ctv; numoe.cache.CACHE_TYPES)
+    cache_type_v: str = "f16"
     api_key: str | None = None
     max_body: int = 16 << 20
     defaults: SamplingParams = field(default_factory=SamplingParams)
@@ -59,7 +61,8 @@ class Server:
         c = self.cfg
         self.tok = tok
         self.scheduler = Scheduler(model, tok, c.n_slots, c.n_ctx, c.chunk, c.batch,
-                                   c.max_queue, self.metrics)  # fmt: skip
+                                   c.max_queue, self.metrics,
+                                   cache_types=(c.cache_type_k, c.cache_type_v))  # fmt: skip
         self.scheduler.start()
         self.state = "ready"
 

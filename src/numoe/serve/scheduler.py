@@ -111,12 +111,13 @@ class Scheduler:
         batch: int = 512,
         max_queue: int = 64,
         metrics: Metrics | None = None,
+        cache_types: tuple[str, str] = ("f16", "f16"),  # a slot's (type_k, type_v): -ctk, -ctv
     ):
         if min(n_slots, n_ctx, batch) < 1 or min(chunk, max_queue) < 0:
             raise ValueError("slots, context and batch must be >= 1, chunk and queue >= 0")
         self.model, self.tok, self.n_ctx = model, tok, n_ctx
         self.chunk, self.batch, self.max_queue = chunk, batch, max_queue
-        self.slots = [Slot(i, model.new_cache(n_ctx)) for i in range(n_slots)]
+        self.slots = [Slot(i, model.new_cache(n_ctx, *cache_types)) for i in range(n_slots)]
         self.metrics = metrics or Metrics()
         self.metrics.slots_total.set(n_slots)
         self.waiting: collections.deque[Job] = collections.deque()
