@@ -16,9 +16,9 @@ is reused unless a test means it), greedy, ignore_eos, max_tokens --gen.
 
 Tests, per round, each engine in turn (rotated order):
 - N concurrent clients, one request each: aggregate output tok/s (generated tokens / wall
-  time of the batch, prefill included), decode tok/s (sum over clients of tokens after the
-  first / their time after the first), time to first token (TTFT) and inter-token latency
-  (ITL) p50/p99;
+  time of the batch, prefill included), decode tok/s (the tokens of all clients while every
+  one is generating, from the last first token to the first last token, over that window:
+  the steady batched rate), time to first token (TTFT) and inter-token latency (ITL) p50/p99;
 - prompt reuse: a 1,000-token prompt, then the same plus 24 new tokens (a chat's second
   turn): TTFT of the second beside the same-length prompt cold (a distinct first token);
 - a long prompt arriving: 4 streams decoding, a 2,000-token prompt sent among them: the
@@ -154,7 +154,12 @@ def concurrency(url: str, n: int, plen: int, gen: int, vocab: int, rng) -> dict:
     wall = time.perf_counter() - t0
     ttft = [o["first"] - o["t0"] for o in outs]
     itl = [b - a for o in outs for a, b in zip(o["times"], o["times"][1:])]
-    dec = sum((o["n"] - 1) / (o["times"][-1] - o["times"][0]) for o in outs if len(o["times"]) > 1)
+    # decode tok/s: tokens of all clients while every one of them is generating (from the
+    # last first token to the first last token), over that window: the steady batched rate
+    lo = max(o["times"][0] for o in outs if o["times"])
+    hi = min(o["times"][-1] for o in outs if o["times"])
+    n_win = sum(1 for o in outs for t in o["times"] if lo < t <= hi)
+    dec = n_win / (hi - lo) if hi > lo else float("nan")
     return {"tok_s": sum(o["n"] for o in outs) / wall, "decode_tok_s": dec,
             "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99),
             "itl_p50": pct(itl, 0.5), "itl_p99": pct(itl, 0.99)}  # fmt: skip

@@ -33,8 +33,8 @@ from .textout import TextOut
 log = logging.getLogger("numoe.serve")
 
 
-STALL = 2.0  # chunk=0: a step with prompt tokens takes at most about this x a decode step
-MIN_CHUNK = 4  # ... but always at least this many prompt tokens, so prompts progress
+STALL = 3.0  # chunk=0: a step with prompt tokens takes at most about this x a decode step
+MIN_CHUNK = 8  # ... but always at least this many prompt tokens, so prompts progress
 
 
 class QueueFull(RuntimeError):
