@@ -23,6 +23,8 @@ Tests, per round, each engine in turn (rotated order):
   turn): TTFT of the second beside the same-length prompt cold (a distinct first token);
 - a long prompt arriving: 4 streams decoding, a 2,000-token prompt sent among them: the
   streams' ITL p50 and p99 over that time.
+The load generator runs at nice 10 (the servers at the caller's priority), so on a small
+machine its own CPU time comes out of idle time rather than the servers' steps.
 Figures are medians over rounds; ratios numoe / llama-server per round, median.
 """
 
@@ -232,6 +234,8 @@ def main() -> int:
                                                "-tb", str(a.threads), "-np", str(npar),
                                                "-c", str(a.ctx * npar), "--port", str(p),
                                                "--host", "127.0.0.1", "--no-webui"], p))  # fmt: skip
+    # the load generator shares the machine: below the servers, so it takes what they leave
+    os.nice(10)
     print(f"# serve benchmark: {os.path.basename(a.model)}, {a.threads} threads, ISA {isa()}, "
           f"prompt {a.prompt}, gen {a.gen}, -np {npar}, {a.rounds} rounds", flush=True)  # fmt: skip
     res: dict = {}

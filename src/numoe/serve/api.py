@@ -193,30 +193,36 @@ class Api:
                            headers={"Retry-After": "1"}) from None  # fmt: skip
         return job, q
 
-    async def events(self, request: Request, job: Job, q: asyncio.Queue) -> AsyncIterator[Event]:
+    async def events(
+        self, request: Request, job: Job, q: asyncio.Queue, watch: bool = False
+    ) -> AsyncIterator[Event]:
         """The job's events until done or error; cancels the job if the consumer stops early
-        (a streaming client that disconnects) or the client goes away while it waits."""
+        (Starlette cancels a streamed response whose client disconnects). watch: also poll
+        for the client going away (a non-streamed request, whose handler only waits)."""
         done = False
+        watcher = asyncio.create_task(self._watch(request, job)) if watch else None
         try:
             while True:
-                try:
-                    ev = await asyncio.wait_for(q.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
+                ev = await q.get()
                 done = ev.kind in ("done", "error")
                 yield ev
                 if done:
                     return
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if not done:
                 self.server.scheduler.cancel(job)
+
+    async def _watch(self, request: Request, job: Job) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(1.0)
+        self.server.scheduler.cancel(job)  # its "abort" event ends events()
 
     async def collect(self, request: Request, job: Job, q: asyncio.Queue):
         """(text, tokens, logprob events, final event) of a job run to the end."""
         text, evs, last = [], [], None
-        async for ev in self.events(request, job, q):
+        async for ev in self.events(request, job, q, watch=True):
             if ev.kind == "token":
                 text.append(ev.text)
                 if ev.token >= 0:
