@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import _cpu
 from ..engine import NonFiniteLogits, check_logits
 from ..sampling import Sampler
 from .metrics import Metrics
@@ -35,6 +37,20 @@ log = logging.getLogger("numoe.serve")
 
 STALL = 3.0  # chunk=0: a step with prompt tokens takes at most about this x a decode step
 MIN_CHUNK = 8  # ... but always at least this many prompt tokens, so prompts progress
+
+
+def pin_to_pool_caller() -> None:
+    """Pin the calling thread (the scheduler's) to the CPU of the pool's caller slot. Each pool
+    call otherwise moves an unpinned caller off a worker's CPU and back (two migrations per
+    op, ~100 ops a step), and in a server the event loop's thread keeps pushing it there. The
+    scheduler starts no threads, so nothing inherits the one-CPU mask."""
+    groups = _cpu.thread_groups()
+    cpu = groups[0][0] if groups and groups[0] else -1
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})  # Linux: pid 0 is this thread
+        except OSError:
+            pass  # a CPU the process may not use any more: run unpinned
 
 
 class QueueFull(RuntimeError):
@@ -177,6 +193,7 @@ class Scheduler:
     # ---- the scheduler thread ---------------------------------------------------------
 
     def _loop(self) -> None:
+        pin_to_pool_caller()
         while True:
             with self.cv:
                 while not self.stopping and not self.waiting and not self.running:
