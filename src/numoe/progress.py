@@ -94,7 +94,7 @@ class WriteProgress:
         fill = min(WIDTH, int(frac * WIDTH))
         shown = f" [{'#' * fill}{'.' * (WIDTH - fill)}]" if bar else ""
         return (
-            f"numoe: writing {self.label}{shown} {frac:4.0%} {done}/{n} tensors, "
+            f"numoe: writing {self.label}{shown} {frac:{'4' if bar else ''}.0%} {done}/{n} tensors, "
             f"{size(nbytes)}/{size(total)}, {time.perf_counter() - self.t0:.1f} s"
         )
 
