@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ContextFull  # defined there (no torch), raised and imported from here
+
 GROW = 256  # positions: the first allocation and the unit of growth
 
 # Cache element types by llama.cpp's -ctk / -ctv names (bf16, q8_0 ...: not yet).
@@ -36,10 +38,6 @@ def cache_dtype(name: str) -> torch.dtype:
     if name not in CACHE_TYPES:
         raise ValueError(f"unknown KV cache type {name!r}: choose from {', '.join(CACHE_TYPES)}")
     return CACHE_TYPES[name]
-
-
-class ContextFull(RuntimeError):
-    """The prompt plus generated tokens do not fit in the context (-c)."""
 
 
 class _Cache:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,25 +224,89 @@ def toml_value(v: object) -> str:
     return json.dumps(str(v))
 
 
+_HEADER_RE = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*(#.*)?$")
+# key = value  # comment: values of SETTINGS are numbers, booleans and one-line strings
+_VALUE = r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+'
+_KEY_RE = re.compile(
+    r"^(?P<lead>\s*(?P<q>[\"']?)(?P<key>[A-Za-z0-9_-]+)(?P=q)\s*=\s*)(?P<value>"
+    + _VALUE
+    + r")(?P<tail>\s*(#.*)?)$"
+)
+
+
 def write_config(values: dict[str, object], comment: str = "", path: Path | None = None) -> Path:
-    """Set `values` in [defaults] of the config file, keeping its other keys (its comments are
-    not kept); returns the path written. `comment` lines go at the top."""
+    """Set `values` in [defaults] of the config file, editing it in place: its comments,
+    blank lines, other keys and their order are kept; a key already there gets the new value
+    on its own line (a comment after it stays), a new one goes after the table's last key.
+    `comment` lines go just above [defaults], replacing the block an earlier call with the
+    same first words (up to the first comma, e.g. 'numoe tune') put there. Returns the path
+    written."""
     path = config_path() if path is None else path
     for k, v in values.items():
         SETTINGS[k].parse(v)  # ValueError for a bad value: never write one
-    merged = read_config(path) | values
-    lines = [f"# {c}" if c else "#" for c in comment.splitlines()]
-    lines += [
-        "# numoe settings: flags override NUMOE_* variables, which override this file;",
-        "# `numoe doctor` shows where each setting came from.",
-        f"[{TABLE}]",
-    ]
-    lines += [f"{k} = {toml_value(merged[k])}" for k in SETTINGS if k in merged]
+    read_config(path)  # ConfigError for a file that is not valid: never edit one
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = [
+            "# numoe settings: flags override NUMOE_* variables, which override this file;",
+            "# `numoe doctor` shows where each setting came from.",
+        ]
+    note = [f"# {c}" if c else "#" for c in comment.splitlines()]
+
+    header = next((i for i, ln in enumerate(lines) if _table(ln) == TABLE), None)
+    if header is None:
+        if lines and lines[-1].strip():
+            lines.append("")
+        lines.append(f"[{TABLE}]")
+        header = len(lines) - 1
+    end = next((i for i in range(header + 1, len(lines)) if _table(lines[i])), len(lines))
+    todo = dict(values)
+    last_key = header
+    for i in range(header + 1, end):
+        m = _KEY_RE.match(lines[i])
+        if m is None:
+            continue
+        last_key = i
+        if m["key"] in todo:
+            v = todo.pop(m["key"])
+            lines[i] = f"{m['lead']}{toml_value(v)}{m['tail']}"
+    added = [f"{k} = {toml_value(v)}" for k, v in todo.items()]
+    lines[last_key + 1 : last_key + 1] = added
+
+    if note:  # replace an earlier block of the same kind just above the header
+        marker = "# " + comment.splitlines()[0].split(",")[0]
+        start = header
+        while start > 0 and lines[start - 1].startswith("#"):
+            start -= 1
+        old = next((j for j in range(start, header) if lines[j].startswith(marker)), None)
+        if old is not None:
+            del lines[old:header]
+            header = old
+        lines[header:header] = note
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:  # the edit must read back as the values asked for (e.g. not a multi-line value)
+        got = read_config(tmp)
+        ok = all(got.get(k) == SETTINGS[k].parse(v) for k, v in values.items())
+    except ConfigError:
+        ok = False
+    if not ok:
+        tmp.unlink(missing_ok=True)
+        want = ", ".join(f"{k} = {toml_value(v)}" for k, v in values.items())
+        raise ConfigError(
+            f"config {path}: could not update it in place; set {want} in [{TABLE}] by hand"
+        )
     os.replace(tmp, path)
     return path
+
+
+def _table(line: str) -> str | None:
+    """The table a '[name]' line opens, else None."""
+    m = _HEADER_RE.match(line)
+    return m[1] if m else None
 
 
 def setting_help(name: str, text: str) -> str:

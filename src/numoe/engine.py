@@ -67,6 +67,9 @@ class Session:
         self.cache = model.new_cache(n_ctx, type_k=type_k, type_v=type_v)
         self.tokens: list[int] = []  # tokens whose K/V are in the cache
         self.timings = Timings()
+        # why the last generate() ended: "stop" (a stop token), "length" (max_new tokens),
+        # "context" (a full context); None while it runs or when it was interrupted
+        self.finish_reason: str | None = None
 
     def prefill(self, tokens: list[int]) -> torch.Tensor:
         """Make the cache hold `tokens`; return logits [V] after the last one.
@@ -114,9 +117,11 @@ class Session:
     ) -> Iterator[int]:
         """Yield up to max_new sampled tokens (a stop token ends it and is not yielded).
 
-        Stops early, without error, when the context is full.
+        Stops early, without error, when the context is full; `finish_reason` says why it
+        ended.
         """
         self.timings = Timings()
+        self.finish_reason = None
         logits = self.prefill(prompt)
         history = list(prompt)
         t0 = time.perf_counter()
@@ -124,13 +129,20 @@ class Session:
             for i in range(max_new):
                 tok = sampler.sample(logits, history)
                 if tok in stop_ids and not ignore_eos:
+                    self.finish_reason = "stop"
                     break
                 history.append(tok)
                 self.timings.n_gen += 1
                 self.timings.t_gen = time.perf_counter() - t0
                 yield tok
-                if i + 1 == max_new or len(self.tokens) >= self.n_ctx:
+                if i + 1 == max_new:
+                    self.finish_reason = "length"
+                    break
+                if len(self.tokens) >= self.n_ctx:
+                    self.finish_reason = "context"
                     break
                 logits = self.step(tok)
+            else:
+                self.finish_reason = "length"  # max_new == 0
         finally:
             self.timings.t_gen = time.perf_counter() - t0

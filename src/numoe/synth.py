@@ -70,8 +70,10 @@ def synth(
     qtype: str = "Q8_0",
     layers: int | None = None,
     seed: int = 0,
+    on_tensor=None,
 ):
-    """Write a random-weight GGUF at `preset` shapes to `path`; returns its Config."""
+    """Write a random-weight GGUF at `preset` shapes to `path`; returns its Config.
+    on_tensor(tensors written, tensors, bytes written, bytes): progress (write_gguf)."""
     cfg = preset_config(preset, layers)
     arch = get_arch(cfg.arch)
     specs = arch.tensor_specs(cfg)
@@ -83,5 +85,5 @@ def synth(
     meta = dict(arch.gguf_metadata(cfg))
     meta["general.name"] = f"numoe-synth-{preset}"
     meta |= synth_vocab_metadata(cfg.n_vocab, getattr(arch, "TOKENIZER_KIND", "gpt2"))
-    write_gguf(path, cfg.arch, meta, tensors, qtype, keep_f32=keep_f32)
+    write_gguf(path, cfg.arch, meta, tensors, qtype, keep_f32=keep_f32, on_tensor=on_tensor)
     return cfg

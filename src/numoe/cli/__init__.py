@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..cache import ContextFull
-    from ..placement import DeviceError
+    # not numoe.cache or numoe.placement: they import torch (DeviceError is a ValueError)
+    from ..errors import ContextFull
     from ..quote import one_line
     from .common import FlagError
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         # a flag this machine cannot honour: exit status 2, as argparse's flag errors
         print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except (ValueError, DeviceError, ContextFull, OSError) as e:
+    except (ValueError, ContextFull, OSError) as e:
         # GGUFError, bad flags and bad files: one line naming the problem, no traceback
         # (escaped and cut: the names in it may come from the file)
         print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)

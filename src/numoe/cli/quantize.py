@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from .common import HELP_FMT
 
+# numoe.gguf.mix.FTYPES, named here so that `numoe --help` need not import it (it imports
+# torch); a test checks that they agree.
+FTYPES = (
+    "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q4_K_M",
+    "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
+)  # fmt: skip
+
 
 def add_parser(sub) -> None:
-    from ..gguf.mix import FTYPES
-
     p = sub.add_parser(
         "quantize",
         help="re-quantize a GGUF file (llama.cpp's K-quant mixes)",

@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from ..files import check_output_dir
 from .mix import FTYPES, QUANTIZERS, quantize_array  # C++, ggml's reference algorithms
 from .mix import plan as mix_plan
 
@@ -182,6 +183,7 @@ def write_gguf(
     qtype: str = "F32",
     keep_f32: KeepF32 | None = None,
     progress: Callable[[str], None] | None = None,
+    on_tensor: Callable[[int, int, int, int], None] | None = None,
 ) -> None:
     """Write a GGUF file.
 
@@ -192,11 +194,15 @@ def write_gguf(
     1-D tensors and rows not a multiple of the block stay F32, as does any tensor
     keep_f32(name, array_or_lazy) chooses (routers, as llama.cpp does). The types but Q8_0
     choose each tensor's type by llama.cpp's mix (numoe.gguf.mix.plan). Raw values keep
-    their own type. progress(line), if given, is called after each tensor is written."""
+    their own type. progress(line), if given, is called after each tensor is written, and
+    on_tensor(tensors written, tensors, bytes written, bytes) too.
+    A missing output directory is a FileNotFoundError naming it; the temporary file is
+    removed whatever ends the writing (an error, Ctrl-C)."""
     q = qtype.upper()
     if q not in WRITE_TYPES:
         raise ValueError(f"cannot write tensor type '{qtype}': use one of {', '.join(WRITE_TYPES)}")
     path = Path(path)
+    check_output_dir(path)
     meta = dict(meta)
     meta.pop("general.architecture", None)  # from `arch`
     meta.setdefault("general.name", "numoe-synth")
@@ -207,8 +213,9 @@ def write_gguf(
         raise TypeError("metadata 'general.alignment' must be a uint32")
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    w = _Writer(str(tmp), arch)
+    w = None
     try:
+        w = _Writer(str(tmp), arch)
         for key, (value, vtype, sub) in kvs.items():
             w.add_key_value(key, value, vtype, sub_type=sub)
         if "general.alignment" in kvs:
@@ -243,6 +250,12 @@ def write_gguf(
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         total = 0
+        all_bytes = sum(
+            int(np.prod(v.shape, dtype=np.int64))
+            // gguf.GGML_QUANT_SIZES[t][0]
+            * gguf.GGML_QUANT_SIZES[t][1]
+            for _, v, t in plan
+        )
         for i, (name, value, t) in enumerate(plan):
             block, type_size = gguf.GGML_QUANT_SIZES[t]
             nbytes = int(np.prod(value.shape, dtype=np.int64)) // block * type_size
@@ -263,8 +276,13 @@ def write_gguf(
                     f"[{i + 1}/{len(plan)}] {name} {list(value.shape)} -> {t.name}, "
                     f"{nbytes / 2**20:.2f} MiB (total {total / 2**20:.1f} MiB)"
                 )
+            if on_tensor is not None:
+                on_tensor(i + 1, len(plan), total, all_bytes)
         w.close()
         os.replace(tmp, path)
     finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
+        try:
+            if w is not None:
+                w.close()
+        finally:  # a second Ctrl-C in close() still removes it
+            tmp.unlink(missing_ok=True)

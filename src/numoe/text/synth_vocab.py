@@ -51,6 +51,31 @@ and the people who wrote this program hope that you will find it useful and fast
 
 _CONTROL_GPT2 = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _SYNTH_MERGES = 600  # merges trained; truncated to fit a smaller n_vocab
+# reserved control tokens (<|extra_N|>, <extra_N>) before the filler words, as real
+# vocabularies reserve a few; the rest of a large vocabulary is words that print as text
+_N_EXTRA = 8
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+
+
+def _filler_words(space: str, seen: set[str]):
+    """Pseudo-words of two, then three, ... consonant-vowel syllables ('bako', 'dilu'), each
+    after the vocabulary's space mark (`space`: 'Ġ' or '▁'), skipping those in `seen`.
+    Normal tokens: a random model that samples them prints words, not nothing. No merge
+    makes them (gpt2); their scores rank below every trained piece (llama), so only text
+    that holds such a word can be tokenized with them."""
+    syl = [c + v for c in _CONSONANTS for v in _VOWELS]
+    n = 2
+    while True:
+        for k in range(len(syl) ** n):
+            word = []
+            for _ in range(n):
+                k, r = divmod(k, len(syl))
+                word.append(syl[r])
+            t = space + "".join(word)
+            if t not in seen:
+                yield t
+        n += 1
 
 
 def _trained_merges(hf) -> list[tuple[str, str]]:
@@ -98,8 +123,9 @@ def synth_vocab_metadata(
     """GGUF tokenizer metadata for a small working vocabulary of exactly ``n_vocab`` tokens.
 
     Deterministic and offline: merges are learned with `tokenizers`' BPE trainer on a built-in
-    English paragraph, truncated to fit, and the vocab is padded with control tokens
-    (``<|extra_N|>`` / ``<extra_N>``). kind="gpt2": byte-level BPE with ChatML specials and
+    English paragraph, truncated to fit, and the vocab is padded with a few control tokens
+    (``<|extra_N|>`` / ``<extra_N>``), then with normal tokens, pseudo-words that print as
+    text (a model with a real vocabulary size samples them most of the time). kind="gpt2": byte-level BPE with ChatML specials and
     the ChatML template (pre "qwen2"). kind="llama": SentencePiece-style with ``<unk>``,
     ``<s>``, ``</s>``, 256 ``<0xNN>`` byte tokens and scores, and a Mistral [INST] template.
     ``chat_template`` overrides the template.
@@ -125,10 +151,14 @@ def synth_vocab_metadata(
         tokens += _CONTROL_GPT2
         types += [TT_CONTROL] * len(_CONTROL_GPT2)
         k = 0
-        while len(tokens) < n_vocab:
+        while len(tokens) < n_vocab and k < _N_EXTRA:
             tokens.append(f"<|extra_{k}|>")
             types.append(TT_CONTROL)
             k += 1
+        words = _filler_words(b2u[ord(" ")], seen)
+        while len(tokens) < n_vocab:
+            tokens.append(next(words))
+            types.append(TT_NORMAL)
         eot, im_end = first_special, first_special + 2
         return {
             "tokenizer.ggml.model": "gpt2",
@@ -164,11 +194,18 @@ def synth_vocab_metadata(
             types.append(TT_NORMAL)
             scores.append(-float(len(pieces) + j))
         k = 0
-        while len(tokens) < n_vocab:
+        while len(tokens) < n_vocab and k < _N_EXTRA:
             tokens.append(f"<extra_{k}>")
             types.append(TT_CONTROL)
             scores.append(0.0)
             k += 1
+        seen |= set(tokens)
+        words, low = _filler_words("▁", seen), -float(len(pieces) + len(alphabet))
+        while len(tokens) < n_vocab:
+            tokens.append(next(words))
+            types.append(TT_NORMAL)
+            low -= 1.0
+            scores.append(low)
         return {
             "tokenizer.ggml.model": "llama",
             "tokenizer.ggml.pre": "default",
