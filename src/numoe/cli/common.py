@@ -256,7 +256,7 @@ def add_model_args(p: argparse.ArgumentParser, run: bool = True) -> None:
     g.add_argument(
         "--model_path", "--model-path", dest="model_config_dir", default=S, metavar="DIR",
         help="KTransformers' Hugging Face config directory: accepted and not needed (numoe "
-        "reads the architecture, tokenizer and chat template from the GGUF)",
+        "reads the architecture, tokenizer and chat template from the GGUF) (default: none)",
     )  # fmt: skip
     g.add_argument(
         "--device", default="cpu",
