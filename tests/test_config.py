@@ -98,13 +98,17 @@ def test_run_reads_the_config_file(cfg_file, capsys, tiny_model):
 def test_bad_config_file_is_one_line(cfg_file, capsys, text, words):
     cfg_file.parent.mkdir(parents=True)
     cfg_file.write_text(text)
-    assert main(["doctor"]) == 1
+    assert main(["run", "-m", "missing.gguf"]) == 1  # stops before the model
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert out == "" and len(lines) == 1
     assert lines[0].startswith(f"numoe: error: config {cfg_file}: ")
     assert all(w in lines[0] for w in words), lines[0]
     assert "fix" in lines[0] or "move or remove" in lines[0]
+    # numoe doctor goes on, with the problem as its first finding
+    assert main(["doctor", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)["advice"][0]
+    assert first["code"] == "config_error" and first["text"] == lines[0].split("error: ", 1)[1]
 
 
 @pytest.mark.parametrize(
@@ -112,10 +116,13 @@ def test_bad_config_file_is_one_line(cfg_file, capsys, text, words):
 )
 def test_bad_variable_is_one_line(monkeypatch, capsys, var, value):
     monkeypatch.setenv(var, value)
-    assert main(["doctor"]) == 1
+    assert main(["run", "-m", "missing.gguf"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"numoe: error: {var}={value!r}: expected ")
     assert err.endswith("fix or unset it") and "\n" not in err
+    assert main(["doctor", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)["advice"][0]
+    assert first["code"] == "config_error" and first["text"].startswith(f"{var}={value!r}")
 
 
 def test_write_config_keeps_other_keys(cfg_file):

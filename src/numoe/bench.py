@@ -491,7 +491,7 @@ def md_footer(rows: list[dict], probe=None) -> str:
         age = f", {format_age(max(ages))} old at the last tg test" if ages else ""
         how = "cached" if probe.cached else "measured at the start"
         lines.append(
-            f"read bandwidth: {probe.gbps:.2f} GB/s ({probe.threads} threads, {how} "
+            f"read bandwidth: {probe.gbps:.2f} GB/s ({probe.threads} thread{'' if probe.threads == 1 else 's'}, {how} "
             f"{probe.measured}{age}; --probe measures it again, without --probe-once it is "
             f"probed beside each tg test). GB/s = bytes per token x t/s (tg rows)."
         )

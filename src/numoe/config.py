@@ -188,12 +188,24 @@ def read_config(path: Path | None = None) -> dict[str, object]:
     return out
 
 
-def resolve(args: argparse.Namespace, names=tuple(SETTINGS)) -> dict[str, Resolved]:
+def resolve(
+    args: argparse.Namespace, names=tuple(SETTINGS), errors: list[str] | None = None
+) -> dict[str, Resolved]:
     """Fill each setting in `names` that was not given as a flag (flags are parsed with
     ``default=argparse.SUPPRESS``, so a missing attribute means 'not given') from NUMOE_*,
-    the config file or the default; record every source in ``args.settings``."""
+    the config file or the default; record every source in ``args.settings``.
+
+    A bad config file or variable is a ConfigError; with `errors` (a list: numoe doctor,
+    which reports them) its message is appended there instead and the file, or the
+    variable, is passed over."""
     path = config_path()
-    found = read_config(path)
+    try:
+        found = read_config(path)
+    except ConfigError as e:
+        if errors is None:
+            raise
+        errors.append(str(e))
+        found = {}
     out: dict[str, Resolved] = {}
     for name in names:
         s = SETTINGS[name]
@@ -204,11 +216,15 @@ def resolve(args: argparse.Namespace, names=tuple(SETTINGS)) -> dict[str, Resolv
             try:
                 out[name] = Resolved(s.parse(raw), f"env {s.env}")
             except ValueError as e:
-                raise ConfigError(f"{s.env}={raw!r}: expected {e}; fix or unset it") from None
-        elif name in found:
-            out[name] = Resolved(found[name], f"config {path}")
-        else:
-            out[name] = Resolved(s.default, "default")
+                msg = f"{s.env}={raw!r}: expected {e}; fix or unset it"
+                if errors is None:
+                    raise ConfigError(msg) from None
+                errors.append(msg)
+        if name not in out:
+            if name in found:
+                out[name] = Resolved(found[name], f"config {path}")
+            else:
+                out[name] = Resolved(s.default, "default")
         setattr(args, name, out[name].value)
     args.settings = out
     args.config_file = path

@@ -45,6 +45,7 @@ ADVICE = {
     "libnuma_refused": "libnuma is refused (numa_available() == -1), with several nodes",
     "threads_capped": "-t asks for more threads than this process may run",
     "insufficient_memory": "the model needs more memory than a node / the machine has",
+    "config_error": "the config file or a NUMOE_* variable has a bad value (ignored here)",
 }
 
 
@@ -66,9 +67,16 @@ def model_bytes(path) -> dict:
     g = open_gguf(path)
     experts = sum(t.nbytes for n, t in g.tensors.items() if is_routed_expert(n))
     dense = sum(t.nbytes for n, t in g.tensors.items() if not is_routed_expert(n))
+    shard = None  # -m names one shard of a split model: which, of how many
+    if len(g.paths) > 1 and Path(path).is_file():
+        files = [Path(p).resolve() for p in g.paths]
+        given = Path(path).resolve()
+        if given in files:
+            shard = {"index": files.index(given) + 1, "count": len(files), "first": str(g.path)}
     return {
         "path": str(path),
         "files": [str(p) for p in g.paths],  # a split model: its shards
+        "shard": shard,
         "arch": g.arch,
         "expert_bytes": experts,
         "dense_bytes": dense,
@@ -248,7 +256,7 @@ def advise(topo: Topology, plan: ThreadPlan, policy: str, lib, balancing, mb) ->
         add(
             "one_node",
             "info",
-            f"One NUMA node: nothing to place. numoe runs {plan.threads} threads, one per "
+            f"One NUMA node: nothing to place. numoe runs {plan.threads} thread{'' if plan.threads == 1 else 's'}, one per "
             "physical core, and reads the weights in place from the memory map.",
         )
 

@@ -11,6 +11,7 @@ the commands that run none start without loading it (start-up time).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args) or 0
+    except BrokenPipeError:
+        return _broken_pipe()
     except FlagError as e:
         # a flag this machine cannot honour: exit status 2, as argparse's flag errors
         print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)
@@ -49,6 +52,28 @@ def main(argv: list[str] | None = None) -> int:
         # (escaped and cut: the names in it may come from the file)
         print(f"numoe: error: {one_line(str(e))}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("numoe: error: out of memory (a smaller -c or model?)", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        # torch's failed allocation (CPU or CUDA) is a RuntimeError: one line, not a traceback
+        text = str(e)
+        if "out of memory" not in text.lower() and "can't allocate" not in text:
+            raise
+        print(f"numoe: error: out of memory: {one_line(text)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (`numoe run ... | head`): end quietly with 141 (128 +
+    SIGPIPE, what a shell reports for a tool the pipe stopped), as the Python docs say: point
+    stdout at /dev/null so that the flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141

@@ -18,8 +18,10 @@ from .common import (
     load_model,
     make_runtime,
     model_path,
+    plural,
     positive_int,
     resolve_settings,
+    settle_device,
 )
 
 DESCRIPTION = (
@@ -126,7 +128,7 @@ class Printer:
 def probe_line(probe) -> str:
     how = "cached" if probe.cached else "measured now"
     return (
-        f"numoe: read bandwidth {probe.gbps:.2f} GB/s ({probe.threads} threads, {how} "
+        f"numoe: read bandwidth {probe.gbps:.2f} GB/s ({plural(probe.threads, 'thread')}, {how} "
         f"{probe.measured}; --probe measures again)"
     )
 
@@ -182,7 +184,7 @@ def sweep(args, configs: list[tuple[int | None, str]], tests, printer: Printer, 
     prober = Prober(probe)
     loaded, info, rows = None, None, []
     for threads, pol in configs:
-        rt = make_runtime(threads, args.numa_nodes, args.smt, pol, args.device, topo)
+        rt = make_runtime(threads, args.numa_nodes, args.smt, pol, args.device, topo, args=args)
         plan, policy = rt.plan, rt.policy
         key = (policy.name, tuple(map(tuple, plan.groups)) if policy.name != "off" else None)
         if loaded is None or loaded[0] != key:
@@ -239,6 +241,7 @@ def main(args) -> int:
     from .. import bench
 
     settings = resolve_settings(args)
+    settle_device(args)  # -ngl, and a --device this machine lacks, before the bandwidth probe
     tests = bench.tests_from(args.n_prompt, args.n_gen, args.n_depth)
     if not tests:
         raise FlagError("-p 0 and -n 0 leave nothing to measure: give -p N or -n N")

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from ..quote import one_line
-from .common import HELP_FMT, FlagError, add_thread_args, resolve_settings
+from .common import HELP_FMT, FlagError, add_thread_args, setting_label
 
 
 def _cpulist_arg(s: str) -> list[int]:
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
         formatter_class=HELP_FMT,
     )
     p.add_argument(
-        "-m", "--model", "--gguf-path", dest="model", default=None,
+        "-m", "--model", "--gguf-path", "--gguf_path", dest="model", default=None,
         help="GGUF file (a split model: its first shard or directory): show the memory per "
         "node it needs under each --numa policy "
         "(default: no model)",
@@ -65,29 +65,34 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from .. import doctor
+    from .. import config, doctor
     from ..config import SETTINGS
     from ..runtime.numa import PlanError, parse_numa_nodes
 
-    settings = resolve_settings(args, tuple(SETTINGS))
+    # a bad config file or NUMOE_* variable is the first finding, not the end of the report
+    problems: list[str] = []
+    settings = config.resolve(args, tuple(SETTINGS), errors=problems)
     if args.sysfs and not (Path(args.sysfs) / "devices" / "system").is_dir():
         raise FlagError(f"--sysfs {args.sysfs}: no devices/system directory under it")
     if args.capture:
         n = doctor.capture(args.capture)
         print(f"numoe: wrote {n} files to {args.capture}", file=sys.stderr)
-    try:
-        report = doctor.diagnose(
+    ignored = any(p.startswith("config ") for p in problems)  # the file: passed over
+
+    def diagnose(numa_nodes):
+        return doctor.diagnose(
             sysfs=args.sysfs,
             allowed_cpus=args.allowed_cpus,
             allowed_mems=args.allowed_mems,
             threads=args.threads,
-            numa_nodes=parse_numa_nodes(args.numa_nodes) if args.numa_nodes else None,
+            numa_nodes=parse_numa_nodes(numa_nodes) if numa_nodes else None,
             smt=args.smt,
             numa=args.numa,
             model=args.model,
             settings={
                 "config_file": str(args.config_file),
                 "config_found": args.config_file.is_file(),
+                "config_ignored": ignored,
                 "values": {
                     k: {
                         "value": "(set)" if k == "api_key" and r.value else r.value,
@@ -97,8 +102,17 @@ def main(args) -> int:
                 },
             },
         )
+
+    try:
+        report = diagnose(args.numa_nodes)
     except PlanError as e:
-        raise FlagError(f"--numa-nodes {args.numa_nodes}: {e}") from None
+        label = setting_label(args, "numa_nodes")
+        if label.startswith("--"):
+            raise FlagError(f"{label}: {e}") from None
+        problems.append(f"{label}: {e}; the plan below uses every node")  # not a flag: report
+        report = diagnose(None)
+    for i, text in enumerate(problems):
+        report["advice"].insert(i, {"code": "config_error", "level": "warn", "text": text})
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -194,6 +208,12 @@ def format_report(r: dict) -> str:
             f"model: {m['path']} ({arch}{files}): routed experts {_gib(m['expert_bytes'])}, "
             f"dense {_gib(m['dense_bytes'])}"
         )
+        sh = m.get("shard")
+        if sh:
+            w(
+                f"  -m names shard {sh['index']} of {sh['count']} of a split model: numoe reads "
+                f"all {sh['count']} files, from the first ({Path(sh['first']).name})"
+            )
         for name, need in m["policies"].items():
             per = need["per_node"]
             if per:
@@ -223,6 +243,8 @@ def format_report(r: dict) -> str:
     st = r.get("settings")
     if st:
         found = "" if st["config_found"] else " (none there)"
+        if st.get("config_ignored"):
+            found = " (a bad value: not used, see advice)"
         w("")
         w("settings:       flag > NUMOE_* variable > config file > default")
         w(f"config file:    {st['config_file']}{found}")

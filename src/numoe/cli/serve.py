@@ -9,7 +9,17 @@ import argparse
 import logging
 import sys
 
-from .common import HELP_FMT, FlagError, add_model_args, positive_int
+from .common import (
+    HELP_FMT,
+    FlagError,
+    add_model_args,
+    penalty_arg,
+    positive_int,
+    prob_arg,
+    repeat_last_n_arg,
+    temp_arg,
+    top_k_arg,
+)
 
 
 def port_arg(s: str) -> int:
@@ -35,7 +45,11 @@ def add_parser(sub) -> None:
         formatter_class=HELP_FMT,
     )
     add_model_args(p)
-    p._option_string_actions["-c"].help = "context tokens of each slot"
+    p._option_string_actions[
+        "-c"
+    ].help = (
+        "context tokens of each slot; 0 = the model's trained context (its GGUF context_length)"
+    )
     g = p.add_argument_group("server")
     g.add_argument("--host", default=S, help=setting_help("host", "address to listen on"))
     g.add_argument(
@@ -65,12 +79,15 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     g.add_argument("--max-body", type=positive_int, default=16, help="largest request body, in MiB")
     s = p.add_argument_group("sampling defaults (a request's fields override them)")
-    s.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
-    s.add_argument("--top-k", type=int, default=40, help="top-k; 0 = off")
-    s.add_argument("--top-p", type=float, default=0.95, help="top-p; 1 = off")
-    s.add_argument("--min-p", type=float, default=0.05, help="min-p; 0 = off")
-    s.add_argument("--repeat-penalty", type=float, default=1.0, help="1 = off")
-    s.add_argument("--repeat-last-n", type=int, default=64, help="tokens the penalties look at")
+    s.add_argument("--temp", type=temp_arg, default=0.8, help="temperature; 0 = greedy")
+    s.add_argument("--top-k", type=top_k_arg, default=40, help="top-k; 0 = off")
+    s.add_argument("--top-p", type=prob_arg, default=0.95, help="top-p; 1 = off")
+    s.add_argument("--min-p", type=prob_arg, default=0.05, help="min-p; 0 = off")
+    s.add_argument("--repeat-penalty", type=penalty_arg, default=1.0, help="1 = off")
+    s.add_argument(
+        "--repeat-last-n", type=repeat_last_n_arg, default=64,
+        help="tokens the penalties look at (-1: all)",
+    )  # fmt: skip
     p.set_defaults(func=main)
 
 

@@ -113,7 +113,8 @@ class ThreadPlan:
                 where += f", memory of node {n.mem_node}"
             parts.append(f"[{where}: CPUs {format_ids(n.cpus)}]")
         smt = f", {len(self.smt_cpus)} SMT siblings" if self.smt_cpus else ""
-        return f"{self.threads} threads{smt} in {len(self.nodes)} group(s) " + " ".join(parts)
+        threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
+        return f"{threads}{smt} in {len(self.nodes)} group(s) " + " ".join(parts)
 
 
 def _proportional(n: int, caps: list[int]) -> list[int]:
