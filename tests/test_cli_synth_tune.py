@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from cli_proc import sigint_inherited
 from test_cli_chat import numoe_cmd
 
 from numoe import config
@@ -65,11 +66,12 @@ def test_synth_missing_output_directory_is_named(tmp_path):
 
 def test_interrupted_synth_leaves_no_file(tmp_path):
     out = tmp_path / "big.gguf"
-    proc = subprocess.Popen(
-        [*numoe_cmd(), "synth", "--preset", "small-qwen3moe", "--layers", "64", "--type", "F32",
-         "-o", str(out)],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    with sigint_inherited():  # a Ctrl-C for the child even when this runner ignores SIGINT
+        proc = subprocess.Popen(
+            [*numoe_cmd(), "synth", "--preset", "small-qwen3moe", "--layers", "64", "--type",
+             "F32", "-o", str(out)],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
     try:
         line = proc.stderr.readline()
         while line and not line.startswith("numoe: writing"):

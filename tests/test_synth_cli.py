@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from cli_proc import sigint_inherited
 
 from numoe.cli import main
 from numoe.engine import Session
@@ -175,13 +176,14 @@ def test_chat_ctrl_c_stops_the_reply_not_the_program(tiny):
     import signal
     import time
 
-    p = subprocess.Popen(
-        [sys.executable, "-m", "numoe", "chat", "-m", tiny, "-c", "20000", "--ignore-eos"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with sigint_inherited():  # a Ctrl-C for the child even when this runner ignores SIGINT
+        p = subprocess.Popen(
+            [sys.executable, "-m", "numoe", "chat", "-m", tiny, "-c", "20000", "--ignore-eos"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         p.stdin.write("tell me a long story\n")
         p.stdin.flush()
