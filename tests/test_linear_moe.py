@@ -93,7 +93,13 @@ def test_pool_runs_every_task_on_pinned_workers():
         if th > 0:  # workers stay on their CPU; the caller is not pinned
             assert cpu == CPUS[th]
     if len(CPUS) > 1:
-        assert len(set(threads)) > 1  # work was shared
+        # work is shared: on a loaded machine a worker may get no CPU time within one call
+        # (the caller then runs every task), so a few calls are allowed
+        for _ in range(10):
+            if len(set(threads)) > 1:
+                break
+            threads, _ = _cpu.pool_trace(200, 100_000)
+        assert len(set(threads)) > 1
 
 
 def test_pool_groups_reuse_and_resize():
