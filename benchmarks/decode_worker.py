@@ -17,6 +17,12 @@ import time
 from pathlib import Path
 
 
+def kv_cache_text(model) -> str:
+    """The KV cache types a default cache of this numoe has (numoe before F16 caches: f32)."""
+    types = getattr(model.new_cache(1), "types", None)
+    return "/".join(types) if types else "float32"
+
+
 def simd_flags() -> list[str]:
     """The CPU's avx2 / fma / avx512* / avx_vnni / amx* flags (/proc/cpuinfo)."""
     try:
@@ -84,7 +90,7 @@ def numoe_engine(spec: dict):
             **flags,
             "batch": spec["batch"],
             "decode_path": path_mode,
-            "kv_cache": "float32",
+            "kv_cache": kv_cache_text(model),
             "attention": "numoe's own kernels (flash attention: not a setting)",
         },
         "n_layer": cfg.n_layer,

@@ -311,7 +311,7 @@ def test_cli_flags(cmd, capsys):
     """-ctk/--cache-type-k, -ctv/--cache-type-v: llama.cpp's names, f16 by default; an
     unknown type is a flag error listing the choices."""
     from numoe.cli import _parser
-    from numoe.cli.common import CACHE_TYPES as FLAG_TYPES
+    from numoe.cli.flags import CACHE_TYPES as FLAG_TYPES
 
     assert FLAG_TYPES == tuple(CACHE_TYPES)  # the torch-free copy the flags use
     a = _parser().parse_args([cmd])

@@ -14,15 +14,14 @@ from .common import (
     add_model_args,
     add_thread_args,
     cache_types,
-    count_list,
     load_model,
     make_runtime,
     model_path,
     plural,
-    positive_int,
     resolve_settings,
     settle_device,
 )
+from .flags import count_list, positive_int
 
 DESCRIPTION = (
     "Measure prompt processing (ppN: N random tokens prefilled into an empty cache) and text "

@@ -9,17 +9,8 @@ import argparse
 import logging
 import sys
 
-from .common import (
-    HELP_FMT,
-    FlagError,
-    add_model_args,
-    penalty_arg,
-    positive_int,
-    prob_arg,
-    repeat_last_n_arg,
-    temp_arg,
-    top_k_arg,
-)
+from .common import HELP_FMT, FlagError, add_model_args
+from .flags import penalty_arg, positive_int, prob_arg, repeat_last_n_arg, temp_arg, top_k_arg
 
 
 def port_arg(s: str) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import HELP_FMT, positive_int
+from .common import HELP_FMT
+from .flags import positive_int
 
 # numoe.synth.presets() and numoe.gguf.write.WRITE_TYPES, named here so that `numoe --help`
 # need not import them (they import torch); a test checks that they agree.
