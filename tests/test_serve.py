@@ -184,3 +184,29 @@ def test_sigterm_ends_streams_and_exits(tiny_model):
         assert rest.rstrip().endswith("data: [DONE]") and "shutting down" in rest
         assert p.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises it once shut down
         assert time.monotonic() - t0 < 10
+
+
+def test_non_streamed_client_that_leaves_is_dropped(tiny_model):
+    """A non-streamed request whose client closes the connection is cancelled (its handler
+    only waits, so a watcher notices the disconnect), freeing the slot long before its
+    4,000 tokens would be done."""
+    import socket
+
+    with server_process(tiny_model, "-np", "1", "-c", "4096") as (_, url):
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps({"prompt": "Leaving", "max_tokens": 4000, "temperature": 0,
+                           "ignore_eos": True}).encode()  # fmt: skip
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+            deadline = time.monotonic() + 20
+            while metric(metrics(url), "numoe_requests_running") == 0:  # it has started
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        t0 = time.monotonic()
+        while metric(metrics(url), "numoe_requests_running") != 0:
+            assert time.monotonic() - t0 < 5, "the abandoned request still runs"
+            time.sleep(0.05)
+        m = metrics(url)
+        assert 'numoe_requests_total{finish_reason="abort"} 1.0' in m
+        assert metric(m, "numoe_generation_tokens_total") < 4000

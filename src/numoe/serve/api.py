@@ -216,7 +216,7 @@ class Api:
 
     async def _watch(self, request: Request, job: Job) -> None:
         while not await request.is_disconnected():
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
         self.server.scheduler.cancel(job)  # its "abort" event ends events()
 
     async def collect(self, request: Request, job: Job, q: asyncio.Queue):
