@@ -125,6 +125,24 @@ def usage(ev: Event) -> dict:
     }
 
 
+ABORTED = "request aborted: the server is shutting down"
+
+
+def chat_piece(delta, logprobs=None, finish=None) -> dict:
+    """A chat chunk's choice: delta text (None: the finishing chunk's empty delta), or a
+    dict delta as given."""
+    if delta is None:
+        delta = {}
+    elif isinstance(delta, str):
+        delta = {"content": delta}
+    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def text_piece(text, logprobs=None, finish=None) -> dict:
+    """A completions chunk's choice (None: the finishing chunk's empty text)."""
+    return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+
+
 def sse(obj) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
@@ -233,8 +251,7 @@ class Api:
         if last.kind == "error":
             raise ApiError(500, last.message, type_="server_error")
         if last.finish_reason == "abort":
-            raise ApiError(503, "request aborted: the server is shutting down",
-                           type_="server_error")  # fmt: skip
+            raise ApiError(503, ABORTED, type_="server_error")
         return "".join(text), evs, last
 
     # -- logprobs, as OpenAI shapes them
@@ -264,12 +281,40 @@ class Api:
             "text_offset": offs,
         }
 
+    def stream(self, request, job, q, gen, head, piece, logprobs, first=None) -> Response:
+        """A job as Server-Sent Events: `first` (when given), a chunk per token
+        (piece(text, logprobs, None)), the finishing chunk (piece(None, None, reason)), the
+        usage when asked, then [DONE]; an error or an abort ends with an error event and
+        [DONE]. piece shapes a choice: chat's delta or completions' text."""
+
+        async def events():
+            if first is not None:
+                yield sse(first)
+            async for ev in self.events(request, job, q):
+                if ev.kind == "token":
+                    if not ev.text and ev.token < 0:
+                        continue
+                    lp = logprobs([ev]) if job.logprobs is not None and ev.token >= 0 else None
+                    yield sse({**head, "choices": [piece(ev.text, lp, None)]})
+                elif ev.kind == "error" or ev.finish_reason == "abort":
+                    yield sse({"error": {"message": ev.message or ABORTED, "type": "server_error",
+                                         "param": None, "code": None}})  # fmt: skip
+                    yield b"data: [DONE]\n\n"
+                else:
+                    yield sse({**head, "choices": [piece(None, None, ev.finish_reason)]})
+                    if gen.include_usage:
+                        yield sse({**head, "choices": [], "usage": usage(ev)})
+                    yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+
     # -- endpoints
 
     async def chat(self, request: Request) -> Response:
         body = await read_json(request, self.server.cfg.max_body)
         self.check_model(body)
-        sched = self.ready()
+        self.ready()
         msgs = params.messages(body)
         gen = params.generation(body, self.server.cfg.defaults, chat=True)
         kw = body.get("chat_template_kwargs", None) or {}
@@ -280,7 +325,6 @@ class Api:
             ids = await asyncio.to_thread(tok.encode_chat, msgs, True, **kw)
         except ValueError as e:  # ChatTemplateError and the tokenizer's own
             raise bad(f"the chat template failed: {e}", "messages") from None
-        del sched
         job, q = await self.submit(ids, gen)
         rid, created, model = (
             f"chatcmpl-{uuid.uuid4().hex}",
@@ -289,36 +333,8 @@ class Api:
         )
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
         if gen.stream:
-
-            async def stream():
-                first = {"role": "assistant", "content": ""}
-                yield sse({**head, "choices": [{"index": 0, "delta": first, "logprobs": None,
-                                                "finish_reason": None}]})  # fmt: skip
-                async for ev in self.events(request, job, q):
-                    if ev.kind == "token":
-                        if not ev.text and ev.token < 0:
-                            continue
-                        lp = (
-                            self.chat_logprobs([ev])
-                            if job.logprobs is not None and ev.token >= 0
-                            else None
-                        )
-                        yield sse({**head, "choices": [{"index": 0, "delta": {"content": ev.text},
-                                                        "logprobs": lp, "finish_reason": None}]})  # fmt: skip
-                    elif ev.kind == "error" or ev.finish_reason == "abort":
-                        msg = ev.message or "request aborted: the server is shutting down"
-                        yield sse({"error": {"message": msg, "type": "server_error",
-                                             "param": None, "code": None}})  # fmt: skip
-                        yield b"data: [DONE]\n\n"
-                    else:
-                        yield sse({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                        "finish_reason": ev.finish_reason}]})  # fmt: skip
-                        if gen.include_usage:
-                            yield sse({**head, "choices": [], "usage": usage(ev)})
-                        yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            first = {**head, "choices": [chat_piece({"role": "assistant", "content": ""})]}
+            return self.stream(request, job, q, gen, head, chat_piece, self.chat_logprobs, first)
         text, evs, last = await self.collect(request, job, q)
         choice = {
             "index": 0,
@@ -344,33 +360,7 @@ class Api:
         rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.server.cfg.model_id
         head = {"id": rid, "object": "text_completion", "created": created, "model": model}
         if gen.stream:
-
-            async def stream():
-                async for ev in self.events(request, job, q):
-                    if ev.kind == "token":
-                        if not ev.text and ev.token < 0:
-                            continue
-                        lp = (
-                            self.completion_logprobs([ev])
-                            if job.logprobs is not None and ev.token >= 0
-                            else None
-                        )
-                        yield sse({**head, "choices": [{"index": 0, "text": ev.text, "logprobs": lp,
-                                                        "finish_reason": None}]})  # fmt: skip
-                    elif ev.kind == "error" or ev.finish_reason == "abort":
-                        msg = ev.message or "request aborted: the server is shutting down"
-                        yield sse({"error": {"message": msg, "type": "server_error",
-                                             "param": None, "code": None}})  # fmt: skip
-                        yield b"data: [DONE]\n\n"
-                    else:
-                        yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                        "finish_reason": ev.finish_reason}]})  # fmt: skip
-                        if gen.include_usage:
-                            yield sse({**head, "choices": [], "usage": usage(ev)})
-                        yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return self.stream(request, job, q, gen, head, text_piece, self.completion_logprobs)
         text, evs, last = await self.collect(request, job, q)
         choice = {
             "index": 0,

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import params
+from .api import ABORTED, read_json
 from .params import bad
 
 _OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
@@ -74,7 +75,7 @@ def routes(api, wrap) -> list[Route]:
                         }
                         yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
                     elif ev.kind == "error" or ev.finish_reason == "abort":
-                        msg = ev.message or "request aborted: the server is shutting down"
+                        msg = ev.message or ABORTED
                         yield json.dumps({"error": msg}).encode() + b"\n"
                     elif ev.kind == "done":
                         yield json.dumps(final(ev)).encode() + b"\n"
@@ -115,15 +116,10 @@ def routes(api, wrap) -> list[Route]:
         return await run(request, body, ids, gen, lambda s: {"response": s})
 
     async def _body(request: Request) -> dict:
-        body = await params_body(request)
+        body = await read_json(request, api.server.cfg.max_body)
         api.check_model(body)
         api.ready()
         return body
-
-    async def params_body(request: Request) -> dict:
-        from .api import read_json
-
-        return await read_json(request, api.server.cfg.max_body)
 
     async def tags(request: Request) -> Response:
         m = api.server.cfg.model_id
