@@ -34,7 +34,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -46,13 +45,12 @@ import time
 import urllib.request
 
 
-def isa() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        flags = ""
-    return "avx512" if "avx512bw" in flags else "avx2" if "avx2" in flags else platform.machine()
+def peer_version(binary: str) -> str:
+    """llama-server's `--version` line ('version: 0.5.0-dev (build 1, commit ...)')."""
+    p = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.startswith("version")]
+    return lines[0] if lines else "unknown version"
 
 
 def free_port() -> int:
@@ -221,6 +219,7 @@ def main() -> int:
     a = ap.parse_args()
     clients = [int(x) for x in a.clients.split(",")]
     npar = max(max(clients), 4)
+    from numoe.bench import isa_line
     from numoe.gguf import open_gguf
     from numoe.text import Tokenizer
 
@@ -236,8 +235,11 @@ def main() -> int:
                                                "--host", "127.0.0.1", "--no-webui"], p))  # fmt: skip
     # the load generator shares the machine: below the servers, so it takes what they leave
     os.nice(10)
-    print(f"# serve benchmark: {os.path.basename(a.model)}, {a.threads} threads, ISA {isa()}, "
-          f"prompt {a.prompt}, gen {a.gen}, -np {npar}, {a.rounds} rounds", flush=True)  # fmt: skip
+    print(f"# serve benchmark: {os.path.basename(a.model)}, {a.threads} threads, prompt "
+          f"{a.prompt}, gen {a.gen}, -np {npar}, {a.rounds} rounds", flush=True)  # fmt: skip
+    print(f"# {isa_line()}", flush=True)
+    if a.llama_server:
+        print(f"# llama-server: {peer_version(a.llama_server)}", flush=True)
     res: dict = {}
     rng = random.Random(0)
     try:
