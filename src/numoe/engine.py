@@ -16,6 +16,16 @@ from .cache import ContextFull
 from .sampling import Sampler
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share (what a cache holding `a` can keep for `b`)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class NonFiniteLogits(ValueError):
     """The model's logits hold NaN or inf: bad weights or metadata in the file (or a model
     that overflows), never text made from them. One line, naming the position."""
@@ -81,11 +91,7 @@ class Session:
             raise ValueError("empty prompt: nothing to generate from")
         if len(tokens) > self.n_ctx:
             raise ContextFull(f"prompt of {len(tokens)} tokens exceeds the context {self.n_ctx}")
-        keep = 0
-        for a, b in zip(self.tokens, tokens[:-1]):
-            if a != b:
-                break
-            keep += 1
+        keep = common_prefix(self.tokens, tokens[:-1])
         self.tokens = self.tokens[:keep]
         t0 = time.perf_counter()
         logits = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _cpu
-from ..engine import NonFiniteLogits, check_logits
+from ..engine import NonFiniteLogits, check_logits, common_prefix
 from ..sampling import Sampler
 from .metrics import Metrics
 from .textout import TextOut
@@ -105,15 +105,6 @@ class Slot:
         self.tokens: list[int] = []
         self.job: Job | None = None
         self.last_used = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Scheduler:
